@@ -1,0 +1,45 @@
+"""hv's boot protocol: what a guest finds in memory at entry, as pure functions of the image.
+
+This module is shared by the VMM (which loads guests) and the guest owner (who predicts the
+launch measurement from the image file alone), so it holds no state, no keys and touches no
+machine. docs/guest-abi.md is the human-readable form of the constants here.
+"""
+
+from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
+from hv.boot._layout import (
+    BOOT_INFO_GPA,
+    BOOT_INFO_MAGIC,
+    BOOT_STACK_TOP,
+    IMAGE_BASE,
+    MAX_MEM,
+    MIN_MEM,
+    PAGE_TABLES_GPA,
+    SECRET_GPA,
+    SECRET_MAX,
+    boot_info,
+    boot_page_tables,
+    image_regions,
+    launch_digest,
+    launch_regions,
+)
+
+__all__ = [
+    "BOOT_INFO_GPA",
+    "BOOT_INFO_MAGIC",
+    "BOOT_STACK_TOP",
+    "IMAGE_BASE",
+    "ImageError",
+    "LoadedImage",
+    "MAX_MEM",
+    "MIN_MEM",
+    "PAGE_TABLES_GPA",
+    "SECRET_GPA",
+    "SECRET_MAX",
+    "Segment",
+    "boot_info",
+    "boot_page_tables",
+    "image_regions",
+    "launch_digest",
+    "launch_regions",
+    "parse_image",
+]

@@ -1,0 +1,500 @@
+"""One virtual CPU: Unicorn x86-64 plus the parts of an AMD core Unicorn does not have.
+
+Unicorn gives us the instruction set. This module adds what SVM hardware does around it:
+- intercepts: IN/OUT, CPUID, RDMSR/WRMSR, VMMCALL, VMGEXIT and HLT stop the guest precisely at
+  the instruction and become a #VMEXIT (exits.py). Unicorn cannot hook RDMSR/WRMSR, and its IN/OUT
+  hooks neither stop at the instruction nor report RIP reliably, so each code page is scanned
+  once when it is first fetched and a code hook is placed on every candidate address; a hook fires
+  only on a real instruction boundary, decodes the bytes there and exits with RIP already past
+  the instruction (next-RIP). Nothing is added to the path of ordinary instructions.
+- exception delivery through the guest's IDT (#PF with CR2 and error code, #GP, #UD, #DE, INT n):
+  Unicorn stops at exceptions instead of delivering them. A fault while delivering is a double
+  fault; a fault delivering that is a triple fault, reported as SHUTDOWN.
+- the MMU (mmu.py) in the virtual-TLB fill hook, and TLB / translated-code flushes whenever the
+  memory controller changed something a TLB entry points at.
+- SEV_STATUS (MSR 0xC0010131) answered by the CPU itself from the guest's SEV features: the
+  hypervisor cannot intercept it, so it cannot lie about it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import capstone
+from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
+                     UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
+                     UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
+from unicorn import x86_const as X
+
+from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
+                         IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
+                         VmmcallExit, VmrunFailed)
+from hv.hw.memctl import HOST_SLOT, MemoryController, NeedsRetry
+from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, GuestPageFault, Mmu, NestedFault,
+                       view_base)
+from hv.hw.npt import NestedPageTable
+
+__all__ = ["Cpu", "GPRS", "GuestControl", "MSR_SEV_STATUS", "SREGS"]
+
+MSR_SEV_STATUS = 0xC0010131
+UNTIL = 1 << 63  # non-canonical: never reached by a guest
+
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+SREGS = ("cr0", "cr2", "cr3", "cr4", "cs", "ds", "es", "fs", "gs", "ss")
+_REG = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in GPRS + SREGS}
+_GPR_IDS = [_REG[n] for n in GPRS]
+# MSRs Unicorn implements itself and that a hypervisor does not intercept (passed through).
+_NATIVE_MSRS = {0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
+                0xC0000100, 0xC0000101, 0xC0000102, 0x00000010, 0x00000277}
+_IO_OPS = {0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
+
+# Exception vectors
+DE, DB, BP, UD, DF, GP, PF, VC = 0, 1, 3, 6, 8, 13, 14, 29
+_HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29}
+
+
+@dataclass
+class GuestControl:
+    """The VMCB control bits hv models: which ASID and which protections this guest runs with."""
+
+    asid: int
+    npt: NestedPageTable
+    sev: bool = False
+    sev_es: bool = False
+    cbitpos: int = 47
+
+    @property
+    def sev_status(self) -> int:
+        return (1 if self.sev else 0) | (2 if self.sev_es else 0)
+
+
+class _Retry(Exception):
+    pass
+
+
+class Cpu:
+    """A vCPU of one guest. `run()` executes until the next #VMEXIT and returns it."""
+
+    def __init__(self, mc: MemoryController, control: GuestControl):
+        self.mc = mc
+        self.control = control
+        self.mmu = Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos)
+        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(0, mc.size, UC_PROT_ALL, mc.dram.ctypes.data)
+        self._mapped_views: set[int] = set()
+        if control.sev:
+            self._map_view(control.asid)
+        if mc.tsme:
+            self._map_view(HOST_SLOT)
+        uc.hook_add(UC_HOOK_TLB_FILL, self._on_fill)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        # Long mode with paging, as a 64-bit boot loader leaves it.
+        uc.reg_write(X.UC_X86_REG_CR4, 0x000006A0)  # PAE, PGE, OSFXSR, OSXMMEXCPT
+        uc.msr_write(0xC0000080, 0xD00)  # EFER: LME, LMA, NXE
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80010033)
+        self._seen_epoch = mc.epoch
+        self._seen_tb = mc.tb_epoch
+        self._scanned: dict[int, int] = {}  # gva page -> paddr it was scanned at
+        self._hooked: set[int] = set()
+        self._code_pages: dict[int, object] = {}  # gva page -> Translation
+        self._exit: VmExit | None = None
+        self._dummy_fill = False
+        self._fault: Exception | None = None
+        self._pending: tuple[int, int | None, int | None] | None = None  # (vector, error, cr2)
+        self._kick = threading.Event()
+        self.counting = False
+        self.instructions = 0
+        self.budget: int | None = None
+        self._block_counts: dict[tuple[int, int], int] = {}
+        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.stats = {"exits": 0, "tlb_fills": 0, "exceptions": 0}
+
+    # -- registers -----------------------------------------------------------------------------------
+    def get_regs(self) -> dict[str, int]:
+        return dict(zip(GPRS, self.uc.reg_read_batch(_GPR_IDS)))
+
+    def set_regs(self, regs: dict[str, int]) -> None:
+        for name, value in regs.items():
+            self.uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def get_sregs(self) -> dict[str, object]:
+        out: dict[str, object] = {n: self.uc.reg_read(_REG[n]) for n in SREGS}
+        out["efer"] = self.uc.msr_read(0xC0000080)
+        out["idtr"] = self.uc.reg_read(X.UC_X86_REG_IDTR)[1:3]
+        out["gdtr"] = self.uc.reg_read(X.UC_X86_REG_GDTR)[1:3]
+        return out
+
+    def set_sregs(self, sregs: dict[str, object]) -> None:
+        for name, value in sregs.items():
+            if name == "efer":
+                self.uc.msr_write(0xC0000080, int(value))
+            elif name in ("idtr", "gdtr"):
+                base, limit = value
+                reg = X.UC_X86_REG_IDTR if name == "idtr" else X.UC_X86_REG_GDTR
+                self.uc.reg_write(reg, (0, base, limit, 0))
+            elif name in ("cs", "ds", "es", "fs", "gs", "ss"):
+                continue  # 64-bit flat segments; selectors are informational here
+            else:
+                self.uc.reg_write(_REG[name], int(value))
+        self._flush()
+
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(_REG[name])
+
+    # -- running ------------------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Stop the guest as soon as possible (thread-safe): run() returns InterruptedExit."""
+        self._kick.set()
+        self.uc.emu_stop()
+
+    def enable_counting(self, budget: int | None = None) -> None:
+        """Count instructions (slow: a hook per translated block); stop after `budget`."""
+        if not self.counting:
+            self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+            self.counting = True
+        self.budget = budget
+
+    def run(self) -> VmExit:
+        if self.control.sev and not self.mc.engine.has_key(self.control.asid):
+            return VmrunFailed(f"ASID {self.control.asid} has no key: the PSP has not activated this guest")
+        while True:
+            if self._kick.is_set():
+                self._kick.clear()
+                return InterruptedExit()
+            if self._pending is not None:
+                try:
+                    self._deliver_pending()
+                except _TripleFault as e:
+                    return ShutdownExit(str(e))
+                except NestedFault as e:
+                    return NpfExit(e.gpa, e.error_code)
+            self._sync_epochs()
+            if self._dummy_fill:
+                self._dummy_fill = False
+                self._flush()
+            self._exit = None
+            self._fault = None
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            try:
+                self.uc.emu_start(rip, UNTIL)
+            except UcError as err:
+                fault, self._fault = self._fault, None
+                if isinstance(fault, _Retry):
+                    self._flush()
+                    continue
+                if isinstance(fault, GuestPageFault):
+                    self._raise_guest_fault(fault)
+                    continue
+                if isinstance(fault, NestedFault):
+                    self.stats["exits"] += 1
+                    return NpfExit(fault.gpa, fault.error_code)
+                if self._pending is not None:
+                    continue
+                if err.errno == UC_ERR_INSN_INVALID:
+                    self._pending = (UD, None, None)
+                    continue
+                if err.errno == UC_ERR_EXCEPTION:
+                    self._pending = (GP, 0, None)
+                    continue
+                return InternalErrorExit(f"emulator error at RIP {self.reg('rip'):#x}: {err}")
+            if self._exit is not None:
+                self.stats["exits"] += 1
+                exit_, self._exit = self._exit, None
+                return exit_
+            if self._pending is not None:
+                continue
+            if self._kick.is_set():
+                continue
+            if self.budget is not None and self.instructions >= self.budget:
+                return BudgetExit(self.instructions)
+            return InternalErrorExit(f"emulation stopped without a cause at RIP {self.reg('rip'):#x}")
+
+    # -- TLB, translated code --------------------------------------------------------------------------
+    def _map_view(self, slot: int) -> None:
+        self.mc.view(slot)
+        self.uc.mem_map_ptr(view_base(slot), self.mc.size, UC_PROT_ALL,
+                            self.mc.views[slot].buf.ctypes.data)
+        self._mapped_views.add(slot)
+
+    def _sync_epochs(self) -> None:
+        for slot in (self.control.asid if self.control.sev else None,
+                     HOST_SLOT if self.mc.tsme else None):
+            if slot is not None and self.mc.views.get(slot) is None:
+                # The PSP retired this slot's view (new key); map the new one.
+                self.uc.mem_unmap(view_base(slot), self.mc.size)
+                self._map_view(slot)
+        if self._seen_epoch != self.mc.epoch:
+            self._seen_epoch = self.mc.epoch
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self._seen_tb != self.mc.tb_epoch:
+            self._seen_tb = self.mc.tb_epoch
+            self.uc.ctl_flush_tb()
+
+    def _flush(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def _on_fill(self, uc, vaddr, access, entry, _user):
+        if self._exit is not None or vaddr >> 47 not in (0, 0x1FFFF):
+            # Unicorn probes the `until` address while it stops after an intercept; give it a
+            # harmless dummy entry and drop it before the guest runs again.
+            self._dummy_fill = True
+            entry.paddr = 0
+            entry.perms = UC_PROT_ALL
+            return True
+        try:
+            paddr, perms, t = self.mmu.fill(vaddr, access, uc.reg_read(X.UC_X86_REG_CR3))
+        except NeedsRetry:
+            self._fault = _Retry()
+            return False
+        except (GuestPageFault, NestedFault) as f:
+            self._fault = f
+            return False
+        self.stats["tlb_fills"] += 1
+        if access == ACCESS_FETCH and self._scan_code(vaddr & ~0xFFF, t):
+            # Hooks were added for code that may already be translated: retranslate first.
+            self.mc.bump(code=True)
+            self._fault = _Retry()
+            return False
+        entry.paddr = paddr
+        entry.perms = perms
+        return True
+
+    # -- intercepted instructions ---------------------------------------------------------------------
+    def _scan_code(self, page: int, t) -> bool:
+        """Hook every possible intercepted instruction on a newly fetched code page.
+
+        Returns True when the page had been scanned before at another place (the guest or the
+        hypervisor remapped it), so translated code must be dropped for the new hooks to apply.
+        """
+        self._code_pages[page] = t
+        prev = self._scanned.get(page)
+        if prev == t.paddr:
+            return False
+        self._scanned[page] = t.paddr
+        code = self.mmu.read_bytes(t, 0, 0x1000)
+        hits = set()
+        for i, b in enumerate(code):
+            if b in _IO_OPS or b == 0xF4:
+                hits.add(i)
+                if i and code[i - 1] == 0x66:
+                    hits.add(i - 1)
+            elif b == 0x0F and i + 1 < len(code) and code[i + 1] in (0xA2, 0x30, 0x32, 0x01):
+                hits.add(i)
+                if i and code[i - 1] == 0xF3:
+                    hits.add(i - 1)
+        new = False
+        for i in sorted(hits):
+            addr = page + i
+            if addr not in self._hooked:
+                self._hooked.add(addr)
+                self.uc.hook_add(UC_HOOK_CODE, self._on_intercept, None, addr, addr)
+                new = True
+        return new and prev is not None
+
+    def code_bytes(self, gva: int, length: int) -> bytes:
+        """Instruction bytes at `gva` as the CPU fetches them (private for an SEV guest)."""
+        out = b""
+        while length > 0:
+            page = gva & ~0xFFF
+            t = self._code_pages.get(page)
+            if t is None:
+                try:
+                    t = self.mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
+                    if t.slot is not None:
+                        self.mc.fill_view(t.slot, t.spa >> 12, False)
+                except (GuestPageFault, NestedFault, NeedsRetry):
+                    break
+            n = min(length, 0x1000 - (gva & 0xFFF))
+            out += self.mmu.read_bytes(t, gva & 0xFFF, n)
+            gva += n
+            length -= n
+        return out
+
+    def _on_intercept(self, uc, addr, size, _user):
+        b = self.code_bytes(addr, 5)
+        i, opsize = 0, 4
+        rep = False
+        while i < len(b) and b[i] in (0x66, 0xF3):
+            if b[i] == 0x66:
+                opsize = 2
+            else:
+                rep = True
+            i += 1
+        if i >= len(b):
+            return
+        op = b[i]
+        exit_: VmExit
+        if op in _IO_OPS:
+            size = 1 if op in (0xE4, 0xE6, 0xEC, 0xEE) else opsize
+            is_in = op in (0xE4, 0xE5, 0xEC, 0xED)
+            if op in (0xE4, 0xE5, 0xE6, 0xE7):
+                port, length = b[i + 1], i + 2
+            else:
+                port, length = uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF, i + 1
+            value = 0 if is_in else uc.reg_read(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+            exit_ = IoExit(port, size, is_in, value)
+        elif op == 0xF4 and i == 0:
+            exit_, length = HltExit(), 1
+        elif op == 0x0F and len(b) > i + 1:
+            op2 = b[i + 1]
+            if op2 == 0xA2 and i == 0:
+                rax, rcx = uc.reg_read(X.UC_X86_REG_RAX), uc.reg_read(X.UC_X86_REG_RCX)
+                exit_, length = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF), 2
+            elif op2 in (0x30, 0x32) and i == 0:
+                msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+                if msr in _NATIVE_MSRS:
+                    return
+                length = 2
+                if op2 == 0x32 and msr == MSR_SEV_STATUS:
+                    self._set_edx_eax(self.control.sev_status)
+                    uc.reg_write(X.UC_X86_REG_RIP, addr + length)
+                    return
+                value = ((uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
+                         (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
+                exit_ = MsrExit(msr, op2 == 0x30, value if op2 == 0x30 else 0)
+            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xd9":
+                exit_ = VmgexitExit() if rep else VmmcallExit()
+                length = i + 3
+            else:
+                return
+        else:
+            return
+        self._exit = exit_
+        uc.reg_write(X.UC_X86_REG_RIP, addr + length)
+        uc.emu_stop()
+
+    def _set_edx_eax(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
+
+    def _on_invalid(self, uc, _user):
+        # VMMCALL/VMGEXIT land here when they were not caught by a scan hook (code written after
+        # its page was scanned); anything else is #UD.
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        b = self.code_bytes(rip, 4)
+        if b[:3] == b"\x0f\x01\xd9":
+            self._exit = VmmcallExit()
+            uc.reg_write(X.UC_X86_REG_RIP, rip + 3)
+            uc.emu_stop()
+            return True
+        if b[:4] == b"\xf3\x0f\x01\xd9":
+            self._exit = VmgexitExit()
+            uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
+            uc.emu_stop()
+            return True
+        return False
+
+    def _on_intr(self, uc, intno, _user):
+        self._pending = (intno, 0 if intno in _HAS_ERROR_CODE else None, None)
+        uc.emu_stop()
+
+    def _on_block(self, uc, address, size, _user):
+        n = self._block_counts.get((address, size))
+        if n is None:
+            n = sum(1 for _ in self._cs.disasm_lite(self.code_bytes(address, size), address)) or 1
+            self._block_counts[(address, size)] = n
+        self.instructions += n
+        if self.budget is not None and self.instructions >= self.budget:
+            uc.emu_stop()
+
+    # -- exceptions into the guest --------------------------------------------------------------------
+    def _raise_guest_fault(self, f: GuestPageFault) -> None:
+        if f.error_code < 0:
+            self._pending = (GP, 0, None)
+        else:
+            self._pending = (PF, f.error_code, f.address)
+
+    def inject(self, vector: int, error_code: int | None = None) -> None:
+        """Queue an exception or interrupt for delivery at the next run (event injection)."""
+        self._pending = (vector, error_code, None)
+
+    def _deliver_pending(self) -> None:
+        vector, error, cr2 = self._pending
+        self._pending = None
+        self.stats["exceptions"] += 1
+        try:
+            self._deliver(vector, error, cr2)
+        except GuestPageFault:
+            if vector == DF:
+                raise _TripleFault("triple fault: the double-fault handler could not be reached")
+            try:
+                self._deliver(DF, 0, None)
+            except GuestPageFault:
+                raise _TripleFault(
+                    f"triple fault: exception {vector} could not be delivered, nor the double fault")
+        except _NoHandler as e:
+            if vector == DF:
+                raise _TripleFault(f"triple fault: {e}")
+            try:
+                self._deliver(DF, 0, None)
+            except (GuestPageFault, _NoHandler):
+                raise _TripleFault(f"triple fault: {e} (and no double-fault handler)")
+
+    def _deliver(self, vector: int, error: int | None, cr2: int | None) -> None:
+        _sel, base, limit, _flags = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        if vector * 16 + 15 > limit:
+            raise _NoHandler(f"exception {vector} ({_NAMES.get(vector, 'interrupt')}) at RIP "
+                             f"{self.reg('rip'):#x} with no IDT entry")
+        gate = self._read_virt(base + vector * 16, 16)
+        lo, sel, ist, attr, mid, hi = (int.from_bytes(gate[0:2], "little"), int.from_bytes(gate[2:4], "little"),
+                                       gate[4], gate[5], int.from_bytes(gate[6:8], "little"),
+                                       int.from_bytes(gate[8:12], "little"))
+        if not attr & 0x80 or (attr & 0xF) not in (0xE, 0xF):
+            raise _NoHandler(f"IDT entry {vector} is not a present 64-bit gate")
+        handler = lo | mid << 16 | hi << 32
+        regs = self.uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
+                                       X.UC_X86_REG_CS, X.UC_X86_REG_SS])
+        rip, rsp, rflags, cs, ss = regs
+        frame = [ss, rsp, rflags, cs, rip] + ([error] if error is not None else [])
+        new_rsp = ((rsp & ~0xF) - 8 * len(frame)) & 0xFFFF_FFFF_FFFF_FFFF
+        data = b"".join(v.to_bytes(8, "little") for v in reversed(frame))
+        self._write_virt(new_rsp, data)
+        if cr2 is not None:
+            self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        if (attr & 0xF) == 0xE:
+            rflags &= ~0x200  # interrupt gate: IF cleared
+        rflags &= ~0x100  # TF
+        self.uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, rflags),
+                                 (X.UC_X86_REG_RIP, handler)])
+
+    def _read_virt(self, gva: int, length: int) -> bytes:
+        return self._access_virt(gva, length, None)
+
+    def _write_virt(self, gva: int, data: bytes) -> None:
+        self._access_virt(gva, len(data), data)
+
+    def _access_virt(self, gva: int, length: int, data: bytes | None) -> bytes:
+        """Guest-virtual access by the CPU itself (exception frames): same MMU, same coherence."""
+        out = b""
+        pos = 0
+        cr3 = self.reg("cr3")
+        while pos < length:
+            a = gva + pos
+            n = min(length - pos, 0x1000 - (a & 0xFFF))
+            while True:
+                try:
+                    paddr, _perms, t = self.mmu.fill(a, ACCESS_WRITE if data else ACCESS_READ, cr3)
+                    break
+                except NeedsRetry:
+                    self._flush()
+            if data is None:
+                out += bytes(self.uc.mem_read(paddr + (a & 0xFFF), n))
+            else:
+                self.uc.mem_write(paddr + (a & 0xFFF), data[pos:pos + n])
+            pos += n
+        return out
+
+
+class _TripleFault(Exception):
+    pass
+
+
+class _NoHandler(Exception):
+    pass
+
+
+_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 8: "#DF", 13: "#GP", 14: "#PF", 29: "#VC"}
