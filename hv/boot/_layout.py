@@ -23,6 +23,7 @@ __all__ = [
     "SECRET_MAX",
     "boot_info",
     "boot_page_tables",
+    "check_mem",
     "image_regions",
     "launch_digest",
     "launch_regions",
@@ -126,6 +127,11 @@ def launch_digest(image: bytes, mem_size: int, cbitpos: int) -> bytes:
     for _gpa, data in launch_regions(image, mem_size, cbitpos):
         h.update(data)
     return h.digest()
+
+
+def check_mem(mem_size: int) -> None:
+    """Raise ValueError unless `mem_size` is a guest memory size hv can lay out."""
+    _check_mem(mem_size)
 
 
 def _check_mem(mem_size: int) -> None:

@@ -78,10 +78,10 @@ class Cpu:
     """A vCPU of one guest. `run()` executes until the next #VMEXIT and returns it."""
 
     def __init__(self, mc: MemoryController, control: GuestControl):
-        self.mc = mc
+        self._mc = mc
         self.control = control
-        self.mmu = Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos)
-        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._mmu = Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos)
+        uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(0, mc.size, UC_PROT_ALL, mc.dram.ctypes.data)
         self._mapped_views: set[int] = set()
@@ -115,51 +115,51 @@ class Cpu:
 
     # -- registers -----------------------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
-        return dict(zip(GPRS, self.uc.reg_read_batch(_GPR_IDS)))
+        return dict(zip(GPRS, self._uc.reg_read_batch(_GPR_IDS)))
 
     def set_regs(self, regs: dict[str, int]) -> None:
         for name, value in regs.items():
-            self.uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+            self._uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
 
     def get_sregs(self) -> dict[str, object]:
-        out: dict[str, object] = {n: self.uc.reg_read(_REG[n]) for n in SREGS}
-        out["efer"] = self.uc.msr_read(0xC0000080)
-        out["idtr"] = self.uc.reg_read(X.UC_X86_REG_IDTR)[1:3]
-        out["gdtr"] = self.uc.reg_read(X.UC_X86_REG_GDTR)[1:3]
+        out: dict[str, object] = {n: self._uc.reg_read(_REG[n]) for n in SREGS}
+        out["efer"] = self._uc.msr_read(0xC0000080)
+        out["idtr"] = self._uc.reg_read(X.UC_X86_REG_IDTR)[1:3]
+        out["gdtr"] = self._uc.reg_read(X.UC_X86_REG_GDTR)[1:3]
         return out
 
     def set_sregs(self, sregs: dict[str, object]) -> None:
         for name, value in sregs.items():
             if name == "efer":
-                self.uc.msr_write(0xC0000080, int(value))
+                self._uc.msr_write(0xC0000080, int(value))
             elif name in ("idtr", "gdtr"):
                 base, limit = value
                 reg = X.UC_X86_REG_IDTR if name == "idtr" else X.UC_X86_REG_GDTR
-                self.uc.reg_write(reg, (0, base, limit, 0))
+                self._uc.reg_write(reg, (0, base, limit, 0))
             elif name in ("cs", "ds", "es", "fs", "gs", "ss"):
                 continue  # 64-bit flat segments; selectors are informational here
             else:
-                self.uc.reg_write(_REG[name], int(value))
+                self._uc.reg_write(_REG[name], int(value))
         self._flush()
 
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(_REG[name])
+        return self._uc.reg_read(_REG[name])
 
     # -- running ------------------------------------------------------------------------------------
     def kick(self) -> None:
         """Stop the guest as soon as possible (thread-safe): run() returns InterruptedExit."""
         self._kick.set()
-        self.uc.emu_stop()
+        self._uc.emu_stop()
 
     def enable_counting(self, budget: int | None = None) -> None:
         """Count instructions (slow: a hook per translated block); stop after `budget`."""
         if not self.counting:
-            self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+            self._uc.hook_add(UC_HOOK_BLOCK, self._on_block)
             self.counting = True
         self.budget = budget
 
     def run(self) -> VmExit:
-        if self.control.sev and not self.mc.engine.has_key(self.control.asid):
+        if self.control.sev and not self._mc.engine.has_key(self.control.asid):
             return VmrunFailed(f"ASID {self.control.asid} has no key: the PSP has not activated this guest")
         while True:
             if self._kick.is_set():
@@ -178,9 +178,9 @@ class Cpu:
                 self._flush()
             self._exit = None
             self._fault = None
-            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._uc.reg_read(X.UC_X86_REG_RIP)
             try:
-                self.uc.emu_start(rip, UNTIL)
+                self._uc.emu_start(rip, UNTIL)
             except UcError as err:
                 fault, self._fault = self._fault, None
                 if isinstance(fault, _Retry):
@@ -191,7 +191,10 @@ class Cpu:
                     continue
                 if isinstance(fault, NestedFault):
                     self.stats["exits"] += 1
-                    return NpfExit(fault.gpa, fault.error_code)
+                    insn = b""
+                    if fault.error_code & (1 << 32) and not fault.error_code & 16:
+                        insn = self.code_bytes(self.reg("rip"), 15)
+                    return NpfExit(fault.gpa, fault.error_code, insn)
                 if self._pending is not None:
                     continue
                 if err.errno == UC_ERR_INSN_INVALID:
@@ -215,27 +218,27 @@ class Cpu:
 
     # -- TLB, translated code --------------------------------------------------------------------------
     def _map_view(self, slot: int) -> None:
-        self.mc.view(slot)
-        self.uc.mem_map_ptr(view_base(slot), self.mc.size, UC_PROT_ALL,
-                            self.mc.views[slot].buf.ctypes.data)
+        self._mc.view(slot)
+        self._uc.mem_map_ptr(view_base(slot), self._mc.size, UC_PROT_ALL,
+                            self._mc.views[slot].buf.ctypes.data)
         self._mapped_views.add(slot)
 
     def _sync_epochs(self) -> None:
         for slot in (self.control.asid if self.control.sev else None,
-                     HOST_SLOT if self.mc.tsme else None):
-            if slot is not None and self.mc.views.get(slot) is None:
+                     HOST_SLOT if self._mc.tsme else None):
+            if slot is not None and self._mc.views.get(slot) is None:
                 # The PSP retired this slot's view (new key); map the new one.
-                self.uc.mem_unmap(view_base(slot), self.mc.size)
+                self._uc.mem_unmap(view_base(slot), self._mc.size)
                 self._map_view(slot)
-        if self._seen_epoch != self.mc.epoch:
-            self._seen_epoch = self.mc.epoch
-            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        if self._seen_tb != self.mc.tb_epoch:
-            self._seen_tb = self.mc.tb_epoch
-            self.uc.ctl_flush_tb()
+        if self._seen_epoch != self._mc.epoch:
+            self._seen_epoch = self._mc.epoch
+            self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self._seen_tb != self._mc.tb_epoch:
+            self._seen_tb = self._mc.tb_epoch
+            self._uc.ctl_flush_tb()
 
     def _flush(self) -> None:
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def _on_fill(self, uc, vaddr, access, entry, _user):
         if self._exit is not None or vaddr >> 47 not in (0, 0x1FFFF):
@@ -246,7 +249,7 @@ class Cpu:
             entry.perms = UC_PROT_ALL
             return True
         try:
-            paddr, perms, t = self.mmu.fill(vaddr, access, uc.reg_read(X.UC_X86_REG_CR3))
+            paddr, perms, t = self._mmu.fill(vaddr, access, uc.reg_read(X.UC_X86_REG_CR3))
         except NeedsRetry:
             self._fault = _Retry()
             return False
@@ -256,7 +259,7 @@ class Cpu:
         self.stats["tlb_fills"] += 1
         if access == ACCESS_FETCH and self._scan_code(vaddr & ~0xFFF, t):
             # Hooks were added for code that may already be translated: retranslate first.
-            self.mc.bump(code=True)
+            self._mc.bump(code=True)
             self._fault = _Retry()
             return False
         entry.paddr = paddr
@@ -275,7 +278,7 @@ class Cpu:
         if prev == t.paddr:
             return False
         self._scanned[page] = t.paddr
-        code = self.mmu.read_bytes(t, 0, 0x1000)
+        code = self._mmu.read_bytes(t, 0, 0x1000)
         hits = set()
         for i, b in enumerate(code):
             if b in _IO_OPS or b == 0xF4:
@@ -291,7 +294,7 @@ class Cpu:
             addr = page + i
             if addr not in self._hooked:
                 self._hooked.add(addr)
-                self.uc.hook_add(UC_HOOK_CODE, self._on_intercept, None, addr, addr)
+                self._uc.hook_add(UC_HOOK_CODE, self._on_intercept, None, addr, addr)
                 new = True
         return new and prev is not None
 
@@ -303,13 +306,13 @@ class Cpu:
             t = self._code_pages.get(page)
             if t is None:
                 try:
-                    t = self.mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
+                    t = self._mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
                     if t.slot is not None:
-                        self.mc.fill_view(t.slot, t.spa >> 12, False)
+                        self._mc.fill_view(t.slot, t.spa >> 12, False)
                 except (GuestPageFault, NestedFault, NeedsRetry):
                     break
             n = min(length, 0x1000 - (gva & 0xFFF))
-            out += self.mmu.read_bytes(t, gva & 0xFFF, n)
+            out += self._mmu.read_bytes(t, gva & 0xFFF, n)
             gva += n
             length -= n
         return out
@@ -368,8 +371,8 @@ class Cpu:
         uc.emu_stop()
 
     def _set_edx_eax(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        self.uc.reg_write(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
+        self._uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self._uc.reg_write(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
 
     def _on_invalid(self, uc, _user):
         # VMMCALL/VMGEXIT land here when they were not caught by a scan hook (code written after
@@ -435,7 +438,7 @@ class Cpu:
                 raise _TripleFault(f"triple fault: {e} (and no double-fault handler)")
 
     def _deliver(self, vector: int, error: int | None, cr2: int | None) -> None:
-        _sel, base, limit, _flags = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        _sel, base, limit, _flags = self._uc.reg_read(X.UC_X86_REG_IDTR)
         if vector * 16 + 15 > limit:
             raise _NoHandler(f"exception {vector} ({_NAMES.get(vector, 'interrupt')}) at RIP "
                              f"{self.reg('rip'):#x} with no IDT entry")
@@ -446,7 +449,7 @@ class Cpu:
         if not attr & 0x80 or (attr & 0xF) not in (0xE, 0xF):
             raise _NoHandler(f"IDT entry {vector} is not a present 64-bit gate")
         handler = lo | mid << 16 | hi << 32
-        regs = self.uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
+        regs = self._uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
                                        X.UC_X86_REG_CS, X.UC_X86_REG_SS])
         rip, rsp, rflags, cs, ss = regs
         frame = [ss, rsp, rflags, cs, rip] + ([error] if error is not None else [])
@@ -454,11 +457,11 @@ class Cpu:
         data = b"".join(v.to_bytes(8, "little") for v in reversed(frame))
         self._write_virt(new_rsp, data)
         if cr2 is not None:
-            self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
+            self._uc.reg_write(X.UC_X86_REG_CR2, cr2)
         if (attr & 0xF) == 0xE:
             rflags &= ~0x200  # interrupt gate: IF cleared
         rflags &= ~0x100  # TF
-        self.uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, rflags),
+        self._uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, rflags),
                                  (X.UC_X86_REG_RIP, handler)])
 
     def _read_virt(self, gva: int, length: int) -> bytes:
@@ -477,14 +480,14 @@ class Cpu:
             n = min(length - pos, 0x1000 - (a & 0xFFF))
             while True:
                 try:
-                    paddr, _perms, t = self.mmu.fill(a, ACCESS_WRITE if data else ACCESS_READ, cr3)
+                    paddr, _perms, t = self._mmu.fill(a, ACCESS_WRITE if data else ACCESS_READ, cr3)
                     break
                 except NeedsRetry:
                     self._flush()
             if data is None:
-                out += bytes(self.uc.mem_read(paddr + (a & 0xFFF), n))
+                out += bytes(self._uc.mem_read(paddr + (a & 0xFFF), n))
             else:
-                self.uc.mem_write(paddr + (a & 0xFFF), data[pos:pos + n])
+                self._uc.mem_write(paddr + (a & 0xFFF), data[pos:pos + n])
             pos += n
         return out
 

@@ -78,6 +78,7 @@ class NpfExit(VmExit):
     """Nested page fault: `gpa` had no nested mapping or the access broke its permissions."""
     gpa: int
     error_code: int  # EXITINFO1: P(0) W(1) U(2) ID(4), bit 32 final translation, bit 33 table walk
+    insn_bytes: bytes = b""  # decode assist: the faulting instruction's bytes (GuestInstrBytes)
     code = SvmExit.NPF
 
 

@@ -74,7 +74,7 @@ class Translation:
 class Mmu:
     def __init__(self, mc: MemoryController, npt: NestedPageTable, asid: int, encrypted: bool,
                  cbitpos: int):
-        self.mc = mc
+        self._mc = mc
         self.npt = npt
         self.asid = asid
         self.encrypted = encrypted
@@ -95,11 +95,11 @@ class Mmu:
         slot = self._private_slot if self.encrypted else self._shared_slot
         page = spa >> 12
         if slot is None:
-            if self.mc.views:
-                self.mc.fill_raw(page, False)
+            if self._mc.views:
+                self._mc.fill_raw(page, False)
             return int(self._dram64[spa >> 3])
-        self.mc.fill_view(slot, page, False)
-        return int(self.mc.views[slot].buf[spa:spa + 8].view(np.uint64)[0])
+        self._mc.fill_view(slot, page, False)
+        return int(self._mc.views[slot].buf[spa:spa + 8].view(np.uint64)[0])
 
     def translate(self, gva: int, access: int, cr3: int) -> Translation:
         """Walk for one access; raise GuestPageFault / NestedFault / memctl.NeedsRetry."""
@@ -152,12 +152,12 @@ class Mmu:
         page = t.spa >> 12
         if t.slot is None:
             perms = PROT_R | (PROT_W if t.writable else 0) | (PROT_X if t.executable else 0)
-            if self.mc.views:
-                self.mc.fill_raw(page, t.writable)
+            if self._mc.views:
+                self._mc.fill_raw(page, t.writable)
             return t.spa, perms, t
-        self.mc.fill_view(t.slot, page, write)
+        self._mc.fill_view(t.slot, page, write)
         perms = PROT_R | (PROT_X if t.executable else 0)
-        if write or self.mc.views[t.slot].state[page] == DIRTY:
+        if write or self._mc.views[t.slot].state[page] == DIRTY:
             perms |= PROT_W if t.writable else 0
         if self.encrypted and access == ACCESS_FETCH and not t.c_bit:
             perms = PROT_X  # code on a C=0 page still runs private; its data reads must refill
@@ -167,8 +167,8 @@ class Mmu:
         """Bytes of a translated page (within the page), from the right domain."""
         a = t.spa + offset
         if t.slot is None:
-            return self.mc.dram[a:a + length].tobytes()
-        return self.mc.views[t.slot].buf[a:a + length].tobytes()
+            return self._mc.dram[a:a + length].tobytes()
+        return self._mc.views[t.slot].buf[a:a + length].tobytes()
 
 
 def _pf_error(present: bool, write: bool, fetch: bool) -> int:

@@ -1,0 +1,3 @@
+from hv.cli import main
+
+main()

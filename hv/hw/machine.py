@@ -1,0 +1,82 @@
+"""The machine: one SoC with DRAM, a memory controller, an AES engine, a PSP and CPU cores.
+
+The machine hands out capabilities, never itself: the hypervisor gets a HostPort, a DmaPort and
+the PSP mailbox; the PSP firmware gets a PspPort with the key slots; a physical attacker gets a
+ColdBootPort. Nothing here returns a key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from hv.hw.cpu import Cpu, GuestControl
+from hv.hw.cpuid import EPYC, CpuModel
+from hv.hw.engine import AesEngine, KeySlotPort, TweakMode
+from hv.hw.memctl import MemoryController
+from hv.hw.npt import NestedPageTable
+from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
+from hv.hw.psp import PspMailbox
+
+__all__ = ["Machine", "MachineConfig"]
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    dram_size: int = 256 << 20
+    model: CpuModel = EPYC
+    tweak: TweakMode = TweakMode.XEX_RANDOM
+    tweak_constants: tuple[int, ...] | None = None
+    tsme: bool = False
+    psp_state: str | os.PathLike | None = None  # the PSP's non-volatile storage; None: in memory
+
+
+class Machine:
+    def __init__(self, config: MachineConfig = MachineConfig()):
+        self.config = config
+        self.model = config.model
+        engine = AesEngine(config.model.max_asid, config.tweak,
+                           list(config.tweak_constants) if config.tweak_constants else None)
+        self._mc = MemoryController(config.dram_size, engine, tsme=config.tsme)
+        self._keys = KeySlotPort(engine)
+        self.host = HostPort(self._mc)
+        self.dma = DmaPort(self._mc)
+        self.cold_boot = ColdBootPort(self._mc)
+        self.psp = PspMailbox(self._make_firmware)
+
+    def _make_firmware(self):
+        from firmware import Firmware  # the PSP's own code, loaded when the PSP first boots
+
+        port = PspPort(self._mc, self._keys, self.model.min_sev_asid)
+        return Firmware(port, self.config.psp_state)
+
+    @property
+    def dram_size(self) -> int:
+        return self._mc.size
+
+    @property
+    def tsme(self) -> bool:
+        return self._mc.tsme
+
+    def host_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        return self.model.host_cpuid(leaf, subleaf)
+
+    def tweak_mode(self) -> TweakMode:
+        return self._mc.engine.mode
+
+    def tweak_constants(self) -> list[int]:
+        """The linear-tweak constants of this part (public properties of the silicon, not keys)."""
+        return self._mc.engine.tweak_constants()
+
+    def new_npt(self) -> NestedPageTable:
+        return NestedPageTable(self._mc.size, self._mc.bump)
+
+    def new_cpu(self, control: GuestControl) -> Cpu:
+        return Cpu(self._mc, control)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._mc.stats)
+
+    def flush_caches(self) -> None:
+        """WBINVD on every core: dirty plaintext goes back to DRAM as ciphertext."""
+        self._mc.flush_all()

@@ -1,0 +1,7 @@
+"""The hypervisor: a KVM-shaped API over the machine (untrusted: sees only what KVM would)."""
+
+from hv.kvm import exits
+from hv.kvm.kvm import VM_TYPES, Kvm, KvmError, MemorySlot, Vm
+from hv.kvm.vcpu import MemoryFault, Vcpu
+
+__all__ = ["Kvm", "KvmError", "MemoryFault", "MemorySlot", "VM_TYPES", "Vcpu", "Vm", "exits"]

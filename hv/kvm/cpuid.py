@@ -1,0 +1,26 @@
+"""The CPUID table a guest sees: the host's, filtered the way KVM and QEMU filter it.
+
+A hypervisor controls this table entirely; SEV does not protect it (a malicious hypervisor could
+hide SEV from the guest, which is why the guest confirms with SEV_STATUS, which it cannot fake).
+"""
+
+from __future__ import annotations
+
+__all__ = ["guest_cpuid_table"]
+
+_KVM_SIG = b"KVMKVMKVM\0\0\0"
+
+
+def guest_cpuid_table(host_cpuid, vm_type: str, cbitpos: int) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """Entries keyed by (leaf, subleaf); leaves not listed read as zeros."""
+    t: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    for leaf in (0x0, 0x80000000, 0x80000001, 0x80000008):
+        t[(leaf, 0)] = host_cpuid(leaf)
+    a, b, c, d = host_cpuid(1)
+    t[(1, 0)] = (a, b & 0x00FFFFFF, c | (1 << 31), d)  # hypervisor present; APIC id 0
+    t[(0x40000000, 0)] = (0x40000001, *(int.from_bytes(_KVM_SIG[i:i + 4], "little") for i in (0, 4, 8)))
+    if vm_type != "plain":
+        eax = 0x2 | (0x8 if vm_type in ("sev-es", "sev-snp") else 0) | (0x10 if vm_type == "sev-snp" else 0)
+        # QEMU reports the C-bit and a reduced-phys-bits of 1; KVM clears the rest of EBX.
+        t[(0x8000001F, 0)] = (eax, cbitpos | (1 << 6), 0, 0)
+    return t

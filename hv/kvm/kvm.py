@@ -1,0 +1,202 @@
+"""KVM-shaped system, VM and memory-slot objects over the machine.
+
+Kvm is the open /dev/kvm: it owns host physical memory allocation and the ASID space. A Vm has a
+type (plain, sev, sev-es, sev-snp), memory slots (GPA range -> host physical memory the Kvm
+allocated), a nested page table the hypervisor controls, and vCPUs. Encrypted types get their
+keys only through the PSP (hv.kvm.sev); nothing here ever sees one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hv.hw.cpu import GuestControl
+from hv.hw.machine import Machine
+from hv.hw.npt import NPT_RWX
+from hv.kvm.cpuid import guest_cpuid_table
+from hv.kvm.vcpu import Vcpu
+
+__all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
+
+VM_TYPES = ("plain", "sev", "sev-es", "sev-snp")
+_PAGE = 0x1000
+HOST_RESERVED = 1 << 20  # the hypervisor's own pages (PSP command buffers, certificates)
+
+
+class KvmError(Exception):
+    """An ioctl-level error (EINVAL, ENOMEM, EEXIST...): bad arguments from user space."""
+
+
+@dataclass(frozen=True)
+class MemorySlot:
+    slot: int
+    gpa: int
+    size: int
+    spa: int
+
+
+class Kvm:
+    """/dev/kvm on one machine."""
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self._free = [(HOST_RESERVED, machine.dram_size - HOST_RESERVED)]
+        self._host_next = 0
+        self._asids_used: set[int] = set()
+        self.vms: list[Vm] = []
+
+    # -- host physical memory --------------------------------------------------------------------------
+    def alloc(self, size: int, align: int = _PAGE) -> int:
+        size = (size + _PAGE - 1) & ~(_PAGE - 1)
+        for i, (start, length) in enumerate(self._free):
+            a = (start + align - 1) & ~(align - 1)
+            if a + size <= start + length:
+                rest = []
+                if a > start:
+                    rest.append((start, a - start))
+                if a + size < start + length:
+                    rest.append((a + size, start + length - a - size))
+                self._free[i:i + 1] = rest
+                return a
+        raise KvmError(f"out of host memory: cannot allocate {size >> 20} MiB "
+                       f"(DRAM is {self.machine.dram_size >> 20} MiB)")
+
+    def free(self, spa: int, size: int) -> None:
+        size = (size + _PAGE - 1) & ~(_PAGE - 1)
+        self._free.append((spa, size))
+        self._free.sort()
+        merged = []
+        for s, n in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((s, n))
+        self._free = merged
+
+    def alloc_host_buffer(self, size: int) -> int:
+        """A buffer in the hypervisor's reserved area (command buffers for the PSP)."""
+        size = (size + 15) & ~15
+        if self._host_next + size > HOST_RESERVED:
+            self._host_next = 0
+        spa = self._host_next
+        self._host_next += size
+        return spa
+
+    # -- ASIDs -----------------------------------------------------------------------------------------
+    def alloc_asid(self, es: bool) -> int:
+        """SEV-ES/SNP guests take ASIDs 1..EDX-1, plain SEV guests EDX..ECX (as KVM does)."""
+        model = self.machine.model
+        lo, hi = (1, model.min_sev_asid - 1) if es else (model.min_sev_asid, model.max_asid)
+        for asid in range(lo, hi + 1):
+            if asid not in self._asids_used:
+                self._asids_used.add(asid)
+                return asid
+        raise KvmError(f"no free {'SEV-ES' if es else 'SEV'} ASID ({lo}..{hi} all in use)")
+
+    def free_asid(self, asid: int) -> None:
+        self._asids_used.discard(asid)
+
+    # -- VMs -------------------------------------------------------------------------------------------
+    def create_vm(self, vm_type: str = "plain", cbitpos: int | None = None) -> "Vm":
+        if vm_type not in VM_TYPES:
+            raise KvmError(f"unknown VM type {vm_type!r} (one of {', '.join(VM_TYPES)})")
+        vm = Vm(self, vm_type, self.machine.model.cbitpos if cbitpos is None else cbitpos)
+        self.vms.append(vm)
+        return vm
+
+
+class Vm:
+    def __init__(self, kvm: Kvm, vm_type: str, cbitpos: int):
+        if not 32 <= cbitpos <= 51:
+            raise KvmError(f"C-bit position {cbitpos} is outside 32..51")
+        self.kvm = kvm
+        self.type = vm_type
+        self.cbitpos = cbitpos
+        self.encrypted = vm_type != "plain"
+        self.asid = kvm.alloc_asid(vm_type in ("sev-es", "sev-snp")) if self.encrypted else 0
+        self.npt = kvm.machine.new_npt()
+        self.slots: dict[int, MemorySlot] = {}
+        self.vcpus: list[Vcpu] = []
+        self.cpuid = guest_cpuid_table(kvm.machine.host_cpuid, vm_type, cbitpos)
+        self.msrs: dict[int, int] = {}
+        self.sev = None  # the SEV launch context (hv.kvm.sev), for encrypted types
+
+    @property
+    def host(self):
+        return self.kvm.machine.host
+
+    # -- memory ----------------------------------------------------------------------------------------
+    def set_user_memory_region(self, slot: int, gpa: int, size: int) -> MemorySlot:
+        """KVM_SET_USER_MEMORY_REGION: back [gpa, gpa+size) with fresh host memory."""
+        if gpa % _PAGE or size % _PAGE or size <= 0:
+            raise KvmError(f"memory slot {slot}: gpa {gpa:#x} and size {size:#x} must be page-aligned and non-empty")
+        if slot in self.slots:
+            raise KvmError(f"memory slot {slot} already exists")
+        for s in self.slots.values():
+            if gpa < s.gpa + s.size and s.gpa < gpa + size:
+                raise KvmError(f"memory slot {slot} overlaps slot {s.slot}")
+        spa = self.kvm.alloc(size, align=2 << 20)
+        ms = self.slots[slot] = MemorySlot(slot, gpa, size, spa)
+        self.npt.map(gpa, spa, size, NPT_RWX)
+        return ms
+
+    def gpa_to_spa(self, gpa: int) -> int:
+        """Through the memory slots (what user space's mapping of guest RAM is backed by)."""
+        for s in self.slots.values():
+            if s.gpa <= gpa < s.gpa + s.size:
+                return s.spa + (gpa - s.gpa)
+        raise KvmError(f"GPA {gpa:#x} is not in any memory slot")
+
+    def _pieces(self, gpa: int, length: int) -> list[tuple[int, int]]:
+        """(spa, length) pieces of a guest range, split where memory slots end."""
+        out = []
+        while length > 0:
+            for s in self.slots.values():
+                if s.gpa <= gpa < s.gpa + s.size:
+                    n = min(length, s.gpa + s.size - gpa)
+                    out.append((s.spa + gpa - s.gpa, n))
+                    break
+            else:
+                raise KvmError(f"GPA {gpa:#x} is not in any memory slot")
+            gpa += n
+            length -= n
+        return out
+
+    def read_gpa(self, gpa: int, length: int) -> bytes:
+        """Guest memory as the hypervisor sees it: what DRAM stores (ciphertext if private)."""
+        return b"".join(self.host.read(spa, n) for spa, n in self._pieces(gpa, length))
+
+    def write_gpa(self, gpa: int, data: bytes) -> None:
+        pos = 0
+        for spa, n in self._pieces(gpa, len(data)):
+            self.host.write(spa, data[pos:pos + n])
+            pos += n
+
+    def npt_map(self, gpa: int, spa: int, size: int = _PAGE, perms: int = NPT_RWX) -> None:
+        self.npt.map(gpa, spa, size, perms)
+
+    def npt_unmap(self, gpa: int, size: int = _PAGE) -> None:
+        self.npt.unmap(gpa, size)
+
+    def npt_protect(self, gpa: int, size: int, perms: int) -> None:
+        self.npt.protect(gpa, size, perms)
+
+    def npt_lookup(self, gpa: int) -> tuple[int, int] | None:
+        return self.npt.lookup(gpa)
+
+    # -- vCPUs -----------------------------------------------------------------------------------------
+    def create_vcpu(self) -> Vcpu:
+        control = GuestControl(asid=self.asid, npt=self.npt, sev=self.encrypted,
+                               sev_es=self.type in ("sev-es", "sev-snp"), cbitpos=self.cbitpos)
+        vcpu = Vcpu(self, self.kvm.machine.new_cpu(control), len(self.vcpus))
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def destroy(self) -> None:
+        for s in self.slots.values():
+            self.kvm.free(s.spa, s.size)
+        self.slots.clear()
+        if self.asid:
+            self.kvm.free_asid(self.asid)
+        if self in self.kvm.vms:
+            self.kvm.vms.remove(self)

@@ -1,0 +1,206 @@
+"""`hv owner ...`: the guest owner's offline tools (trusted domain; never talks to a hypervisor).
+
+verify-chain  check ARK -> ASK -> CEK -> PEK -> PDH and OCA -> PEK from exported certificates
+session       make LAUNCH_START's GODH certificate and session blob for a platform's PDH
+measure       the expected launch digest of an image
+verify        recompute a reported launch measurement and compare
+secret        package a LAUNCH_SECRET for a verified launch
+
+Exit status: 0 success, 1 a check failed, 2 bad input (one line on stderr). Every command takes
+--json for machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+import sevwire
+from hv.owner._chain import verify_chain
+from hv.owner._digest import image_digest
+from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
+from hv.owner._inputs import (
+    DEFAULT_CBITPOS,
+    DEFAULT_MEM,
+    parse_hex,
+    parse_int,
+    parse_size,
+    read_file,
+    read_sev_cert,
+    read_tk,
+    write_outputs,
+)
+from hv.owner._respond import MAX_SECRET
+
+__all__ = ["owner"]
+
+
+class _OwnerGroup(click.Group):
+    """Turns every owner and wire error into one stderr line and its exit status, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OwnerError as exc:
+            click.echo(f"hv owner: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except sevwire.SevWireError as exc:
+            click.echo(f"hv owner: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _emit(as_json: bool, payload: dict, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _policy(value: str) -> int:
+    try:
+        return int(sevwire.parse_policy(value))
+    except sevwire.PolicyError as exc:
+        raise OwnerInputError(f"--policy: {exc}") from None
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+policy_option = click.option("--policy", "policy", default="0", show_default=True,
+                             help="Guest policy: an integer, hex (0x..) or flag names (NODBG|NOKS).")
+mem_option = click.option("--mem", "mem", default=str(DEFAULT_MEM >> 20) + "M", show_default=True,
+                          help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem`.")
+cbitpos_option = click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int,
+                              help="C-bit position the guest's page tables use (CPUID 0x8000001F).")
+
+
+@click.group(cls=_OwnerGroup)
+def owner() -> None:
+    """Guest owner tools: certificate chain, launch session, measurement and secret (offline)."""
+
+
+@owner.command("verify-chain")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--ark", "trusted_ark", type=click.Path(dir_okay=False), default=None,
+              help="The ARK obtained from AMD; the exported ark.cert must be identical to it.")
+@json_option
+def verify_chain_cmd(directory: str, trusted_ark: str | None, as_json: bool) -> None:
+    """Verify ark/ask/cek/pek/oca/pdh.cert in DIRECTORY (sevctl export names), one line per link."""
+    report = verify_chain(directory, trusted_ark)
+    lines = [f"{'PASS' if link.ok else 'FAIL'}  {link.name}" + (f": {link.reason}" if link.reason else "")
+             for link in report.links]
+    lines.append(f"ARK sha256 {report.ark_sha256}" + ("" if trusted_ark else " (not pinned: compare with AMD's)"))
+    payload = {"ok": report.ok, "ark_sha256": report.ark_sha256, "ark_pinned": trusted_ark is not None,
+               "links": [{"link": link.name, "ok": link.ok, "reason": link.reason or None} for link in report.links]}
+    _emit(as_json, payload, lines)
+    if not report.ok:
+        failed = next(link for link in report.links if not link.ok)
+        raise OwnerCheckFailed(f"certificate chain FAILED at {failed.name}: {failed.reason}")
+
+
+@owner.command("session")
+@click.argument("pdh_cert", type=click.Path(dir_okay=False))
+@policy_option
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for launch_blob.bin, godh.cert and tmp_tk.bin.")
+@json_option
+def session_cmd(pdh_cert: str, policy: str, out_dir: str, as_json: bool) -> None:
+    """Make the LAUNCH_START session for PDH_CERT: launch_blob.bin (128 B), godh.cert (2084 B)
+    and tmp_tk.bin (TEK||TIK, keep it secret; mode 0600). Verify the PDH's chain first."""
+    pol = _policy(policy)
+    pdh = read_sev_cert(pdh_cert, "PDH certificate")
+    try:
+        session = sevwire.build_session(pdh, pol)
+    except sevwire.SevWireError as exc:
+        raise OwnerInputError(f"PDH certificate {pdh_cert}: {exc}") from None
+    files = {"launch_blob.bin": session.blob, "godh.cert": session.godh_cert,
+             "tmp_tk.bin": session.tek + session.tik}
+    written = write_outputs(out_dir, files, secret=("tmp_tk.bin",))
+    _emit(as_json, {"policy": pol, "files": written},
+          [f"policy 0x{pol:08x}"] + [f"wrote {path}" for path in written])
+
+
+@owner.command("measure")
+@click.argument("image", type=click.Path(dir_okay=False))
+@policy_option
+@mem_option
+@cbitpos_option
+@json_option
+def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, as_json: bool) -> None:
+    """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it."""
+    pol = _policy(policy)
+    mem_size = parse_size(mem)
+    result = image_digest(read_file(image, "image"), mem_size, cbitpos, pol)
+    payload = {"digest": result.digest.hex(), "image": image, "mem_size": mem_size, "cbitpos": cbitpos,
+               "policy": pol, "regions": [{"gpa": gpa, "len": length} for gpa, length in result.regions]}
+    _emit(as_json, payload, [result.digest.hex()])
+
+
+@owner.command("verify")
+@click.option("--measurement", required=True, help="MEASURE from LAUNCH_MEASURE (32 bytes, hex).")
+@click.option("--mnonce", required=True, help="MNONCE from LAUNCH_MEASURE (16 bytes, hex).")
+@click.option("--tk", "tk_path", required=True, type=click.Path(dir_okay=False), help="tmp_tk.bin from `session`.")
+@click.option("--digest", default=None, help="Expected launch digest (32 bytes, hex).")
+@click.option("--image", default=None, type=click.Path(dir_okay=False), help="Or: the image to compute it from.")
+@policy_option
+@click.option("--api-major", required=True, help="Firmware API major (PLATFORM_STATUS).")
+@click.option("--api-minor", required=True, help="Firmware API minor (PLATFORM_STATUS).")
+@click.option("--build", required=True, help="Firmware build (PLATFORM_STATUS).")
+@mem_option
+@cbitpos_option
+@json_option
+def verify_cmd(measurement: str, mnonce: str, tk_path: str, digest: str | None, image: str | None, policy: str,
+               api_major: str, api_minor: str, build: str, mem: str, cbitpos: int, as_json: bool) -> None:
+    """Recompute the launch measurement with TIK and compare; exit 1 on mismatch."""
+    if (digest is None) == (image is None):
+        raise OwnerInputError("give exactly one of --digest and --image")
+    pol = _policy(policy)
+    meas = parse_hex(measurement, 32, "--measurement")
+    nonce = parse_hex(mnonce, 16, "--mnonce")
+    keys = read_tk(tk_path)
+    major = parse_int(api_major, "--api-major", 8)
+    minor = parse_int(api_minor, "--api-minor", 8)
+    bld = parse_int(build, "--build", 8)
+    if digest is not None:
+        ld = parse_hex(digest, 32, "--digest")
+    else:
+        ld = image_digest(read_file(image, "image"), parse_size(mem), cbitpos, pol).digest
+    expected = sevwire.launch_measure(keys.tik, major, minor, bld, pol, ld, nonce)
+    ok = expected == meas
+    _emit(as_json, {"ok": ok, "digest": ld.hex(), "expected_measurement": expected.hex(), "measurement": meas.hex()},
+          [f"{'PASS' if ok else 'FAIL'}  launch measurement (digest {ld.hex()})"])
+    if not ok:
+        raise OwnerCheckFailed("launch measurement does not match the expected image, policy and firmware")
+
+
+@owner.command("secret")
+@click.option("--tk", "tk_path", required=True, type=click.Path(dir_okay=False), help="tmp_tk.bin from `session`.")
+@click.option("--measurement", required=True, help="The verified MEASURE (32 bytes, hex).")
+@click.option("--in", "secret_path", required=True, type=click.Path(dir_okay=False), help="The secret to inject.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for header.bin (52 B) and data.bin.")
+@click.option("--api-major", default="0", show_default=True, help="Firmware API major.")
+@click.option("--api-minor", default="24", show_default=True,
+              help="Firmware API minor (from 17 on, the MAC covers the measurement).")
+@json_option
+def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, api_major: str, api_minor: str,
+               as_json: bool) -> None:
+    """Package SECRET_FILE for LAUNCH_SECRET: header.bin (FLAGS||IV||MAC) and data.bin (AES-128-CTR).
+    Only run this after `verify` passed for the same measurement."""
+    keys = read_tk(tk_path)
+    meas = parse_hex(measurement, 32, "--measurement")
+    secret = read_file(secret_path, "secret")
+    if len(secret) > MAX_SECRET:
+        raise OwnerInputError(f"secret {secret_path}: {len(secret)} bytes; the guest's secret page holds {MAX_SECRET}")
+    header, data = sevwire.package_secret(keys.tek, keys.tik, secret, meas, parse_int(api_major, "--api-major", 8),
+                                          parse_int(api_minor, "--api-minor", 8))
+    written = write_outputs(out_dir, {"header.bin": header, "data.bin": data})
+    _emit(as_json, {"files": written, "secret_len": len(secret)}, [f"wrote {path}" for path in written])
+
+
+def main() -> None:  # pragma: no cover - convenience for `python -m hv.owner.cli`
+    owner(prog_name="hv owner")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,78 @@
+"""The VMM's devices: a 16550 UART, the debug-exit port and the POST-code port."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["DebugExit", "PostCode", "Uart16550"]
+
+
+class Uart16550:
+    """COM1. Only what a polling guest driver needs: THR out, LSR always ready, scratch regs.
+
+    Registers (offsets): 0 THR/RBR (DLL when LCR.DLAB), 1 IER (DLM), 2 IIR/FCR, 3 LCR, 4 MCR,
+    5 LSR, 6 MSR, 7 SCR.
+    """
+
+    LSR_THRE_TEMT = 0x60
+
+    def __init__(self, out: Callable[[bytes], None]):
+        self._out = out
+        self._regs = [0] * 8
+        self._dll = self._dlm = 0
+        self.transmitted = bytearray()
+
+    def read(self, offset: int, size: int) -> int:
+        dlab = self._regs[3] & 0x80
+        if offset == 0:
+            return self._dll if dlab else 0  # no input
+        if offset == 1:
+            return self._dlm if dlab else self._regs[1]
+        if offset == 2:
+            return 0x01  # no interrupt pending
+        if offset == 5:
+            return self.LSR_THRE_TEMT
+        if offset == 6:
+            return 0xB0  # DCD, DSR, CTS
+        return self._regs[offset]
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        value &= 0xFF
+        dlab = self._regs[3] & 0x80
+        if offset == 0 and not dlab:
+            self.transmitted.append(value)
+            self._out(bytes((value,)))
+        elif offset == 0:
+            self._dll = value
+        elif offset == 1 and dlab:
+            self._dlm = value
+        elif offset != 5:
+            self._regs[offset] = value
+
+
+class DebugExit:
+    """Writing v stops the guest; hv exits with status v & 0xff."""
+
+    def __init__(self):
+        self.code: int | None = None
+
+    def read(self, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.code = value & 0xFF
+
+
+class PostCode:
+    """Port 0x80: ignored, but each write is a full exit (benchmarks count on that)."""
+
+    def __init__(self):
+        self.last = 0
+        self.writes = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.last
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.last = value & 0xFF
+        self.writes += 1

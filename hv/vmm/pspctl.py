@@ -1,0 +1,155 @@
+"""`hv psp ...`: the platform owner's commands, in sevctl's style, through /dev/sev.
+
+Each hv process is one power-on of the machine: the platform's identity lives in the PSP's state
+file (--psp-state / $HV_PSP_STATE), so what `rotate` or `import` changes is there next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from hv.hw.machine import Machine, MachineConfig
+from hv.kvm import Kvm
+from hv.kvm.sev import FirmwareError, SevDevice
+
+__all__ = ["psp"]
+
+_STATES = {0: "UNINIT", 1: "INIT", 2: "WORKING"}
+
+
+class _PspGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FirmwareError as e:
+            click.echo(f"hv psp: {e}", err=True)
+            ctx.exit(3)
+        except OSError as e:
+            click.echo(f"hv psp: {e.strerror}: {e.filename}", err=True)
+            ctx.exit(2)
+
+
+def _device(psp_state: str | None) -> SevDevice:
+    from hv.cli import default_psp_state
+
+    path = psp_state or default_psp_state()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SevDevice(Kvm(Machine(MachineConfig(dram_size=8 << 20, psp_state=path))))
+
+
+def _emit(as_json: bool, payload: dict, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+_state_opt = click.option("--psp-state", envvar="HV_PSP_STATE", type=click.Path(dir_okay=False),
+                          default=None, help="The PSP's state file (default: $HV_PSP_STATE, else "
+                                             "$XDG_DATA_HOME/hv/psp-state.json).")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(cls=_PspGroup)
+def psp() -> None:
+    """Platform owner commands (sevctl-like): status, export, pek-csr, import, reset, rotate."""
+
+
+@psp.command()
+@_state_opt
+@_json_opt
+def status(psp_state, as_json):
+    """Firmware API version, platform state, owner and SEV-ES configuration."""
+    dev = _device(psp_state)
+    dev.ensure_init(es=True)
+    st = dev.platform_status()
+    chip = dev.get_id()
+    payload = {"api_major": st.api_major, "api_minor": st.api_minor, "build": st.build,
+               "state": _STATES.get(st.state, st.state), "owner": "external" if st.owner & 1 else "self",
+               "es_initialized": bool(st.config & 1), "guest_count": st.guest_count,
+               "chip_id_sha256": hashlib.sha256(chip).hexdigest()}
+    _emit(as_json, payload, [
+        f"firmware API:  {st.api_major}.{st.api_minor} build {st.build}",
+        f"platform:      {payload['state']}, {'externally owned' if st.owner & 1 else 'self-owned'}",
+        f"SEV-ES:        {'initialised' if payload['es_initialized'] else 'not initialised'}",
+        f"guests:        {st.guest_count}",
+        f"chip id:       sha256 {payload['chip_id_sha256'][:16]}...",
+    ])
+
+
+@psp.command()
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for pdh.cert pek.cert oca.cert cek.cert ask.cert ark.cert.")
+@_state_opt
+@_json_opt
+def export(out_dir, psp_state, as_json):
+    """Export the platform's certificate chain (the names sevctl export uses)."""
+    dev = _device(psp_state)
+    dev.ensure_init(es=True)
+    pdh, chain = dev.pdh_cert_export()
+    ask, ark = dev.amd_chain()
+    files = {"pdh.cert": pdh, "pek.cert": chain[0:2084], "oca.cert": chain[2084:4168],
+             "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark}
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    _emit(as_json, {"directory": str(d), "files": {n: len(b) for n, b in files.items()}},
+          [f"wrote {d / n} ({len(b)} bytes)" for n, b in files.items()])
+
+
+@psp.command("pek-csr")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the PEK certificate signing request (2084 bytes).")
+@_state_opt
+@_json_opt
+def pek_csr(out_file, psp_state, as_json):
+    """Generate a PEK signing request for an external owner's OCA to sign."""
+    dev = _device(psp_state)
+    dev.ensure_init(es=True)
+    csr = dev.pek_csr()
+    Path(out_file).write_bytes(csr)
+    _emit(as_json, {"file": out_file, "bytes": len(csr)}, [f"wrote {out_file} ({len(csr)} bytes)"])
+
+
+@psp.command("import")
+@click.argument("pek_cert", type=click.Path(exists=True, dir_okay=False))
+@click.argument("oca_cert", type=click.Path(exists=True, dir_okay=False))
+@_state_opt
+@_json_opt
+def import_(pek_cert, oca_cert, psp_state, as_json):
+    """Take ownership: import the OCA-signed PEK and the OCA certificate."""
+    dev = _device(psp_state)
+    dev.ensure_init(es=True)
+    dev.pek_cert_import(Path(pek_cert).read_bytes(), Path(oca_cert).read_bytes())
+    _emit(as_json, {"owner": "external"}, ["imported: the platform is now externally owned"])
+
+
+@psp.command()
+@_state_opt
+@_json_opt
+def reset(psp_state, as_json):
+    """Factory reset: new OCA, PEK and PDH; ownership returns to the platform."""
+    dev = _device(psp_state)
+    if dev.platform_status().state != 0:
+        dev.shutdown()
+    dev.platform_reset()
+    _emit(as_json, {"reset": True}, ["platform reset: new OCA, PEK and PDH"])
+
+
+@psp.command()
+@_state_opt
+@_json_opt
+def rotate(psp_state, as_json):
+    """Rotate the PDH (PDH_GEN): sessions made for the old PDH no longer open."""
+    dev = _device(psp_state)
+    dev.ensure_init(es=True)
+    dev.pdh_gen()
+    pdh, _chain = dev.pdh_cert_export()
+    digest = hashlib.sha256(pdh).hexdigest()
+    _emit(as_json, {"pdh_sha256": digest}, [f"new PDH: sha256 {digest[:16]}..."])

@@ -1,0 +1,346 @@
+"""The VMM: builds a machine and a VM, loads (or launches) the guest, runs its vCPU, reports.
+
+This is user space above hv.kvm: it sees guest memory only as the hypervisor does (through
+memory slots, i.e. DRAM as stored), and for encrypted guests performs the SEV launch through the
+PSP. The run loop is kvmtool's: one loop, one switch on the exit reason, devices by bus lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hv import boot
+from hv.hw.engine import TweakMode
+from hv.hw.machine import Machine, MachineConfig
+from hv.kvm import Kvm, MemoryFault, exits as K
+from hv.kvm.sev import FirmwareError, SevDevice, SevGuest
+from hv.vmm.bus import Bus
+from hv.vmm.devices import DebugExit, PostCode, Uart16550
+from hv.vmm.report import crash_report
+
+__all__ = [
+    "EXIT_CRASH", "EXIT_LAUNCH", "EXIT_TIMEOUT", "EXIT_USAGE", "LaunchError", "RunResult",
+    "Vmm", "VmmConfig",
+]
+
+EXIT_USAGE = 2
+EXIT_LAUNCH = 3
+EXIT_TIMEOUT = 124
+EXIT_CRASH = 125
+
+DEFAULT_POLICY = 0x1  # NODBG: the guest owner must opt in to debugging
+
+
+class LaunchError(Exception):
+    """The measured launch did not complete (firmware error or the owner refused)."""
+
+
+@dataclass
+class VmmConfig:
+    image: bytes
+    mem_size: int = 64 << 20
+    vm_type: str = "plain"
+    policy: int | None = None
+    cbitpos: int | None = None
+    tweak: TweakMode = TweakMode.XEX_RANDOM
+    tsme: bool = False
+    max_insns: int | None = None
+    timeout: float | None = None
+    secret: bytes | None = None
+    session_dir: str | None = None       # owner's launch_blob.bin + godh.cert
+    owner_exec: str | None = None        # command answering the measurement with a secret packet
+    psp_state: str | None = None
+    serial_out: Callable[[bytes], None] | None = None
+    image_name: str = "guest"
+
+
+@dataclass
+class RunResult:
+    exit_reason: str            # "exit", "hlt", "timeout", "budget", "shutdown", "crash"
+    exit_code: int              # hv's process status
+    guest_exit_code: int | None
+    serial: str
+    exits: dict[str, int]
+    tlb_fills: int
+    pages_encrypted: int
+    pages_decrypted: int
+    instructions: int | None
+    wall_time: float
+    message: str = ""
+    launch: dict | None = None
+    io_exits: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {
+            "exit_reason": self.exit_reason,
+            "exit_code": self.exit_code,
+            "guest_exit_code": self.guest_exit_code,
+            "serial": self.serial,
+            "exits": self.exits,
+            "tlb_fills": self.tlb_fills,
+            "pages_encrypted": self.pages_encrypted,
+            "pages_decrypted": self.pages_decrypted,
+            "instructions": self.instructions,
+            "wall_time": round(self.wall_time, 6),
+        }
+        if self.message:
+            out["message"] = self.message
+        if self.launch is not None:
+            out["launch"] = self.launch
+        return out
+
+
+class _Watchdog:
+    """Kicks the vCPU out of the guest when the wall-clock budget is spent (KVM: a signal)."""
+
+    def __init__(self, vcpu, seconds: float):
+        self.fired = False
+        self._vcpu = vcpu
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(seconds,), daemon=True)
+        self._thread.start()
+
+    def _run(self, seconds: float) -> None:
+        if self._done.wait(seconds):
+            return
+        self.fired = True
+        while not self._done.wait(0.02):
+            self._vcpu.kick()
+
+    def cancel(self) -> None:
+        self._done.set()
+
+
+class Vmm:
+    """One guest on one machine. Construct, then `run()`; `vm`, `vcpu`, `kvm` stay inspectable."""
+
+    def __init__(self, config: VmmConfig, machine: Machine | None = None):
+        self.config = config
+        self.loaded = boot.parse_image(config.image, config.mem_size)  # ImageError on bad images
+        if config.vm_type in ("sev-es", "sev-snp"):
+            raise LaunchError(f"--{config.vm_type} is not available in this version of hv")
+        self.machine = machine or Machine(MachineConfig(
+            dram_size=config.mem_size + (8 << 20), tweak=config.tweak, tsme=config.tsme,
+            psp_state=config.psp_state))
+        self.kvm = Kvm(self.machine)
+        self.vm = self.kvm.create_vm(config.vm_type, config.cbitpos)
+        self.vm.set_user_memory_region(0, 0, config.mem_size)
+        self.vcpu = self.vm.create_vcpu()
+        if config.max_insns is not None:
+            self.vcpu.enable_counting(config.max_insns)
+        self.serial = bytearray()
+        self.uart = Uart16550(self._serial_out)
+        self.debug_exit = DebugExit()
+        self.post = PostCode()
+        self.pio = Bus("port I/O")
+        self.pio.register(0x3F8, 8, self.uart)
+        self.pio.register(0x501, 1, self.debug_exit)
+        self.pio.register(0x80, 1, self.post)
+        self.mmio = Bus("MMIO")
+        self.launch_info: dict | None = None
+        self.sev: SevGuest | None = None
+
+    def _serial_out(self, b: bytes) -> None:
+        self.serial += b
+        if self.config.serial_out is not None:
+            self.config.serial_out(b)
+
+    # -- loading -----------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Put the guest in memory: directly (plain) or through the measured SEV launch."""
+        cfg = self.config
+        if not self.vm.encrypted:
+            for gpa, data in boot.boot_page_tables(cfg.mem_size, None):
+                self.vm.write_gpa(gpa, data)
+            for gpa, data in boot.image_regions(cfg.image, cfg.mem_size):
+                self.vm.write_gpa(gpa, data)
+            secret_len = 0
+            if cfg.secret is not None:
+                # Nothing protects a plain guest: the VMM simply writes the secret in.
+                self._check_secret(cfg.secret)
+                self.vm.write_gpa(boot.SECRET_GPA, cfg.secret)
+                secret_len = len(cfg.secret)
+        else:
+            secret_len = self._sev_launch()
+        self.vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+        self.vcpu.set_regs({"rip": self.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
+                            "rsi": boot.BOOT_INFO_GPA, "rflags": 0x2})
+        self.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
+
+    @staticmethod
+    def _check_secret(secret: bytes) -> None:
+        if len(secret) > boot.SECRET_MAX:
+            raise LaunchError(f"secret is {len(secret)} bytes; the secret page holds {boot.SECRET_MAX}")
+
+    def _sev_launch(self) -> int:
+        from hv.owner import respond  # the guest owner's side, played locally when asked to
+        from sevwire import build_session
+
+        cfg = self.config
+        policy = DEFAULT_POLICY if cfg.policy is None else cfg.policy
+        dev = SevDevice(self.kvm)
+        try:
+            dev.ensure_init(es=True)
+            status = dev.platform_status()
+            self.sev = sev = SevGuest(self.vm, dev, policy)
+            self.vm.sev = sev
+            tk = None
+            if cfg.session_dir is not None:
+                godh, session = _read_session(cfg.session_dir)
+            else:
+                # The convenient local mode: hv plays the guest owner with a fresh owner key.
+                pdh, _chain = dev.pdh_cert_export()
+                owner = build_session(pdh, policy)
+                godh, session, tk = owner.godh_cert, owner.blob, owner.tek + owner.tik
+            sev.launch_start(godh, session)
+            for gpa, data in boot.launch_regions(cfg.image, cfg.mem_size, self.vm.cbitpos):
+                self.vm.write_gpa(gpa, data)
+                sev.launch_update_data(gpa, len(data))
+            measurement, mnonce = sev.launch_measure()
+            request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(),
+                       "api_major": status.api_major, "api_minor": status.api_minor,
+                       "build": status.build, "policy": policy}
+            self.launch_info = dict(request, handle=sev.handle, asid=self.vm.asid,
+                                    digest=boot.launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos).hex())
+            secret_len = 0
+            answer = None
+            if cfg.owner_exec is not None:
+                answer = _run_owner(cfg.owner_exec, request)
+            elif cfg.secret is not None:
+                if tk is None:
+                    raise LaunchError("--secret-file with --session needs --owner-exec: only the owner holds the transport keys")
+                self._check_secret(cfg.secret)
+                digest = bytes.fromhex(self.launch_info["digest"])
+                answer = respond(request, tk, digest, cfg.secret)
+            if answer is not None:
+                if "refuse" in answer:
+                    raise LaunchError(f"the guest owner refused the launch: {answer['refuse']}")
+                header, data = bytes.fromhex(answer["header"]), bytes.fromhex(answer["data"])
+                sev.launch_secret(header, data, boot.SECRET_GPA)
+                secret_len = len(data)
+            sev.launch_finish()
+            self.launch_info["secret_injected"] = secret_len > 0
+            return secret_len
+        except FirmwareError as e:
+            raise LaunchError(str(e)) from e
+        except (KeyError, ValueError) as e:
+            raise LaunchError(f"bad answer from the guest owner: {e}") from e
+
+    # -- running -----------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Load the guest, then run until it exits, crashes or runs out of time or budget."""
+        t0 = time.perf_counter()
+        self.load()
+        cfg = self.config
+        watchdog = _Watchdog(self.vcpu, cfg.timeout) if cfg.timeout else None
+        reason, code, guest_code, message = "crash", EXIT_CRASH, None, ""
+        try:
+            while True:
+                e = self.vcpu.run()
+                if isinstance(e, K.Io):
+                    if e.is_in:
+                        e.data = self.pio.read(e.port, e.size)
+                        continue
+                    self.pio.write(e.port, e.size, e.data)
+                    if self.debug_exit.code is not None:
+                        reason, guest_code = "exit", self.debug_exit.code
+                        code = guest_code
+                        break
+                elif isinstance(e, K.Mmio):
+                    if e.is_write:
+                        self.mmio.write(e.gpa, e.size, e.data)
+                    else:
+                        e.data = self.mmio.read(e.gpa, e.size)
+                elif isinstance(e, K.Hlt):
+                    reason, guest_code, code = "hlt", 0, 0
+                    break
+                elif isinstance(e, K.Hypercall):
+                    e.ret = -1000  # KVM_ENOSYS: no hypercalls are offered
+                elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
+                    e.error = True  # unknown MSR: #GP, as KVM does without ignore_msrs
+                elif isinstance(e, K.Intr):
+                    if watchdog is not None and watchdog.fired:
+                        reason, code = "timeout", EXIT_TIMEOUT
+                        message = f"guest stopped: still running after the {cfg.timeout:g} s timeout"
+                    elif "budget" in e.detail:
+                        reason, code = "budget", EXIT_TIMEOUT
+                        message = f"guest stopped: {e.detail} (--max-insns)"
+                    else:
+                        continue
+                    break
+                else:
+                    reason, code = ("shutdown" if isinstance(e, K.Shutdown) else "crash"), EXIT_CRASH
+                    message = self._crash(e)
+                    break
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        stats = self.machine.stats()
+        return RunResult(
+            exit_reason=reason, exit_code=code, guest_exit_code=guest_code,
+            serial=self.serial.decode("utf-8", "replace"), exits=dict(self.vcpu.exit_counts),
+            tlb_fills=self.vcpu.stats["tlb_fills"], pages_encrypted=stats["pages_encrypted"],
+            pages_decrypted=stats["pages_decrypted"], instructions=self.vcpu.instructions,
+            wall_time=time.perf_counter() - t0, message=message, launch=self.launch_info)
+
+    def _crash(self, e) -> str:
+        detail = getattr(e, "detail", "")
+        if isinstance(e, MemoryFault):
+            detail = f"nested page fault at GPA {e.gpa:#x} that the hypervisor cannot resolve"
+        what = f"{e.reason}: {detail}" if detail else e.reason
+        regs = self.vcpu.get_regs()
+        code = None if self.vm.encrypted else self.vcpu.code_bytes(regs["rip"], 48)
+        return crash_report(what, regs, self.vcpu.get_sregs(), code, regs["rip"])
+
+    # -- what the hypervisor sees ------------------------------------------------------------------------
+    def dump_guest_memory(self) -> bytes:
+        """Guest memory in GPA order as the hypervisor reads it (ciphertext for private pages)."""
+        return self.vm.read_gpa(0, self.config.mem_size)
+
+    def close(self) -> None:
+        if self.sev is not None:
+            self.sev.decommission()
+        self.vm.destroy()
+
+
+def _read_session(directory: str) -> tuple[bytes, bytes]:
+    from pathlib import Path
+
+    d = Path(directory)
+    try:
+        godh = (d / "godh.cert").read_bytes()
+        blob = (d / "launch_blob.bin").read_bytes()
+    except OSError as e:
+        raise LaunchError(f"session directory {directory}: {e.strerror}: {e.filename}") from e
+    if len(godh) != 2084 or len(blob) != 128:
+        raise LaunchError(f"session directory {directory}: godh.cert must be 2084 bytes and "
+                          f"launch_blob.bin 128 bytes (got {len(godh)} and {len(blob)})")
+    return godh, blob
+
+
+def _run_owner(command: str, request: dict) -> dict:
+    """The --owner-exec seam: one JSON object in on stdin, one JSON object out on stdout."""
+    try:
+        p = subprocess.run(command, shell=True, input=json.dumps(request), capture_output=True,
+                           text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        raise LaunchError(f"--owner-exec did not answer within {e.timeout} s") from e
+    try:
+        answer = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LaunchError(f"--owner-exec gave no JSON answer (status {p.returncode}): {err}") from None
+    if not isinstance(answer, dict) or not ({"refuse"} <= answer.keys() or {"header", "data"} <= answer.keys()):
+        raise LaunchError("--owner-exec answer must be {\"header\": ..., \"data\": ...} or {\"refuse\": ...}")
+    return answer
+
+
+def secret_sha256(secret: bytes) -> str:
+    return hashlib.sha256(secret).hexdigest()

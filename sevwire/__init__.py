@@ -1,0 +1,154 @@
+"""sevwire: the SEV wire formats and formulas shared by the guest owner and the PSP firmware.
+
+Pure: no state, no stored keys, no imports from `hv` or `firmware`. Keys are passed in by the
+caller as `cryptography` key objects or bytes. Everything here follows sev-reference sections
+5-8 byte for byte (little-endian, packed); every error is a SevWireError subclass carrying the
+SEV_RET_* status the firmware should answer with (`err.status`).
+
+Contents:
+  status codes, command ids, states, policy   Status, Cmd, PlatformState, GuestState, Policy
+  command buffers (struct, pack/unpack)        LaunchStart, LaunchUpdateData, LaunchSecret, ...
+  SEV certificate (2084 B) and AMD certificate SevCert, AmdCert, sign_*/verify_*
+  session (KDF, blob, ECDH)                    build_session (owner), open_session (PSP)
+  launch digest and measurement                LaunchDigest, launch_measure
+  LAUNCH_SECRET packets                        package_secret (owner), open_secret (PSP)
+  legacy ATTESTATION report                    AttestationReport, sign/verify
+"""
+
+from sevwire._amdcert import (
+    AMD_CERT_HEADER_SIZE,
+    AMD_CERT_VERSION,
+    AmdCert,
+    amd_pss_hash,
+    sign_amd_cert,
+    split_amd_chain,
+    verify_amd_cert,
+)
+from sevwire._attestation import (
+    ATTESTATION_REPORT_SIZE,
+    ATTESTATION_SIGNED_LEN,
+    AttestationReport,
+    sign_attestation_report,
+    verify_attestation_report,
+)
+from sevwire._buffers import (
+    BUFFER_FOR_CMD,
+    Activate,
+    Attestation,
+    CommandBuffer,
+    DbgDecrypt,
+    DbgEncrypt,
+    Deactivate,
+    Decommission,
+    DownloadFirmware,
+    GetId,
+    GuestStatus,
+    Init,
+    InitEx,
+    LaunchFinish,
+    LaunchMeasure,
+    LaunchSecret,
+    LaunchStart,
+    LaunchUpdateData,
+    LaunchUpdateVmsa,
+    MeasureResult,
+    PdhCertExport,
+    PekCertImport,
+    PekCsr,
+    PlatformStatus,
+)
+from sevwire._commands import Cmd, GuestState, InitFlags, PlatformState
+from sevwire._errors import (
+    BufferLengthError,
+    CertificateError,
+    DigestFinalizedError,
+    FieldRangeError,
+    FormatError,
+    MacError,
+    MeasurementMismatch,
+    PolicyError,
+    PolicyMacError,
+    SecretMacError,
+    SevWireError,
+    SignatureError,
+    WrapMacError,
+)
+from sevwire._kdf import derive_kek, derive_kik, derive_master, kdf_counter_hmac_sha256
+from sevwire._measure import (
+    MEASURE_API_MIN,
+    LaunchDigest,
+    api_at_least,
+    launch_measure,
+    measurement_message,
+    verify_launch_measure,
+)
+from sevwire._policy import POLICY_RESERVED_MASK, Policy, parse_policy, policy_api_major, policy_api_minor
+from sevwire._secret import (
+    SECRET_HEADER_SIZE,
+    SecretFlags,
+    SecretHeader,
+    open_secret,
+    package_secret,
+    secret_mac,
+)
+from sevwire._session import (
+    SESSION_BLOB_SIZE,
+    OwnerSession,
+    SessionBlob,
+    TransportKeys,
+    aes128_ctr,
+    build_session,
+    ecdh_shared_secret,
+    open_session,
+    policy_mac,
+    seal_session,
+    unseal_session,
+)
+from sevwire._sevcert import (
+    SEV_CERT_SIGNED_LEN,
+    SEV_CERT_SIZE,
+    SEV_CERT_VERSION,
+    Algo,
+    Curve,
+    SevCert,
+    SigSlot,
+    Usage,
+    join_cert_chain,
+    sign_sev_cert,
+    split_cert_chain,
+    verify_sev_cert,
+)
+from sevwire._status import Status, status_hint, status_name
+
+__all__ = [
+    # status, commands, states, policy
+    "Status", "status_hint", "status_name",
+    "Cmd", "PlatformState", "GuestState", "InitFlags",
+    "Policy", "parse_policy", "policy_api_major", "policy_api_minor", "POLICY_RESERVED_MASK",
+    # errors
+    "SevWireError", "BufferLengthError", "FieldRangeError", "FormatError", "CertificateError",
+    "SignatureError", "PolicyError", "MacError", "WrapMacError", "PolicyMacError", "SecretMacError",
+    "MeasurementMismatch", "DigestFinalizedError",
+    # command buffers
+    "CommandBuffer", "BUFFER_FOR_CMD", "Init", "InitEx", "PlatformStatus", "PekCsr", "PekCertImport",
+    "PdhCertExport", "GetId", "DownloadFirmware", "LaunchStart", "LaunchUpdateData", "LaunchUpdateVmsa",
+    "LaunchMeasure", "LaunchSecret", "LaunchFinish", "Decommission", "Deactivate", "Activate",
+    "GuestStatus", "DbgDecrypt", "DbgEncrypt", "Attestation", "MeasureResult",
+    # certificates
+    "SEV_CERT_SIZE", "SEV_CERT_SIGNED_LEN", "SEV_CERT_VERSION", "Usage", "Algo", "Curve", "SigSlot",
+    "SevCert", "sign_sev_cert", "verify_sev_cert", "split_cert_chain", "join_cert_chain",
+    "AMD_CERT_HEADER_SIZE", "AMD_CERT_VERSION", "AmdCert", "amd_pss_hash", "sign_amd_cert",
+    "verify_amd_cert", "split_amd_chain",
+    # session
+    "kdf_counter_hmac_sha256", "derive_master", "derive_kek", "derive_kik",
+    "SESSION_BLOB_SIZE", "SessionBlob", "TransportKeys", "OwnerSession", "aes128_ctr", "policy_mac",
+    "seal_session", "unseal_session", "ecdh_shared_secret", "build_session", "open_session",
+    # measurement
+    "MEASURE_API_MIN", "api_at_least", "measurement_message", "launch_measure",
+    "verify_launch_measure", "LaunchDigest",
+    # LAUNCH_SECRET
+    "SECRET_HEADER_SIZE", "SecretFlags", "SecretHeader", "secret_mac", "package_secret", "open_secret",
+    # attestation
+    "ATTESTATION_REPORT_SIZE", "ATTESTATION_SIGNED_LEN", "AttestationReport",
+    "sign_attestation_report", "verify_attestation_report",
+]

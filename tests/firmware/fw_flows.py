@@ -1,0 +1,98 @@
+"""Launch-flow helpers shared by the firmware tests: each step is a mailbox call that must succeed.
+
+The helpers use only the mailbox and sevwire's owner-side functions (``build_session``,
+``package_secret``), never firmware internals, so they exercise what the hypervisor and the guest
+owner can really do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fw_support import SCRATCH, Mailbox
+from sevwire import (
+    SESSION_BLOB_SIZE,
+    SEV_CERT_SIZE,
+    Activate,
+    Cmd,
+    Init,
+    InitFlags,
+    LaunchFinish,
+    LaunchMeasure,
+    LaunchStart,
+    LaunchUpdateData,
+    OwnerSession,
+    PdhCertExport,
+    Status,
+    build_session,
+)
+
+__all__ = ["Launched", "init_platform", "export_pdh", "start_guest", "launch", "TMR_SPA",
+           "GODH_SPA", "SESSION_SPA", "OUT_SPA"]
+
+TMR_SPA = 0x600000
+GODH_SPA = SCRATCH
+SESSION_SPA = SCRATCH + 0x1000
+OUT_SPA = SCRATCH + 0x2000
+PDH_SPA = SCRATCH + 0x3000
+CHAIN_SPA = SCRATCH + 0x4000
+
+
+def ok(status: int, what: str) -> None:
+    assert status == Status.SUCCESS, f"{what}: {Status(status).name}"
+
+
+def init_platform(mb: Mailbox, es: bool = False, flush: bool = True) -> None:
+    buf = Init(int(InitFlags.SEV_ES), TMR_SPA, 1 << 20) if es else Init()
+    ok(mb.status(Cmd.INIT, buf), "INIT")
+    if flush:
+        ok(mb.status(Cmd.DF_FLUSH), "DF_FLUSH")
+
+
+def export_pdh(mb: Mailbox) -> tuple[bytes, bytes]:
+    status, _ = mb.call(Cmd.PDH_CERT_EXPORT, PdhCertExport(PDH_SPA, SEV_CERT_SIZE, CHAIN_SPA, 3 * SEV_CERT_SIZE))
+    ok(status, "PDH_CERT_EXPORT")
+    return mb.port.read(PDH_SPA, SEV_CERT_SIZE), mb.port.read(CHAIN_SPA, 3 * SEV_CERT_SIZE)
+
+
+def start_guest(mb: Mailbox, policy: int = 0, session: OwnerSession | None = None,
+                with_session: bool = True) -> tuple[int, OwnerSession | None]:
+    """LAUNCH_START; returns (handle, the owner's session or None for a sessionless launch)."""
+    if with_session and session is None:
+        pdh, _ = export_pdh(mb)
+        session = build_session(pdh, policy)
+    if session is not None:
+        mb.port.write(GODH_SPA, session.godh_cert)
+        mb.port.write(SESSION_SPA, session.blob)
+        buf = LaunchStart(0, policy, GODH_SPA, SEV_CERT_SIZE, SESSION_SPA, SESSION_BLOB_SIZE)
+    else:
+        buf = LaunchStart(0, policy)
+    status, out = mb.call(Cmd.LAUNCH_START, buf)
+    ok(status, "LAUNCH_START")
+    return out.handle, session
+
+
+@dataclass
+class Launched:
+    handle: int
+    asid: int
+    session: OwnerSession | None
+    measurement: bytes = b""
+    mnonce: bytes = b""
+
+
+def launch(mb: Mailbox, asid: int, image: bytes, spa: int, policy: int = 0, *,
+           measure: bool = True, finish: bool = True, with_session: bool = True) -> Launched:
+    """START, ACTIVATE, UPDATE_DATA, then optionally MEASURE and FINISH."""
+    handle, session = start_guest(mb, policy, with_session=with_session)
+    ok(mb.status(Cmd.ACTIVATE, Activate(handle, asid)), "ACTIVATE")
+    mb.port.write(spa, image)
+    ok(mb.status(Cmd.LAUNCH_UPDATE_DATA, LaunchUpdateData(handle, spa, len(image))), "LAUNCH_UPDATE_DATA")
+    result = Launched(handle, asid, session)
+    if measure:
+        ok(mb.status(Cmd.LAUNCH_MEASURE, LaunchMeasure(handle, OUT_SPA, 48)), "LAUNCH_MEASURE")
+        out = mb.port.read(OUT_SPA, 48)
+        result.measurement, result.mnonce = out[:32], out[32:]
+        if finish:
+            ok(mb.status(Cmd.LAUNCH_FINISH, LaunchFinish(handle)), "LAUNCH_FINISH")
+    return result

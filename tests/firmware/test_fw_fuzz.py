@@ -1,0 +1,193 @@
+"""A hostile hypervisor at the mailbox: random command ids, random bytes or random field values at
+the command buffer, random handles and addresses.  The firmware must answer every command with a
+defined status (never raise, never HWERROR_PLATFORM, which would mean a firmware bug), and no
+command that does not name the victim guest may change it: its state, its key slot, its memory,
+or use its ASID at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from firmware import Firmware
+from fw_flows import init_platform, launch
+from fw_support import DRAM_SIZE, MB_BUF, Mailbox, MemPort
+from sevwire import BUFFER_FOR_CMD, Attestation, Cmd, Deactivate, GuestStatus, Status
+
+VICTIM_ASID = 5
+VICTIM_SPA = 0x700000
+VICTIM_IMAGE = bytes(range(256)) * 16
+REPORT_SPA = 0x7F0000
+
+FUZZ_SETTINGS = settings(max_examples=150, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@dataclasses.dataclass
+class World:
+    fw: Firmware
+    port: MemPort
+    mb: Mailbox
+    victim: int
+    victim_key: bytes
+    victim_dram: bytes
+    victim_status: GuestStatus
+
+
+def _world(chip) -> World:
+    """A WORKING platform with a running victim (handle 1, ASID 5, debuggable policy 0), a guest
+    in LUPDATE on ASID 6 (handle 2) and an inactive guest in LSECRET (handle 3)."""
+    port = MemPort()
+    fw = Firmware(port, None, chip=chip)
+    mb = Mailbox(fw, port)
+    init_platform(mb)
+    victim = launch(mb, VICTIM_ASID, VICTIM_IMAGE, VICTIM_SPA)
+    launch(mb, 6, bytes(64), 0x100000, measure=False)
+    third = launch(mb, 7, bytes(64), 0x101000, finish=False)
+    assert mb.status(Cmd.DEACTIVATE, Deactivate(third.handle)) == Status.SUCCESS
+    _, status = mb.call(Cmd.GUEST_STATUS, GuestStatus(victim.handle))
+    port.key_log.clear()
+    port.guest_log.clear()
+    return World(fw, port, mb, victim.handle, port.slots[VICTIM_ASID],
+                 port.read(VICTIM_SPA, len(VICTIM_IMAGE)), status)
+
+
+def _check_victim(w: World, memory_too: bool) -> None:
+    assert all(asid != VICTIM_ASID for _, asid in w.port.key_log), w.port.key_log
+    assert all(asid != VICTIM_ASID for _, asid, _, _ in w.port.guest_log)
+    assert w.port.slots.get(VICTIM_ASID) == w.victim_key
+    if memory_too:
+        assert w.port.read(VICTIM_SPA, len(VICTIM_IMAGE)) == w.victim_dram
+    _, status = w.mb.call(Cmd.GUEST_STATUS, GuestStatus(w.victim))
+    assert status == w.victim_status
+    status, _ = w.mb.call(Cmd.ATTESTATION, Attestation(w.victim, REPORT_SPA, bytes(16), 208))
+    assert status == Status.SUCCESS
+    assert w.port.read(REPORT_SPA + 0x10, 32) == hashlib.sha256(VICTIM_IMAGE).digest()
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+ALL_IDS = sorted({int(c) for c in Cmd})
+cmd_ids = st.one_of(
+    st.sampled_from(ALL_IDS),
+    st.integers(min_value=-(1 << 40), max_value=1 << 40),
+).filter(lambda c: c != Cmd.SHUTDOWN)  # SHUTDOWN legitimately decommissions every guest
+
+# addresses that stay clear of the victim's memory (0x700000..0x701000), or leave DRAM entirely
+SAFE_ADDRESSES = st.one_of(
+    st.sampled_from([0, 8, 16, 0x1000, 0x10000, 0x100000, 0x100008, 0x101000, 0x180000,
+                     DRAM_SIZE - 16, DRAM_SIZE - 1, DRAM_SIZE, 1 << 40, (1 << 63), (1 << 64) - 16,
+                     (1 << 64) - 1]),
+    st.integers(min_value=0x10000, max_value=0x600000).map(lambda a: a & ~0xF),
+    st.integers(min_value=DRAM_SIZE, max_value=(1 << 64) - 1),
+)
+LENGTHS = st.one_of(
+    st.sampled_from([0, 1, 15, 16, 32, 48, 52, 128, 208, 2083, 2084, 4096, 6252, 1 << 20,
+                     0x7FFFFFFF, 0xFFFFFFFF]),
+    st.integers(min_value=0, max_value=0x10000),
+)
+HANDLES = st.one_of(st.sampled_from([0, 2, 3, 4, 1000, 0xFFFFFFFF]),
+                    st.integers(min_value=0, max_value=0xFFFFFFFF))
+
+
+def _field_strategy(name: str):
+    if name == "handle":
+        return HANDLES
+    if name.endswith("paddr") or name in ("address", "src", "dst"):
+        return SAFE_ADDRESSES
+    if name.endswith("len"):
+        return LENGTHS
+    if name == "asid":
+        return st.integers(min_value=0, max_value=20)
+    if name == "policy":
+        return st.one_of(st.sampled_from([0, 1, 2, 3, 4, 8, 0x40]), st.integers(0, 0xFFFFFFFF))
+    if name == "flags":
+        return st.integers(min_value=0, max_value=3)
+    if name == "mnonce":
+        return st.binary(min_size=16, max_size=16)
+    return st.integers(min_value=0, max_value=0xFF)
+
+
+@st.composite
+def structured_command(draw):
+    """A command id with a well-formed buffer of hostile field values."""
+    cmd = draw(st.sampled_from([c for c in BUFFER_FOR_CMD if c != Cmd.SHUTDOWN]))
+    layout = BUFFER_FOR_CMD[cmd]
+    values = {f.name: draw(_field_strategy(f.name)) for f in dataclasses.fields(layout)}
+    return int(cmd), layout(**values).pack()
+
+
+raw_command = st.tuples(cmd_ids, st.binary(min_size=0, max_size=64))
+
+
+def _names_victim(w: World, spa: int) -> bool:
+    """Whether the buffer the firmware will read at ``spa`` names the victim's handle."""
+    if not 0 <= spa <= DRAM_SIZE - 4:
+        return False
+    return int.from_bytes(w.port.read(spa, 4), "little") == w.victim
+
+
+def _place(w: World, buf: bytes) -> None:
+    w.port.write(MB_BUF, bytes(64))  # no leftovers of an earlier buffer
+    w.port.write(MB_BUF, buf)
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+@FUZZ_SETTINGS
+@given(commands=st.lists(raw_command, min_size=1, max_size=4),
+       spa=st.one_of(st.just(MB_BUF), st.integers(min_value=-(1 << 8), max_value=(1 << 64) + 8)))
+def test_random_bytes_and_ids_never_crash_or_touch_other_guests(chip, commands, spa):
+    w = _world(chip)
+    for cmd, buf in commands:
+        _place(w, buf)
+        assume(not _names_victim(w, spa))
+        status = w.fw.command(cmd, spa)
+        assert isinstance(status, int) and status in {int(s) for s in Status}
+        assert status != Status.HWERROR_PLATFORM
+    # random bytes may contain any address: the firmware may write hypervisor-directed output
+    # there (the hypervisor could write DRAM itself), but never with the victim's key
+    _check_victim(w, memory_too=False)
+
+
+@FUZZ_SETTINGS
+@given(commands=st.lists(structured_command(), min_size=1, max_size=5))
+def test_hostile_fields_never_crash_or_touch_other_guests(chip, commands):
+    w = _world(chip)
+    for cmd, buf in commands:
+        _place(w, buf)
+        assume(not _names_victim(w, MB_BUF))
+        status = w.fw.command(cmd, MB_BUF)
+        assert status in {int(s) for s in Status}
+        assert status != Status.HWERROR_PLATFORM
+    _check_victim(w, memory_too=True)
+
+
+def test_buffer_outside_dram_is_invalid_address(chip):
+    w = _world(chip)
+    for spa in (DRAM_SIZE - 4, DRAM_SIZE, 1 << 63, (1 << 64) - 1, 1 << 64, -1):
+        assert w.fw.command(Cmd.GUEST_STATUS, spa) == Status.INVALID_ADDRESS
+    assert w.fw.command(Cmd.DF_FLUSH, -1) == Status.SUCCESS  # takes no buffer
+    _check_victim(w, memory_too=True)
+
+
+def test_non_int_arguments_do_not_raise(chip):
+    w = _world(chip)
+    assert w.fw.command("INIT", MB_BUF) == Status.INVALID_COMMAND  # type: ignore[arg-type]
+    assert w.fw.command(Cmd.GUEST_STATUS, "0x1000") == Status.INVALID_ADDRESS  # type: ignore[arg-type]
+    assert w.fw.command(None, None) == Status.INVALID_COMMAND  # type: ignore[arg-type]
+
+
+def test_port_bug_becomes_hwerror_not_exception(chip):
+    """An unexpected exception inside the firmware (here: a broken port) is HWERROR_PLATFORM."""
+    w = _world(chip)
+
+    def broken(spa: int, length: int) -> bytes:
+        raise RuntimeError("memory controller on fire")
+
+    w.port.read = broken  # type: ignore[method-assign]
+    assert w.fw.command(Cmd.GUEST_STATUS, MB_BUF) == Status.HWERROR_PLATFORM
