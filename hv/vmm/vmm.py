@@ -59,6 +59,9 @@ class VmmConfig:
     psp_state: str | None = None
     serial_out: Callable[[bytes], None] | None = None
     image_name: str = "guest"
+    # Called with (vmm, exit) at every exit before the VMM handles it: the seam where a
+    # malicious hypervisor (the attack lab) or a tracer looks at and changes what it may.
+    on_exit: Callable[["Vmm", object], None] | None = None
 
 
 @dataclass
@@ -234,16 +237,21 @@ class Vmm:
             raise LaunchError(f"bad answer from the guest owner: {e}") from e
 
     # -- running -----------------------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        """Load the guest, then run until it exits, crashes or runs out of time or budget."""
+    def run(self, load: bool = True) -> RunResult:
+        """Load the guest (unless already loaded with `load()`), then run until it exits,
+        crashes or runs out of time or budget."""
         t0 = time.perf_counter()
-        self.load()
+        if load:
+            self.load()
         cfg = self.config
+        hook = cfg.on_exit
         watchdog = _Watchdog(self.vcpu, cfg.timeout) if cfg.timeout else None
         reason, code, guest_code, message = "crash", EXIT_CRASH, None, ""
         try:
             while True:
                 e = self.vcpu.run()
+                if hook is not None:
+                    hook(self, e)
                 if isinstance(e, K.Io):
                     if e.is_in:
                         e.data = self.pio.read(e.port, e.size)
