@@ -60,6 +60,7 @@ class MemoryController:
         self.dram = np.zeros(dram_size, dtype=np.uint8)
         self.views: dict[int, View] = {}
         self.raw_mapped = np.zeros(dram_size // PAGE, dtype=bool)
+        self.code_pages = np.zeros(dram_size // PAGE, dtype=bool)  # ever fetched from: TBs may cache them
         self.epoch = 0
         self.tb_epoch = 0
         self.stats = {"pages_decrypted": 0, "pages_encrypted": 0, "tlb_flushes": 0}
@@ -204,8 +205,12 @@ class MemoryController:
             if not self.engine.has_key(slot):
                 raise AsidError(f"ASID {slot} has no key in the memory controller")
         p0, p1 = spa // PAGE, (spa + length + PAGE - 1) // PAGE
-        self.invalidate(p0, p1)
-        self.bump(code=True)
+        dropped = self.invalidate(p0, p1)
+        code = bool(self.code_pages[p0:p1].any())
+        if dropped or code:
+            # TLB entries into a dropped view page must go; translated code of a rewritten
+            # page must go too. A write to a page only ever mapped raw needs neither.
+            self.bump(code=code)
         src = np.frombuffer(bytes(data), dtype=np.uint8)
         if slot is None:
             self.dram[spa:spa + length] = src

@@ -150,6 +150,8 @@ class Mmu:
         self.fills += 1
         write = access == ACCESS_WRITE
         page = t.spa >> 12
+        if access == ACCESS_FETCH:
+            self._mc.code_pages[page] = True
         if t.slot is None:
             perms = PROT_R | (PROT_W if t.writable else 0) | (PROT_X if t.executable else 0)
             if self._mc.views:
