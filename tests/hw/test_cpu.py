@@ -66,10 +66,10 @@ def test_sev_status_is_answered_by_the_cpu():
 
 def test_page_fault_is_delivered_with_cr2_and_error_code():
     # mov rax,[0x7fff0000] (unmapped in the boot tables) ; handler at CODE+0x100: hlt
-    code = bytes.fromhex("488b042500007f7f").ljust(0x100, b"\x90") + b"\xf4"
+    code = bytes.fromhex("488b042523017f7f").ljust(0x100, b"\x90") + b"\xf4"
     cpu, _mc, _npt = make(code, idt={14: CODE + 0x100})
     assert isinstance(cpu.run(), HltExit)
-    assert cpu.reg("cr2") == 0x7F7F0000
+    assert cpu.reg("cr2") == 0x7F7F0123  # the byte address (decode assist), not just the page
     rsp = cpu.reg("rsp")
     frame = _read(cpu, rsp, 48)
     err, rip = struct.unpack_from("<QQ", frame)

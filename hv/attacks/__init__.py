@@ -1,0 +1,1 @@
+"""The attack lab: a malicious hypervisor reproducing the literature's attacks."""
