@@ -16,7 +16,7 @@ import click
 
 from hv import __version__
 from hv.boot import ImageError, check_mem
-from hv.hw.engine import TweakMode
+from hv.hw.machine import TweakMode
 from hv.owner.cli import owner
 from hv.vmm.pspctl import psp
 from hv.vmm import EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig

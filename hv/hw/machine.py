@@ -18,7 +18,7 @@ from hv.hw.npt import NestedPageTable
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
 from hv.hw.psp import PspMailbox
 
-__all__ = ["Machine", "MachineConfig"]
+__all__ = ["Machine", "MachineConfig", "TweakMode"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hv import boot
-from hv.hw.engine import TweakMode
+from hv.hw.machine import TweakMode
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm, MemoryFault, exits as K
 from hv.kvm.sev import FirmwareError, SevDevice, SevGuest
