@@ -18,6 +18,7 @@ from hv import __version__
 from hv.boot import ImageError, check_mem
 from hv.hw.machine import TweakMode
 from hv.owner.cli import owner
+from hv.vmm.okcheck import ok
 from hv.vmm.pspctl import psp
 from hv.vmm import EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
 from hv.sizes import parse_int, parse_size
@@ -148,6 +149,7 @@ def _stdout_writer():
 
 main.add_command(owner)
 main.add_command(psp)
+main.add_command(ok)
 
 
 if __name__ == "__main__":

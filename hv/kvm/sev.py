@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from sevwire import (Activate, Cmd, CommandBuffer, DbgDecrypt, DbgEncrypt, Deactivate,
                      Decommission, GetId, GuestStatus, Init, LaunchFinish, LaunchMeasure,
-                     LaunchSecret, LaunchStart, LaunchUpdateData, PdhCertExport, PekCertImport,
-                     PekCsr, PlatformStatus, Status)
+                     LaunchSecret, LaunchStart, LaunchUpdateData, LaunchUpdateVmsa, PdhCertExport,
+                     PekCertImport, PekCsr, PlatformStatus, Status)
 
-__all__ = ["FirmwareError", "SevDevice", "SevGuest"]
+__all__ = ["FirmwareError", "PspError", "SevDevice", "SevGuest"]
 
 _PAGE = 0x1000
 TMR_SIZE = 1 << 20
@@ -34,6 +34,15 @@ class FirmwareError(Exception):
         except ValueError:
             cname = f"command {cmd:#x}"
         super().__init__(f"{cname} failed: firmware error {status:#x} ({name}): {hint}")
+
+
+class PspError(FirmwareError):
+    """The PSP itself is unusable (e.g. its non-volatile state is corrupt)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+        self.cmd = None
+        self.status = None
 
 
 class SevDevice:
@@ -59,6 +68,10 @@ class SevDevice:
 
     def issue(self, cmd: int, buf: CommandBuffer | None = None, check: bool = True):
         """Write `buf`, ring the doorbell, return (status, buffer as the firmware left it)."""
+        try:
+            self._mailbox.firmware  # noqa: B018 - boots the PSP on first use
+        except Exception as e:  # the PSP's own boot failed: nothing a command could fix
+            raise PspError(f"the PSP did not start: {e}") from e
         if buf is None:
             status = self._mailbox.issue(int(cmd), 0)
             out = None
@@ -174,6 +187,27 @@ class SevGuest:
     def launch_update_data(self, gpa: int, length: int) -> None:
         for spa, n in self._spa_ranges(gpa, length):
             self.dev.issue(Cmd.LAUNCH_UPDATE_DATA, LaunchUpdateData(handle=self.handle, paddr=spa, len=n))
+
+    def launch_update_vmsa(self, vcpu, vmsa: bytes) -> int:
+        """KVM_SEV_LAUNCH_UPDATE_VMSA for one vCPU: put its initial save area in a fresh host page,
+        have the PSP measure and encrypt it in place, and point the vCPU's VMCB at it. From here
+        on the vCPU's state is protected (Vcpu.guest_state_protected). Returns the page's SPA.
+
+        KVM builds the page from its register cache (sev_es_sync_vmsa); hv takes the page the
+        VMM built with hv.boot.initial_vmsa, so the guest owner can predict it from the image."""
+        if len(vmsa) != _PAGE:
+            raise ValueError("a VMSA is one 4096-byte page")
+        if vcpu.guest_state_protected:
+            raise ValueError(f"vCPU {vcpu.index} already has an encrypted VMSA")
+        spa = self.vm.kvm.alloc(_PAGE)
+        self.dev._host.write(spa, vmsa)
+        try:
+            self.dev.issue(Cmd.LAUNCH_UPDATE_VMSA, LaunchUpdateVmsa(handle=self.handle, paddr=spa, len=_PAGE))
+        except FirmwareError:
+            self.vm.kvm.free(spa, _PAGE)
+            raise
+        vcpu.attach_vmsa(spa)
+        return spa
 
     def launch_measure(self) -> tuple[bytes, bytes]:
         spa = self.dev.put(bytes(48))
