@@ -17,6 +17,8 @@ import click
 from hv import __version__
 from hv.boot import ImageError, check_mem
 from hv.hw.machine import TweakMode
+from hv.attacks.cli import attack
+from hv.attacks.demo import demo
 from hv.owner.cli import owner
 from hv.vmm.okcheck import ok
 from hv.vmm.pspctl import psp
@@ -150,6 +152,8 @@ def _stdout_writer():
 main.add_command(owner)
 main.add_command(psp)
 main.add_command(ok)
+main.add_command(attack)
+main.add_command(demo)
 
 
 if __name__ == "__main__":

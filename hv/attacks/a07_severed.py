@@ -1,0 +1,48 @@
+"""A07: SEVered (Morbitzer et al., EuroSec 2018; "Extracting Secrets from Encrypted Virtual
+Machines", CODASPY 2019).
+
+The hypervisor owns the nested page table. It points the GPA of the page the guest's service
+hands out (a public page) at the host page that backs the guest's secret. The guest reads "its"
+public page with its own key, and because the encryption tweak is the host physical address,
+not the guest one, the secret page decrypts correctly and the guest ships it out in plaintext.
+SEV-ES does not stop it; SEV-SNP's RMP (which binds each host page to one GPA) does.
+"""
+
+from __future__ import annotations
+
+from hv.attacks.lab import OP_READ_PAGE, Lab, Request
+from hv.attacks.outcome import Outcome
+from hv.attacks.secrets import fresh_secret
+
+__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
+
+ID = "A07"
+NAME = "SEVered"
+PAPER = "Morbitzer et al., SEVered: Subverting AMD's Virtual Machine Encryption, EuroSec 2018"
+PRIMITIVES = ("T", "M")
+
+
+def run(mode: str) -> Outcome:
+    secret = fresh_secret()
+    got: dict[str, bytes] = {}
+
+    with Lab("service", mode, secret=secret) as lab:
+        public = lab.symbols["public_pages"]     # the page the service returns for READ_PAGE 0
+        target = lab.symbols["secret"]           # the page the hypervisor wants
+
+        def script():
+            r = yield Request(OP_READ_PAGE, 0)
+            got["honest"] = r.data[:32]
+            original = lab.spa(public)
+            lab.vm.npt_map(public, lab.spa(target))
+            r = yield Request(OP_READ_PAGE, 0)
+            got["remapped"] = r.data[:32]
+            lab.vm.npt_map(public, original)
+
+        lab.launch()
+        lab.run(script())
+    leaked = got.get("remapped", b"") == secret
+    shown = got.get("remapped", b"").decode("latin-1").encode("unicode_escape").decode()[:40]
+    text = (f"READ_PAGE 0 with GPA {public:#x} remapped to the host page of GPA {target:#x} "
+            f"returned '{shown}'" + (" (the secret)" if leaked else " (not the secret)"))
+    return Outcome(ID, mode, "succeeded" if leaked else "failed", text)

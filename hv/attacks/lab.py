@@ -1,0 +1,221 @@
+"""The malicious hypervisor's workbench: one guest, one real launch, and the run loop.
+
+The lab is a VMM that does what the SEV threat model lets a hypervisor do and nothing more: it
+builds the VM through hv.vmm/hv.kvm, launches it through the PSP (hv plays the honest guest
+owner, who injects the secret only for the expected measurement), then runs the vCPU itself so
+that it can act at every exit, including the nested page faults it causes by unmapping or
+protecting pages (hv.vmm's own loop treats those as crashes). Everything an attack learns comes
+from that API: registers from the vCPU, memory through the host port (ciphertext of private
+pages), the nested page table, the DMA and cold-boot ports, and PSP commands.
+
+The guests' secrets are the lab's ground truth; the attacks never read them, the outcome checks
+compare what an attack recovered with them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generator
+
+from elftools.elf.elffile import ELFFile
+
+from hv.hw.machine import Machine, TweakMode
+from hv.kvm import MemoryFault, exits as K
+from hv.vmm import LaunchError, Vmm, VmmConfig
+from hv.attacks.outcome import ModeUnavailable
+
+__all__ = [
+    "GUESTS_DIR", "Lab", "OP_BRANCH", "OP_CHECK_PIN", "OP_EXIT", "OP_LADDER", "OP_READ_PAGE",
+    "OP_REGS", "PORT_REGS", "PORT_STEP", "Request", "Response", "SHARED_MARKER", "Stop",
+    "guest_image", "guest_symbols", "psp_state_path",
+]
+
+GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
+SHARED_MARKER = b"HV-SHARED-MARKER"
+MEM_SIZE = 16 << 20  # small guests: every launch encrypts less, every dump scans less
+
+# guests/service.c's protocol (a virtio-like ring: register, doorbell, request, response).
+PORT_REGISTER, PORT_DOORBELL, PORT_STEP, PORT_REGS = 0x510, 0x511, 0x512, 0x513
+OP_READ_PAGE, OP_CHECK_PIN, OP_LADDER, OP_BRANCH, OP_REGS, OP_EXIT = 1, 2, 3, 4, 5, 6
+RING_OP, RING_STATUS, RING_VALUE, RING_DATA = 0x10, 0x18, 0x20, 0x1000
+
+
+def guest_image(name: str) -> bytes:
+    return (GUESTS_DIR / f"{name}.img").read_bytes()
+
+
+def guest_symbols(image: bytes) -> dict[str, int]:
+    """The image's symbol table: the guest's binary is public, only its secrets are not."""
+    elf = ELFFile(io.BytesIO(image))
+    table = elf.get_section_by_name(".symtab")
+    return {s.name: s["st_value"] for s in table.iter_symbols() if s.name} if table else {}
+
+
+def psp_state_path() -> str:
+    """$HV_PSP_STATE, else the same per-user file `hv run` uses."""
+    env = os.environ.get("HV_PSP_STATE")
+    if env:
+        return env
+    from hv.cli import default_psp_state  # lazy: hv.cli imports the lab's commands
+
+    path = default_psp_state()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Request:
+    op: int
+    arg: int = 0
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    value: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why the lab's run loop returned."""
+    reason: str            # "exit", "hlt", "crash", "fault", "stopped"
+    code: int | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.reason == "exit":
+            return f"guest exited with status {self.code:#x}"
+        return f"guest {self.reason}" + (f": {self.detail}" if self.detail else "")
+
+
+Script = Generator[Request, Response, None]
+
+
+class Lab:
+    """One guest on one machine, launched for real, run by a hypervisor that means harm."""
+
+    def __init__(self, image: str, mode: str, *, secret: bytes | None = None,
+                 policy: int | None = None, tweak: TweakMode = TweakMode.XEX_RANDOM,
+                 tsme: bool = False, machine: Machine | None = None, mem_size: int = MEM_SIZE):
+        self.image_name = image
+        self.image = guest_image(image)
+        self.symbols = guest_symbols(self.image)
+        self.mode = mode
+        self.secret = secret
+        self.config = VmmConfig(image=self.image, mem_size=mem_size, vm_type=mode, policy=policy,
+                                tweak=tweak, tsme=tsme, secret=secret,
+                                psp_state=psp_state_path() if mode != "plain" else None,
+                                image_name=f"{image}.img")
+        try:
+            self.vmm = Vmm(self.config, machine=machine)
+        except LaunchError as e:
+            if "not available" in str(e):
+                raise ModeUnavailable(f"{mode}: {e}") from e
+            raise
+        self.machine = self.vmm.machine
+        self.vm = self.vmm.vm
+        self.vcpu = self.vmm.vcpu
+        self.ring_gpa: int | None = None
+        self.stop: Stop | None = None
+        self.own_sev = None  # a SevGuest the lab launched itself (hv.attacks.launch)
+
+    # -- launch --------------------------------------------------------------------------------
+    def launch(self) -> None:
+        """The honest launch (hv.vmm's), measured and with the owner's secret for SEV modes."""
+        self.vmm.load()
+
+    def close(self) -> None:
+        if self.own_sev is not None:
+            self.own_sev.decommission()
+            self.own_sev = None
+        self.vmm.close()
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what the hypervisor sees ---------------------------------------------------------------
+    def spa(self, gpa: int) -> int:
+        """The host physical page backing `gpa` now (the NPT is the hypervisor's own)."""
+        hit = self.vm.npt_lookup(gpa & ~0xFFF)
+        if hit is None:
+            raise ValueError(f"GPA {gpa:#x} is not mapped")
+        return hit[0] | (gpa & 0xFFF)
+
+    def serial(self) -> str:
+        return self.vmm.serial.decode("utf-8", "replace")
+
+    # -- the run loop ---------------------------------------------------------------------------
+    def run(self, script: Script | None = None, *,
+            on_exit: Callable[[object], bool | None] | None = None,
+            on_fault: Callable[[MemoryFault], bool] | None = None,
+            max_exits: int = 200_000) -> Stop:
+        """Run until the guest stops. `script` drives guests/service.c's ring (each yielded
+        Request is answered with the guest's Response; when it ends the guest is told to exit);
+        `on_exit(exit)` sees every exit first and returns True to stop the guest there;
+        `on_fault(fault)` resolves a nested page fault the lab caused (True: retry)."""
+        started = False
+        for _ in range(max_exits):
+            e = self.vcpu.run()
+            if on_exit is not None and on_exit(e):
+                return self._stopped(Stop("stopped", detail=f"by the attack at {e.reason}"))
+            if isinstance(e, K.Io):
+                if e.port == PORT_REGISTER and not e.is_in:
+                    self.ring_gpa = e.data
+                    continue
+                if e.port == PORT_DOORBELL and not e.is_in:
+                    self._doorbell(script, started)
+                    started = True
+                    continue
+                if e.port in (PORT_STEP, PORT_REGS):
+                    continue
+                if e.is_in:
+                    e.data = self.vmm.pio.read(e.port, e.size)
+                    continue
+                self.vmm.pio.write(e.port, e.size, e.data)
+                if self.vmm.debug_exit.code is not None:
+                    return self._stopped(Stop("exit", self.vmm.debug_exit.code))
+            elif isinstance(e, MemoryFault):
+                if on_fault is not None and on_fault(e):
+                    continue
+                return self._stopped(Stop("fault", detail=repr(e)))
+            elif isinstance(e, K.Hlt):
+                return self._stopped(Stop("hlt", 0))
+            elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
+                e.error = True
+            elif isinstance(e, K.Hypercall):
+                e.ret = -1000
+            else:
+                return self._stopped(Stop("crash", detail=repr(e)))
+        return self._stopped(Stop("stopped", detail=f"still running after {max_exits} exits"))
+
+    def _stopped(self, stop: Stop) -> Stop:
+        self.stop = stop
+        if self.mode == "sev-es" and stop.reason == "crash" and "#VC" in stop.detail:
+            # The guest cannot even handle its own #VC exceptions: there is no SEV-ES guest to
+            # attack, so there is no outcome to report either.
+            raise ModeUnavailable(f"sev-es: the {self.image_name} image has no working #VC handler "
+                                  f"({stop.detail.strip()}); SEV-ES not available")
+        return stop
+
+    def _doorbell(self, script: Script | None, started: bool) -> None:
+        """The guest answered the last request (if any) and waits for the next one."""
+        req = Request(OP_EXIT, 0)
+        if script is not None:
+            try:
+                req = script.send(self.response()) if started else next(script)
+            except StopIteration:
+                pass
+        self.vm.write_gpa(self.ring_gpa + RING_OP, req.op.to_bytes(4, "little") + req.arg.to_bytes(4, "little"))
+
+    def response(self) -> Response:
+        raw = self.vm.read_gpa(self.ring_gpa, 0x28)
+        data = self.vm.read_gpa(self.ring_gpa + RING_DATA, 0x1000)
+        return Response(status=int.from_bytes(raw[RING_STATUS:RING_STATUS + 4], "little"),
+                        value=int.from_bytes(raw[RING_VALUE:RING_VALUE + 8], "little"), data=data)

@@ -1,0 +1,72 @@
+"""A measured SEV launch the hypervisor runs itself, so it can cheat in the parts it controls.
+
+hv.vmm's launch is honest. The launch attacks (A13, A15) need the same PSP command sequence with
+the hypervisor's freedom kept in: where each piece of the image lands and in which order
+LAUNCH_UPDATE_DATA sees it, what it writes outside the measured flow, the entry registers. The
+guest owner is played honestly and separately: it built the session, holds TEK/TIK, knows the
+genuine image, and injects the secret only when the measurement proves that image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hv import boot
+from hv.attacks.lab import Lab
+from hv.attacks.outcome import ModeUnavailable
+from hv.kvm.sev import SevDevice, SevGuest
+from hv.owner import respond
+from sevwire import build_session
+
+__all__ = ["LaunchReport", "Placer", "honest_placer", "measured_launch"]
+
+Placer = Callable[[Lab, SevGuest, list[tuple[int, bytes]]], None]
+
+
+def honest_placer(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> None:
+    for gpa, data in regions:
+        lab.vm.write_gpa(gpa, data)
+        sev.launch_update_data(gpa, len(data))
+
+
+@dataclass(frozen=True)
+class LaunchReport:
+    measurement: bytes
+    honest_digest: bytes
+    secret_injected: bool
+    owner_said: str
+
+
+def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) -> LaunchReport:
+    """LAUNCH_START .. LAUNCH_FINISH with `place` loading the measured regions, then the boot
+    information page and the entry registers, as hv.vmm does."""
+    if lab.mode != "sev":
+        raise ModeUnavailable(f"the lab's own launch drives plain SEV only (no LAUNCH_UPDATE_VMSA for {lab.mode})")
+    cfg, vm = lab.config, lab.vm
+    dev = SevDevice(lab.vmm.kvm)
+    dev.ensure_init(es=True)
+    status = dev.platform_status()
+    sev = SevGuest(vm, dev, policy)
+    vm.sev = sev
+    lab.own_sev = sev
+    pdh, _chain = dev.pdh_cert_export()
+    owner = build_session(pdh, policy)                         # the owner's side
+    sev.launch_start(owner.godh_cert, owner.blob)
+    place(lab, sev, boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos))
+    measurement, mnonce = sev.launch_measure()
+    request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(), "api_major": status.api_major,
+               "api_minor": status.api_minor, "build": status.build, "policy": policy}
+    digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos)   # what the owner expects
+    answer = respond(request, owner.tek + owner.tik, digest, cfg.secret or b"")
+    injected = "refuse" not in answer
+    if injected:
+        sev.launch_secret(bytes.fromhex(answer["header"]), bytes.fromhex(answer["data"]), boot.SECRET_GPA)
+    sev.launch_finish()
+    secret_len = len(cfg.secret or b"") if injected else 0
+    vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+    lab.vcpu.set_regs({"rip": lab.vmm.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
+                       "rsi": boot.BOOT_INFO_GPA, "rflags": 0x2})
+    lab.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
+    return LaunchReport(measurement, digest, injected,
+                        "injected the secret" if injected else f"refused: {answer['refuse']}")

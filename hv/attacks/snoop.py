@@ -1,0 +1,44 @@
+"""The passive snooping run the dump attacks (A01-A03) and the demo share.
+
+The `secret` guest holds its secret in private memory on its stack, heap and .bss and the
+non-secret HV-SHARED-MARKER in the one page it shares with the hypervisor; it writes the round
+number to the POST port 64 times while the secret is live. The snoop pauses the guest at round 32
+(an exit) and calls `look(lab)` there: whatever it reads is what the hypervisor could read.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from hv.attacks.lab import Lab
+from hv.attacks.secrets import fresh_secret
+from hv.hw.machine import TweakMode
+from hv.kvm import exits as K
+
+__all__ = ["POST_PORT", "SNOOP_ROUND", "snoop"]
+
+POST_PORT = 0x80
+SNOOP_ROUND = 32
+T = TypeVar("T")
+
+
+def snoop(mode: str, look: Callable[[Lab], T], *, tsme: bool = False,
+          secret: bytes | None = None) -> tuple[T, Lab, bytes]:
+    """Boot `secret` in `mode`, call `look(lab)` at round 32, let the guest finish.
+    Returns (what look returned, the finished lab, the secret)."""
+    secret = fresh_secret() if secret is None else secret
+    seen: list[T] = []
+
+    def on_exit(e) -> None:
+        if isinstance(e, K.Io) and e.port == POST_PORT and not e.is_in and e.data == SNOOP_ROUND and not seen:
+            seen.append(look(lab))
+
+    lab = Lab("secret", mode, secret=secret, tsme=tsme, tweak=TweakMode.XEX_RANDOM)
+    try:
+        lab.launch()
+        stop = lab.run(on_exit=on_exit)
+    finally:
+        lab.close()
+    if not seen:
+        raise RuntimeError(f"the secret guest never reached round {SNOOP_ROUND}: {stop.describe()}")
+    return seen[0], lab, secret
