@@ -26,6 +26,7 @@ from hv.hw.errors import AsidError, KeySlotError
 __all__ = ["AesEngine", "KeySlotPort", "TweakMode", "TWEAK_BITS"]
 
 TWEAK_BITS = 48  # address bits that feed the linear tweak (4..47)
+_CHUNK = 1 << 20
 
 
 class TweakMode(enum.Enum):
@@ -114,8 +115,17 @@ class AesEngine:
         return c
 
     def encrypt_into(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
-        """Encrypt whole 16-byte blocks that live at host physical address `spa` into `dst`."""
-        n = _nblocks(src, dst, spa)
+        """Encrypt whole 16-byte blocks that live at host physical address `spa` into `dst`.
+
+        Large requests go through in 1 MiB chunks so that the tweak, XOR and AES passes work on
+        data still in the CPU cache instead of streaming the whole buffer through memory 5 times.
+        """
+        _nblocks(src, dst, spa)
+        for off in range(0, src.size, _CHUNK):
+            self._encrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK])
+
+    def _encrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
+        n = src.size // 16
         cipher = self._cipher(slot)
         t = self._tweaks(spa, n)
         tmp = self._scratch("data", n * 16 + 16)
@@ -128,7 +138,12 @@ class AesEngine:
             np.bitwise_xor(out[:n * 16].view(np.uint32).reshape(n, 4), t, out=dst.view(np.uint32).reshape(n, 4))
 
     def decrypt_into(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
-        n = _nblocks(src, dst, spa)
+        _nblocks(src, dst, spa)
+        for off in range(0, src.size, _CHUNK):
+            self._decrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK])
+
+    def _decrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
+        n = src.size // 16
         cipher = self._cipher(slot)
         t = self._tweaks(spa, n)
         tmp = self._scratch("data", n * 16 + 16)

@@ -159,17 +159,14 @@ class SevGuest:
         self.mnonce: bytes | None = None
 
     def _spa_ranges(self, gpa: int, length: int) -> list[tuple[int, int]]:
-        """Host-physically contiguous pieces of a guest range (KVM pins and walks pages)."""
+        """Host-physically contiguous pieces of a guest range (what KVM gets by pinning pages):
+        one piece per memory slot the range crosses, since each slot is contiguous host memory."""
         out: list[tuple[int, int]] = []
-        while length > 0:
-            n = min(length, _PAGE - (gpa & 0xFFF))
-            spa = self.vm.gpa_to_spa(gpa)
+        for spa, n in self.vm.pieces(gpa, length):
             if out and out[-1][0] + out[-1][1] == spa:
                 out[-1] = (out[-1][0], out[-1][1] + n)
             else:
                 out.append((spa, n))
-            gpa += n
-            length -= n
         return out
 
     def launch_start(self, godh_cert: bytes | None = None, session: bytes | None = None) -> int:

@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""hv's performance goals, measured side by side in one run.
+
+The machines hv is developed on are small and shared, so an absolute time says little: another
+job can halve it. What holds up is a *ratio* of two things measured close together. Every figure
+here is therefore the median of per-round ratios, where a round runs each side once, back to
+back, in an order that rotates from round to round (so neither side always goes first); the
+spread (lowest and highest round) shows how much the machine disturbed the run. Absolute times
+are printed for context only, never compared with a threshold.
+
+  1 compute   encrypted vs plain guest, compute-bound loop (guests/compute.img), run phase only
+  2 unicorn   hv (plain) vs bare Unicorn on the same loop (tools/bare_unicorn.py)
+  3 memstress encrypted vs plain guest rewriting 16 MiB with an exit per page
+  4 engine    AesEngine.encrypt_into on 64 MiB vs `openssl speed -evp aes-128-ecb`
+  5 exit      one OUT -> UART -> resume round trip in hv vs Unicorn's bare stop-and-resume
+  6 launch    LAUNCH_UPDATE_DATA of 64 MiB through the PSP vs 1 / (1/aes + 1/sha256), both
+              from `openssl speed`: what encrypting and measuring the data in one pass at
+              OpenSSL's speed would cost
+
+    python tools/bench.py            # full run, a few minutes
+    python tools/bench.py --quick    # fewer rounds, under a minute
+    python tools/bench.py --json     # JSON on stdout (the table goes to stderr)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+for _p in (str(REPO), str(TOOLS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import numpy as np  # noqa: E402
+
+import bare_unicorn  # noqa: E402
+from hv import boot  # noqa: E402
+from hv.hw.engine import AesEngine, KeySlotPort, TweakMode  # noqa: E402
+from hv.kvm.sev import SevDevice, SevGuest  # noqa: E402
+from hv.vmm.vmm import Vmm, VmmConfig  # noqa: E402
+
+__all__ = [
+    "BenchError", "Goal", "Outcome", "Plan", "GOALS", "PLANS",
+    "guest_run_seconds", "bare_run_seconds", "EngineBench", "LaunchBench",
+    "openssl_throughput", "parse_openssl_mr", "hv_exit_seconds", "bare_exit_seconds",
+    "launch_bound", "interleave", "summarize", "run_benchmarks", "format_table", "main",
+]
+
+GUESTS = REPO / "guests"
+MIB = 1 << 20
+OPENSSL_BLOCK = 16384  # the column of `openssl speed` compared against: large buffers
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (a guest failed, openssl is missing ...)."""
+
+
+# -- goals and plans ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    title: str
+    ratio: str          # how the ratio is formed, for the table
+    target: float
+    higher_is_better: bool = True
+
+    def met(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+    @property
+    def text(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:g}"
+
+
+GOALS = {g.key: g for g in (
+    Goal("compute", "compute loop, encrypted vs plain", "plain / sev time", 0.95),
+    Goal("unicorn", "compute loop, hv plain vs bare Unicorn", "bare / hv time", 0.90),
+    Goal("memstress", "memstress, encrypted vs plain", "plain / sev time", 0.50),
+    Goal("engine", "engine xex-random vs openssl aes-128-ecb", "engine / openssl B/s", 0.25),
+    Goal("exit", "exit round trip, hv vs bare stop+resume", "hv / bare per exit", 2.0,
+         higher_is_better=False),
+    Goal("launch", "LAUNCH_UPDATE_DATA vs aes+sha256 bound", "psp / bound B/s", 0.50),
+)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work a run does: rounds per benchmark and sizes."""
+
+    guest_rounds: int
+    memstress_rounds: int
+    crypto_rounds: int
+    exit_rounds: int
+    exits: int
+    bulk_bytes: int = 64 * MIB
+    openssl_seconds: int = 1
+    window: float = 1.0  # seconds each engine / launch figure averages over, as openssl does
+
+
+PLANS = {
+    # The compute guest runs a quarter of a second: short enough for one burst of a neighbour to
+    # skew a round, cheap enough to run many rounds.
+    "quick": Plan(guest_rounds=5, memstress_rounds=1, crypto_rounds=2, exit_rounds=3, exits=5000,
+                  window=0.3),
+    "full": Plan(guest_rounds=15, memstress_rounds=5, crypto_rounds=5, exit_rounds=7, exits=20000),
+}
+
+
+@dataclass
+class Outcome:
+    """One goal's result: per-round ratios and, for context, per-side absolute figures."""
+
+    goal: Goal
+    ratios: list[float]
+    context: dict[str, str] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # raw per-round figures
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def met(self) -> bool:
+        return self.goal.met(self.median)
+
+    @property
+    def goal_in_spread(self) -> bool:
+        """The goal lies between the worst and best round: the verdict could flip on a rerun."""
+        return min(self.ratios) <= self.goal.target <= max(self.ratios)
+
+    def to_json(self) -> dict:
+        return {"key": self.goal.key, "title": self.goal.title, "ratio": self.goal.ratio,
+                "goal": self.goal.text, "median": round(self.median, 4),
+                "min": round(min(self.ratios), 4), "max": round(max(self.ratios), 4),
+                "ratios": [round(r, 4) for r in self.ratios], "met": self.met,
+                "goal_in_spread": self.goal_in_spread, "context": self.context,
+                "samples": {k: [float(f"{x:.6g}") for x in v] for k, v in self.samples.items()}}
+
+
+# -- the measured sides -------------------------------------------------------------------------
+
+_psp_dir: tempfile.TemporaryDirectory | None = None
+
+
+def psp_state() -> str:
+    """The PSP's non-volatile state file shared by every encrypted VM of this run.
+
+    A PSP without one manufactures a new chip identity (two RSA-4096 keys, seconds) at every
+    boot; one emulated chip for the whole run keeps that out of the bench's wall time. It never
+    touches a timed phase either way.
+    """
+    global _psp_dir
+    if _psp_dir is None:
+        _psp_dir = tempfile.TemporaryDirectory(prefix="hv-bench-psp-")
+    return os.path.join(_psp_dir.name, "psp-nv.json")
+
+
+def guest_run_seconds(image: bytes, vm_type: str = "plain", mem_size: int = 64 * MIB,
+                      check: Callable[[str], bool] | None = None) -> tuple[float, str]:
+    """Seconds of one guest's run phase (after load or launch); returns (seconds, serial).
+
+    The launch is excluded on purpose: it is measured separately (goal 6) and would otherwise
+    hide what encryption costs while the guest runs.
+    """
+    vmm = Vmm(VmmConfig(image=image, vm_type=vm_type, mem_size=mem_size,
+                        psp_state=None if vm_type == "plain" else psp_state()))
+    try:
+        vmm.load()
+        result = vmm.run(load=False)
+    finally:
+        vmm.close()
+    if result.exit_reason != "exit" or result.guest_exit_code != 0:
+        raise BenchError(f"{vm_type} guest did not exit cleanly: {result.exit_reason} "
+                         f"{result.guest_exit_code} {result.message}")
+    if check is not None and not check(result.serial):
+        raise BenchError(f"{vm_type} guest printed {result.serial!r}")
+    return result.wall_time, result.serial
+
+
+def bare_run_seconds(image: bytes, mem_size: int = 64 * MIB) -> tuple[float, str]:
+    """Seconds of the same image on bare Unicorn (flat memory, trivial port hooks)."""
+    guest = bare_unicorn.BareGuest(image, mem_size)
+    seconds = guest.run()
+    if guest.exit_code != 0:
+        raise BenchError(f"bare Unicorn run ended with exit code {guest.exit_code}")
+    return seconds, guest.serial.decode("utf-8", "replace")
+
+
+def _rate_over(window: float, nbytes: int, once: Callable[[], None]) -> float:
+    """Bytes per second of `once()` (which handles `nbytes`), repeated for at least `window` s.
+
+    `openssl speed` averages over its whole run; averaging ours over a similar stretch lets a
+    noisy neighbour disturb both sides alike instead of hitting one short call.
+    """
+    done = 0
+    t0 = time.perf_counter()
+    while True:
+        once()
+        done += nbytes
+        elapsed = time.perf_counter() - t0
+        if elapsed >= window:
+            return done / elapsed
+
+
+class EngineBench:
+    """Bulk encryption through the engine with buffers allocated once, outside the timing.
+
+    The first call also sizes the engine's own scratch buffers, so every timed call sees the
+    steady state a long launch or migration would.
+    """
+
+    def __init__(self, mode: TweakMode, nbytes: int, spa: int = 16 * MIB, window: float = 0.0):
+        self.nbytes = nbytes
+        self.window = window
+        self.spa = spa
+        self.engine = AesEngine(15, mode)
+        KeySlotPort(self.engine).program_key(1, os.urandom(16))
+        self.src = np.frombuffer(os.urandom(nbytes), dtype=np.uint8)
+        self.dst = np.empty_like(self.src)
+        self.engine.encrypt_into(1, spa, self.src, self.dst)
+
+    def __call__(self) -> float:
+        """Bytes per second of encrypt_into over the whole buffer."""
+        return _rate_over(self.window, self.nbytes,
+                          lambda: self.engine.encrypt_into(1, self.spa, self.src, self.dst))
+
+
+class LaunchBench:
+    """LAUNCH_UPDATE_DATA over a whole VM, as KVM issues it, after LAUNCH_START and ACTIVATE.
+
+    One guest context is reused: each call re-encrypts and re-measures the same range (the
+    guest stays in LUPDATE), which is the same work as a first pass over fresh plaintext. A
+    first untimed pass touches every page, so the host's page faults on fresh memory are not
+    counted as the PSP's time.
+    """
+
+    def __init__(self, nbytes: int, window: float = 0.0):
+        self.window = window
+        if nbytes <= 0 or nbytes % 4096:
+            raise ValueError("LAUNCH_UPDATE_DATA is timed over whole pages")
+        self.nbytes = nbytes
+        image = (GUESTS / "hello.img").read_bytes()
+        mem = max(nbytes, boot.MIN_MEM)
+        self.vmm = Vmm(VmmConfig(image=image, vm_type="sev", mem_size=mem, psp_state=psp_state()))
+        dev = SevDevice(self.vmm.kvm)
+        dev.ensure_init(es=True)
+        self.guest = SevGuest(self.vmm.vm, dev, policy=0x1)
+        self.guest.launch_start()
+        self.vmm.vm.write_gpa(0, os.urandom(min(nbytes, MIB)))
+        self.guest.launch_update_data(0, nbytes)
+
+    def __call__(self) -> float:
+        """Bytes per second of LAUNCH_UPDATE_DATA over the VM's memory."""
+        return _rate_over(self.window, self.nbytes,
+                          lambda: self.guest.launch_update_data(0, self.nbytes))
+
+    def close(self) -> None:
+        self.vmm.close()
+
+
+def parse_openssl_mr(text: str, block: int = OPENSSL_BLOCK) -> float:
+    """Bytes per second for `block`-byte buffers from `openssl speed -mr` output.
+
+    The machine-readable form has a header `+H:size:size...` and one `+F:n:name:v:v...` line per
+    algorithm with bytes per second in the same column order.
+    """
+    sizes = None
+    for line in text.splitlines():
+        if line.startswith("+H:"):
+            sizes = [int(s) for s in line[3:].split(":") if s]
+        elif line.startswith("+F:") and sizes is not None:
+            values = line.split(":")[3:]
+            if block in sizes and len(values) >= len(sizes):
+                return float(values[sizes.index(block)])
+    raise BenchError(f"no {block}-byte figure in the openssl speed output")
+
+
+def openssl_throughput(algorithm: str, seconds: int = 1, block: int = OPENSSL_BLOCK) -> float:
+    """Bytes per second of `openssl speed -evp algorithm` on `block`-byte buffers, wall clock.
+
+    -elapsed makes openssl divide by wall time, as every other figure here does.
+    """
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise BenchError("openssl is not installed: the engine and launch goals need `openssl speed`")
+    cmd = [exe, "speed", "-mr", "-elapsed", "-seconds", str(seconds), "-bytes", str(block),
+           "-evp", algorithm]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 30)
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed: {p.stderr.strip()[-200:]}")
+    return parse_openssl_mr(p.stdout, block)
+
+
+def launch_bound(aes: float, sha: float) -> float:
+    """Throughput of encrypting and hashing every byte, one after the other, at these speeds."""
+    return 1.0 / (1.0 / aes + 1.0 / sha)
+
+
+def hv_exit_seconds(count: int) -> float:
+    """Median seconds between consecutive exits of a guest doing nothing but UART writes.
+
+    Timestamps are taken in hv's run loop (the on_exit seam), so each interval is one full round
+    trip: exit to user space, the UART emulation, re-entry and the guest's next OUT.
+    """
+    image, _outs = bare_unicorn.exit_loop_image(count)
+    stamps: list[float] = []
+    clock = time.perf_counter
+    vmm = Vmm(VmmConfig(image=image, on_exit=lambda _vmm, _e: stamps.append(clock())))
+    try:
+        vmm.load()
+        result = vmm.run(load=False)
+    finally:
+        vmm.close()
+    if result.guest_exit_code != 0 or len(result.serial) != count:
+        raise BenchError(f"exit-loop guest: {result.exit_reason}, {len(result.serial)} bytes out")
+    return _median_interval(stamps)
+
+
+def bare_exit_seconds(count: int) -> float:
+    """Median seconds between resumes of bare Unicorn stopping at every OUT of the same guest."""
+    image, outs = bare_unicorn.exit_loop_image(count)
+    guest = bare_unicorn.StopResumeGuest(image, outs)
+    guest.run()
+    if not guest.finished or guest.exits != count + 1:
+        raise BenchError(f"bare stop-and-resume: {guest.exits} exits, finished: {guest.finished}")
+    return _median_interval(guest.stamps)
+
+
+def _median_interval(stamps: list[float]) -> float:
+    if len(stamps) < 3:
+        raise BenchError("too few exits to time")
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+# -- rounds and ratios ----------------------------------------------------------------------------
+
+def interleave(sides: dict[str, Callable[[], float]], rounds: int,
+               progress: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Run every side once per round, rotating the order; return each side's values by round.
+
+    Garbage is collected before each call so one side's leftovers are not paid by the next.
+    """
+    names = list(sides)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            out[name].append(sides[name]())
+            if progress is not None:
+                progress(f"round {r + 1}/{rounds} {name}")
+    return out
+
+
+def summarize(goal: Goal, num: list[float], den: list[float], context: dict[str, str],
+              samples: dict[str, list[float]] | None = None) -> Outcome:
+    """Per-round ratios num[i] / den[i] against `goal`."""
+    if len(num) != len(den) or not num:
+        raise BenchError("ratios need the same, non-zero number of rounds on both sides")
+    return Outcome(goal, [a / b for a, b in zip(num, den)], context, dict(samples or {}))
+
+
+def _fmt_s(values: list[float]) -> str:
+    v = statistics.median(values)
+    return f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v:.3f} s"
+
+
+def _fmt_rate(values: list[float]) -> str:
+    return f"{statistics.median(values) / 1e6:.0f} MB/s"
+
+
+# -- the benchmarks -------------------------------------------------------------------------------
+
+def bench_compute(plan: Plan, progress=None, image_path: Path = GUESTS / "compute.img",
+                  expect: str = "compute: 0x") -> list[Outcome]:
+    """Goals 1 and 2 share their plain runs: plain, sev and bare run in every round.
+
+    All three must print the same line (starting with `expect`): the same instruction stream.
+    """
+    image = image_path.read_bytes()
+    serials: set[str] = set()
+
+    def side(fn):
+        def run():
+            seconds, serial = fn()
+            serials.add(serial)
+            return seconds
+        return run
+
+    times = interleave({
+        "plain": side(lambda: guest_run_seconds(image, "plain")),
+        "sev": side(lambda: guest_run_seconds(image, "sev")),
+        "bare": side(lambda: bare_run_seconds(image)),
+    }, plan.guest_rounds, progress)
+    if len(serials) != 1 or not next(iter(serials)).startswith(expect):
+        raise BenchError(f"{image_path.name} printed different results: {sorted(serials)}")
+    ctx = {k: _fmt_s(v) for k, v in times.items()}
+    return [summarize(GOALS["compute"], times["plain"], times["sev"], ctx, times),
+            summarize(GOALS["unicorn"], times["bare"], times["plain"], ctx, times)]
+
+
+def bench_memstress(plan: Plan, progress=None, image_path: Path = GUESTS / "memstress.img",
+                    expect: str = "memstress: 0x") -> list[Outcome]:
+    image = image_path.read_bytes()
+    ok = (lambda s: s.startswith(expect))
+    times = interleave({
+        "plain": lambda: guest_run_seconds(image, "plain", 32 * MIB, ok)[0],
+        "sev": lambda: guest_run_seconds(image, "sev", 32 * MIB, ok)[0],
+    }, plan.memstress_rounds, progress)
+    ctx = {k: _fmt_s(v) for k, v in times.items()}
+    return [summarize(GOALS["memstress"], times["plain"], times["sev"], ctx, times)]
+
+
+def bench_crypto(plan: Plan, progress=None) -> list[Outcome]:
+    """Goals 4 and 6 share their `openssl speed -evp aes-128-ecb` rounds."""
+    n = plan.bulk_bytes
+    engines = {m.value: EngineBench(m, n, window=plan.window) for m in TweakMode}
+    launch = LaunchBench(n, window=plan.window)
+    try:
+        sides: dict[str, Callable[[], float]] = {f"engine {k}": e for k, e in engines.items()}
+        sides["openssl aes-128-ecb"] = lambda: openssl_throughput("aes-128-ecb", plan.openssl_seconds)
+        sides["openssl sha256"] = lambda: openssl_throughput("sha256", plan.openssl_seconds)
+        sides["launch_update_data"] = launch
+        rates = interleave(sides, plan.crypto_rounds, progress)
+    finally:
+        launch.close()
+    aes, sha = rates["openssl aes-128-ecb"], rates["openssl sha256"]
+    bound = [launch_bound(a, s) for a, s in zip(aes, sha)]
+    ctx = {k: _fmt_rate(v) for k, v in rates.items()}
+    ctx["aes+sha256 bound"] = _fmt_rate(bound)
+    engine_ctx = {k: v for k, v in ctx.items() if k.startswith(("engine", "openssl aes"))}
+    for mode in ("xe-linear", "xex-linear"):
+        ratios = [e / a for e, a in zip(rates[f"engine {mode}"], aes)]
+        engine_ctx[f"{mode} / openssl"] = f"{statistics.median(ratios):.3f}"
+    launch_ctx = {k: v for k, v in ctx.items() if not k.startswith("engine")}
+    return [summarize(GOALS["engine"], rates["engine xex-random"], aes, engine_ctx, rates),
+            summarize(GOALS["launch"], rates["launch_update_data"], bound, launch_ctx, rates)]
+
+
+def bench_exit(plan: Plan, progress=None) -> list[Outcome]:
+    times = interleave({
+        "hv": lambda: hv_exit_seconds(plan.exits),
+        "bare": lambda: bare_exit_seconds(plan.exits),
+    }, plan.exit_rounds, progress)
+    ctx = {f"{k} per exit": _fmt_s(v) for k, v in times.items()}
+    return [summarize(GOALS["exit"], times["hv"], times["bare"], ctx, times)]
+
+
+BENCHES = {"compute": bench_compute, "memstress": bench_memstress, "crypto": bench_crypto,
+           "exit": bench_exit}
+
+
+def run_benchmarks(plan: Plan, only: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for name, bench in BENCHES.items():
+        if only and name not in only:
+            continue
+        if progress is not None:
+            progress(f"{name} ...")
+        outcomes += bench(plan, progress)
+    order = list(GOALS)
+    return sorted(outcomes, key=lambda o: order.index(o.goal.key))
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+def format_table(outcomes: list[Outcome], header: str = "") -> str:
+    rows = [("#", "measurement", "ratio", "median", "spread (min..max)", "goal", "verdict")]
+    order = list(GOALS)
+    for o in outcomes:
+        verdict = "met" if o.met else "NOT met"
+        if o.goal_in_spread:
+            verdict += " (goal within spread)"
+        rows.append((str(order.index(o.goal.key) + 1), o.goal.title, o.goal.ratio,
+                     f"{o.median:.3f}", f"{min(o.ratios):.3f}..{max(o.ratios):.3f}",
+                     o.goal.text, verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [header] if header else []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("context (medians of absolute figures; informative only):")
+    for o in outcomes:
+        parts = ", ".join(f"{k} {v}" for k, v in o.context.items())
+        lines.append(f"  {o.goal.key}: {parts}")
+    return "\n".join(lines)
+
+
+def _load_average() -> str:
+    """The 1-minute load average: how busy the shared machine was, to read the spread by."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "machine": platform.machine()}
+    try:
+        import unicorn
+        info["unicorn"] = unicorn.__version__
+    except Exception:  # pragma: no cover - unicorn is a hard dependency
+        pass
+    exe = shutil.which("openssl")
+    if exe:
+        info["openssl"] = subprocess.run([exe, "version"], capture_output=True, text=True).stdout.strip()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Measure hv's performance goals as ratios in one run.")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (under a minute)")
+    ap.add_argument("--json", action="store_true", help="JSON on stdout, the table on stderr")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--rounds", type=int, default=None, help="override every round count")
+    args = ap.parse_args(argv)
+    only = [s for s in args.only.split(",") if s]
+    unknown = set(only) - set(BENCHES)
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    if args.rounds is not None:
+        r = max(1, args.rounds)
+        plan = dataclasses.replace(plan, guest_rounds=r, memstress_rounds=r, crypto_rounds=r,
+                                   exit_rounds=r)
+
+    t0 = time.perf_counter()
+    log = (lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", file=sys.stderr))
+    try:
+        outcomes = run_benchmarks(plan, only, log)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - t0
+    load = _load_average()
+    header = (f"hv bench ({mode}): median of per-round ratios of interleaved runs, "
+              f"{elapsed:.0f} s in all, load average {load} on {os.cpu_count()} CPUs")
+    table = format_table(outcomes, header)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps({"mode": mode, "seconds": round(elapsed, 1), "load_average": load,
+                          "machine": machine_info(),
+                          "results": [o.to_json() for o in outcomes]}, indent=2))
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
