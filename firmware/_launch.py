@@ -24,7 +24,10 @@ are then all zero, so its measurement proves nothing to anyone but the hyperviso
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+
+import numpy as np
 
 from sevwire import (
     ATTESTATION_REPORT_SIZE,
@@ -136,13 +139,64 @@ def cmd_launch_update_data(ctx: PspContext, buf: LaunchUpdateData) -> None:
 
 def cmd_launch_update_vmsa(ctx: PspContext, buf: LaunchUpdateVmsa) -> None:
     """As LAUNCH_UPDATE_DATA for one 4 KiB VMSA page of an SEV-ES guest (UNSUPPORTED for a
-    plain SEV policy).  The firmware's VMSA edits (CRC slot in the TMR) are not emulated."""
+    plain SEV policy), plus the firmware's VMSA edits that make the saved state tamper-evident.
+
+    The digest covers the page exactly as the hypervisor wrote it (so the owner can predict it).
+    Then, as AMD's SEV-ES firmware does, the page gets 0 at 0x380 and, at 0x388, the address of
+    a slot in the TMR holding the page's integrity value; the edited page is encrypted in place.
+    The CPU checks that value at every VMRUN and renews it at every #VMEXIT (hv.hw.vmsa), and the
+    TMR is fenced off from the hypervisor, so a changed (or replayed) VMSA fails the next entry."""
     guest = _launching_guest(ctx, buf.handle, GuestState.LUPDATE)
     if not guest.es:
         raise CommandError(Status.UNSUPPORTED, "LAUNCH_UPDATE_VMSA needs an SEV-ES policy")
     if buf.len != VMSA_SIZE:
         raise CommandError(Status.INVALID_LEN, "a VMSA is 4096 bytes")
-    _encrypt_in_place(ctx, guest, buf.paddr, buf.len)
+    if not guest.active:
+        raise CommandError(Status.INACTIVE, "ACTIVATE the guest before loading its VMSA")
+    if buf.paddr % VMSA_SIZE:
+        raise CommandError(Status.INVALID_ADDRESS, "a VMSA must be page-aligned")
+    if ctx.tmr is None:
+        raise CommandError(Status.INVALID_CONFIG, "SEV-ES needs the TMR given at INIT")
+    page = bytearray(ctx.mem.read(buf.paddr, VMSA_SIZE))
+    guest.ld.update(bytes(page))
+    slot = _tmr_slot(ctx, buf.paddr)
+    page[VMSA_TMR_RESERVED:VMSA_TMR_RESERVED + 8] = bytes(8)
+    page[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8] = slot.to_bytes(8, "little")
+    ctx.mem.write(slot, (buf.paddr | 1).to_bytes(8, "little") + vmsa_integrity(page))
+    ctx.mem.write_guest(guest, buf.paddr, bytes(page))
+
+
+VMSA_TMR_RESERVED = 0x380
+VMSA_TMR_SLOT = 0x388
+VMSA_INTEGRITY_END = 0xFC0
+TMR_ENTRY = 16
+"""A TMR slot: the VMSA's system-physical address | 1 (whose slot it is), then the 8-byte
+integrity value. The CPU side of this contract is hv/hw/vmsa.py."""
+
+
+def vmsa_integrity(page: bytes | bytearray) -> bytes:
+    """The integrity value of a VMSA page's plaintext bytes [0, 0xFC0).
+
+    AMD's firmware keeps a CRC64 there; any 64-bit check does here, because the hypervisor can
+    reach neither the value (in the TMR) nor the plaintext. hv/hw/vmsa.py computes the same."""
+    return hashlib.blake2b(bytes(page[:VMSA_INTEGRITY_END]), digest_size=8, person=b"hv-vmsa").digest()
+
+
+def _tmr_slot(ctx: PspContext, vmsa_spa: int) -> int:
+    """The TMR slot for the VMSA at `vmsa_spa`: the one it had before, else the first free one.
+
+    Asks the machine to fence the TMR from every host and device access first (a port that
+    cannot, like the firmware tests' in-memory double, simply has no `reserve_tmr`)."""
+    base, length = ctx.tmr
+    reserve = getattr(ctx.port, "reserve_tmr", None)
+    if reserve is not None:
+        reserve(base, length)
+    tags = np.frombuffer(ctx.mem.read(base, length), dtype="<u8")[0::TMR_ENTRY // 8]
+    mine = np.flatnonzero(tags == (vmsa_spa | 1))
+    free = mine if mine.size else np.flatnonzero(tags == 0)
+    if not free.size:
+        raise CommandError(Status.RESOURCE_LIMIT, "the TMR has no free VMSA slot")
+    return base + int(free[0]) * TMR_ENTRY
 
 
 def cmd_launch_measure(ctx: PspContext, buf: LaunchMeasure) -> LaunchMeasure:

@@ -85,7 +85,7 @@ psp_state_option = click.option(
 @click.option("--mem", default="64M", callback=_size, show_default=True,
               help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
 @click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest (measured launch through the PSP).")
-@click.option("--sev-es", "mode", flag_value="sev-es", help="SEV-ES: encrypted register state (not yet available).")
+@click.option("--sev-es", "mode", flag_value="sev-es", help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
 @click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP integrity (not yet available).")
 @click.option("--policy", callback=_int, default=None,
               help="Guest policy for encrypted modes (e.g. 0x1 = NODBG, the default; 0x0 allows debugging).")
@@ -107,10 +107,20 @@ psp_state_option = click.option(
               help="The guest owner's launch_blob.bin and godh.cert (from `hv owner session`).")
 @click.option("--owner-exec", default=None,
               help="Command that answers the launch measurement (JSON on stdin) with a secret packet.")
+@click.option("--gdb", default=None, metavar="tcp::PORT",
+              help="Serve the GDB remote protocol on localhost:PORT (0: a free port, printed on "
+                   "stderr). Private memory of an encrypted guest reads as plaintext only when "
+                   "its policy allows debugging.")
+@click.option("-S", "gdb_wait", is_flag=True, help="With --gdb: wait for the debugger before the first instruction.")
+@click.option("--trace", "trace_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a JSON Lines trace: exits, TLB fills, page encryptions/decryptions, PSP commands.")
+@click.option("--trace-insn", is_flag=True, help="Add every instruction to --trace (capstone; slow).")
 @psp_state_option
 def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet, as_json,
-        dump_dram, secret_file, session_dir, owner_exec, psp_state):
+        dump_dram, secret_file, session_dir, owner_exec, gdb, gdb_wait, trace_file, trace_insn,
+        psp_state):
     """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout."""
+    _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
     data = Path(image).read_bytes()
     secret = Path(secret_file).read_bytes() if secret_file else None
     if (session_dir or owner_exec) and not mode:
@@ -125,7 +135,7 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     if config.psp_state:
         Path(config.psp_state).parent.mkdir(parents=True, exist_ok=True)
     vmm = Vmm(config)
-    result = vmm.run()
+    result = _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file) else vmm.run()
     if dump_dram:
         Path(dump_dram).write_bytes(vmm.dump_guest_memory())
     if result.message:
@@ -133,6 +143,117 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     sys.exit(result.exit_code)
+
+
+def _check_debug_options(gdb, gdb_wait, trace_file, trace_insn) -> None:
+    from hv.vmm.gdbstub import GdbError, parse_gdb_address
+
+    if gdb_wait and not gdb:
+        raise click.UsageError("-S needs --gdb")
+    if trace_insn and not trace_file:
+        raise click.UsageError("--trace-insn needs --trace FILE")
+    if gdb:
+        try:
+            parse_gdb_address(gdb)
+        except GdbError as e:
+            raise click.BadParameter(str(e), param_hint="--gdb") from None
+
+
+def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
+    """Run with a tracer and/or a GDB stub hooked into the VMM's exits (docs/debugging.md)."""
+    from hv.vmm.gdbstub import DebuggerKilled, GdbError, GdbStub
+    from hv.vmm.trace import Tracer
+
+    def warn(message: str) -> None:
+        click.echo(f"hv: {message}", err=True)
+
+    hooks, tracer, stub, result = [], None, None, None
+    out = open(trace_file, "w", encoding="utf-8") if trace_file else None
+    try:
+        if out is not None:
+            tracer = Tracer(vmm, out, warn, instructions=trace_insn)
+            tracer.attach()
+            hooks.append(tracer.on_exit)
+        if gdb:
+            try:
+                stub = GdbStub(vmm, gdb, warn, wait=gdb_wait)
+            except GdbError as e:
+                raise click.UsageError(str(e)) from None
+            warn(f"gdb stub listening on 127.0.0.1:{stub.port}")
+            hooks.append(stub.on_exit)
+        vmm.config.on_exit = _chain(hooks)
+        vmm.load()
+        if stub is not None and gdb_wait:
+            stub.wait_attach()
+        result = vmm.run(load=False)
+    except DebuggerKilled:
+        warn("terminated by the debugger")  # as QEMU's stub does on `k`: status 0
+    finally:
+        if stub is not None:
+            stub.finish(result.exit_code if result else 0,
+                        result is not None and result.exit_reason in ("crash", "shutdown"))
+        if tracer is not None:
+            tracer.close(result)
+        if out is not None:
+            out.close()
+    if result is None:
+        sys.exit(0)
+    return result
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mem", default="64M", callback=_size, show_default=True, help="Guest memory.")
+@click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest.")
+@click.option("--sev-es", "mode", flag_value="sev-es", help="Run as an SEV-ES guest.")
+@click.option("--policy", callback=_int, default=None, help="Guest policy for encrypted modes.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop the guest after this many seconds, then map what it left.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the picture here (PNG).")
+@psp_state_option
+def memmap(image, mem, mode, policy, timeout, output, psp_state):
+    """Run IMAGE to its end, then map its memory page by page: private or shared in the guest's
+    own page tables, and the byte entropy of DRAM (what the hypervisor sees) against that of the
+    guest's plaintext. A lab instrument: it reads the machine the way a hardware probe would."""
+    from hv.hw.inspect import KIND_NAMES, MemoryProbe
+    from hv.vmm.memmap import render_png, render_table
+
+    config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode or "plain",
+                       policy=policy, timeout=timeout,
+                       psp_state=psp_state or (default_psp_state() if mode else None),
+                       image_name=Path(image).name)
+    if config.psp_state:
+        Path(config.psp_state).parent.mkdir(parents=True, exist_ok=True)
+    vmm = Vmm(config)
+    result = vmm.run()
+    if result.message:
+        click.echo(f"hv: {result.message}", err=True)
+    vcpu, vm = vmm.vcpu, vmm.vm
+    probe = MemoryProbe(vmm.machine)
+    cr3 = probe.guest_cr3(None if vcpu.guest_state_protected else vcpu.get_sregs()["cr3"],
+                          vcpu.vmsa_spa if vcpu.guest_state_protected else None, vm.asid)
+    mm = probe.memory_map(npt=vm.npt, asid=vm.asid, encrypted=vm.encrypted, cbitpos=vm.cbitpos,
+                          cr3=cr3, mem_size=mem)
+    click.echo(render_table(mm, KIND_NAMES))
+    if output:
+        title = f"HV MEMMAP {Path(image).name} {(mode or 'plain').upper()} {mem >> 20} MIB"
+        Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
+        click.echo(f"memory map written to {output}")
+    sys.exit(result.exit_code)
+
+
+def _chain(hooks):
+    """One VMM exit hook calling each of `hooks`; the exit is handled if any of them handled it."""
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def on_exit(vmm, exit_):
+        handled = False
+        for hook in hooks:
+            handled = bool(hook(vmm, exit_)) or handled
+        return handled
+    return on_exit
 
 
 def _stdout_writer():

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GUESTS_DIR = REPO / "guests"
 
-GUESTS = ("hello", "sevcheck", "secret", "compute", "memstress")
+GUESTS = ("hello", "sevcheck", "secret", "compute", "memstress", "service")
 
 # The freestanding library every guest links; start.S first so _start opens .text.
 LIB_SOURCES = (
@@ -36,6 +36,9 @@ LIB_SOURCES = (
     "lib/sha256.c",
     "lib/sev.c",
     "lib/paging.c",
+    "lib/ghcb.c",
+    "lib/vc.c",
+    "lib/vc_entry.S",
 )
 
 CFLAGS = (

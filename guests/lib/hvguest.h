@@ -6,12 +6,14 @@
 #include <stdint.h>
 
 #include "bootinfo.h"
+#include "ghcb.h"
 #include "heap.h"
 #include "mem.h"
 #include "paging.h"
 #include "printf.h"
 #include "sev.h"
 #include "sha256.h"
+#include "vc.h"
 #include "x86.h"
 
 /* Set up the library (heap bounds, SEV detection); start.S calls it before main. */

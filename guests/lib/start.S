@@ -1,6 +1,7 @@
 /* The entry point. hv enters in 64-bit mode with RSP = 0x10000 and RSI = the boot
  * information page; nothing else may be assumed, not even that .bss reads as zero (in an
- * encrypted guest it reads as the decryption of whatever DRAM held). */
+ * encrypted guest it reads as the decryption of whatever DRAM held). Until idt_init has run
+ * no instruction that raises #VC under SEV-ES (IN/OUT, CPUID, RDMSR/WRMSR) may be used. */
 
     .section .text.start, "ax"
     .globl _start
@@ -19,6 +20,9 @@ _start:
 
     and     $-16, %rsp              /* the SysV ABI wants a 16-byte aligned stack at a call */
     xor     %ebp, %ebp              /* end of the frame-pointer chain, for debuggers */
+
+    /* GDT and IDT before anything that may raise #VC: under SEV-ES the first CPUID does. */
+    call    idt_init
 
     mov     %r12, %rdi
     call    hv_lib_init

@@ -6,6 +6,17 @@ machine. docs/guest-abi.md is the human-readable form of the constants here.
 """
 
 from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
+from hv.boot._vmsa import (
+    VMSA_CPL,
+    VMSA_INTEGRITY_END,
+    VMSA_QWORDS,
+    VMSA_SEGMENTS,
+    VMSA_SIZE,
+    VMSA_TMR_RESERVED,
+    VMSA_TMR_SLOT,
+    initial_vmsa,
+    launch_vmsas,
+)
 from hv.boot._layout import (
     BOOT_INFO_GPA,
     BOOT_INFO_MAGIC,
@@ -37,6 +48,15 @@ __all__ = [
     "SECRET_GPA",
     "SECRET_MAX",
     "Segment",
+    "VMSA_CPL",
+    "VMSA_INTEGRITY_END",
+    "VMSA_QWORDS",
+    "VMSA_SEGMENTS",
+    "VMSA_SIZE",
+    "VMSA_TMR_RESERVED",
+    "VMSA_TMR_SLOT",
+    "initial_vmsa",
+    "launch_vmsas",
     "boot_info",
     "boot_page_tables",
     "check_mem",

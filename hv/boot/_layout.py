@@ -121,11 +121,19 @@ def launch_regions(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[int,
     return boot_page_tables(mem_size, cbitpos) + image_regions(image, mem_size)
 
 
-def launch_digest(image: bytes, mem_size: int, cbitpos: int) -> bytes:
-    """GCTX.LD for a plain SEV launch of `image`: SHA-256 over every measured byte in order."""
+def launch_digest(image: bytes, mem_size: int, cbitpos: int, es: bool = False) -> bytes:
+    """GCTX.LD of a launch of `image`: SHA-256 over every measured byte in order.
+
+    For SEV-ES (`es`) the digest continues over the initial VMSA pages after the image, as
+    LAUNCH_UPDATE_VMSA extends it on hardware (hv.boot._vmsa.launch_vmsas)."""
     h = hashlib.sha256()
     for _gpa, data in launch_regions(image, mem_size, cbitpos):
         h.update(data)
+    if es:
+        from hv.boot._vmsa import launch_vmsas  # _vmsa imports this module's constants
+
+        for page in launch_vmsas(image, mem_size):
+            h.update(page)
     return h.digest()
 
 

@@ -14,10 +14,16 @@ Unicorn gives us the instruction set. This module adds what SVM hardware does ar
   memory controller changed something a TLB entry points at.
 - SEV_STATUS (MSR 0xC0010131) answered by the CPU itself from the guest's SEV features: the
   hypervisor cannot intercept it, so it cannot lie about it.
+- SEV-ES (control.sev_es): the registers live in the encrypted VMSA between exits (vmsa.py: saved
+  at every #VMEXIT, loaded and integrity-checked at every VMRUN). Intercepts other than HLT and
+  VMGEXIT become #VC (vector 29, error code = the SVM exit code, RIP at the instruction) inside
+  the guest instead of exits; the GHCB MSR (0xC0010130) is kept in the VMCB (`ghcb_msr`) by the
+  CPU without an exit, as is SEV_STATUS. All of it happens at intercepts and exits only.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 
@@ -26,7 +32,9 @@ from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCE
                      UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
                      UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from hv.hw.decode import fault_address
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
                          VmmcallExit, VmrunFailed)
@@ -34,10 +42,12 @@ from hv.hw.memctl import HOST_SLOT, MemoryController, NeedsRetry
 from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, GuestPageFault, Mmu, NestedFault,
                        view_base)
 from hv.hw.npt import NestedPageTable
+from hv.hw.vmsa import VmsaUnit
 
-__all__ = ["Cpu", "GPRS", "GuestControl", "MSR_SEV_STATUS", "SREGS"]
+__all__ = ["Cpu", "GPRS", "GuestControl", "MSR_GHCB", "MSR_SEV_STATUS", "SREGS", "VC"]
 
 MSR_SEV_STATUS = 0xC0010131
+MSR_GHCB = 0xC0010130
 UNTIL = 1 << 63  # non-canonical: never reached by a guest
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
@@ -45,10 +55,13 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
 SREGS = ("cr0", "cr2", "cr3", "cr4", "cs", "ds", "es", "fs", "gs", "ss")
 _REG = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in GPRS + SREGS}
 _GPR_IDS = [_REG[n] for n in GPRS]
+_FAST = frozenset(GPRS) | {"cr2", "cr3"}
 # MSRs Unicorn implements itself and that a hypervisor does not intercept (passed through).
 _NATIVE_MSRS = {0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
                 0xC0000100, 0xC0000101, 0xC0000102, 0x00000010, 0x00000277}
 _IO_OPS = {0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
+
+_ACCESS_NAMES = {ACCESS_READ: "read", ACCESS_WRITE: "write", ACCESS_FETCH: "fetch"}
 
 # Exception vectors
 DE, DB, BP, UD, DF, GP, PF, VC = 0, 1, 3, 6, 8, 13, 14, 29
@@ -64,6 +77,11 @@ class GuestControl:
     sev: bool = False
     sev_es: bool = False
     cbitpos: int = 47
+    # SEV-ES only. vmsa_spa: the VMCB's vmsa_pa, the host page holding the encrypted save area.
+    # ghcb_msr: the VMCB's ghcb_gpa field, i.e. the guest's GHCB MSR, which the CPU keeps here
+    # without an exit and the hypervisor reads (and answers in) at a VMGEXIT.
+    vmsa_spa: int | None = None
+    ghcb_msr: int = 0
 
     @property
     def sev_status(self) -> int:
@@ -72,6 +90,25 @@ class GuestControl:
 
 class _Retry(Exception):
     pass
+
+
+def _fast_registers(uc: Uc):
+    """Register read/write straight through libunicorn: the Python binding's reg_read costs
+    about 4 us, this about 1 us, and every exit needs several. 64-bit registers only."""
+    lib, handle = _uclib, uc._uch
+    cell = ctypes.c_uint64(0)
+    ref = ctypes.byref(cell)
+    read_fn, write_fn = lib.uc_reg_read, lib.uc_reg_write
+
+    def read(reg_id: int) -> int:
+        read_fn(handle, reg_id, ref)
+        return cell.value
+
+    def write(reg_id: int, value: int) -> None:
+        cell.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        write_fn(handle, reg_id, ref)
+
+    return read, write
 
 
 class Cpu:
@@ -83,6 +120,11 @@ class Cpu:
         self._mmu = Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos)
         uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self._r, self._w = _fast_registers(uc)
+        # No `until` address: emulation ends only through emu_stop. Otherwise Unicorn probes the
+        # until page at every entry and stop, which cost a TLB flush and a page walk per exit.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
         uc.mem_map_ptr(0, mc.size, UC_PROT_ALL, mc.dram.ctypes.data)
         self._mapped_views: set[int] = set()
         if control.sev:
@@ -103,6 +145,7 @@ class Cpu:
         self._code_pages: dict[int, object] = {}  # gva page -> Translation
         self._exit: VmExit | None = None
         self._dummy_fill = False
+        self._fault_gva = 0
         self._fault: Exception | None = None
         self._pending: tuple[int, int | None, int | None] | None = None  # (vector, error, cr2)
         self._kick = threading.Event()
@@ -112,6 +155,8 @@ class Cpu:
         self._block_counts: dict[tuple[int, int], int] = {}
         self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.stats = {"exits": 0, "tlb_fills": 0, "exceptions": 0}
+        self.trace = None  # a trace sink (set_trace); while None a fill pays one attribute check
+        self.vmsa = VmsaUnit(uc, mc, control.asid) if control.sev_es else None
 
     # -- registers -----------------------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
@@ -119,7 +164,7 @@ class Cpu:
 
     def set_regs(self, regs: dict[str, int]) -> None:
         for name, value in regs.items():
-            self._uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+            self._w(_REG[name], value)
 
     def get_sregs(self) -> dict[str, object]:
         out: dict[str, object] = {n: self._uc.reg_read(_REG[n]) for n in SREGS}
@@ -143,6 +188,8 @@ class Cpu:
         self._flush()
 
     def reg(self, name: str) -> int:
+        if name in _FAST:
+            return self._r(_REG[name])
         return self._uc.reg_read(_REG[name])
 
     # -- running ------------------------------------------------------------------------------------
@@ -161,6 +208,16 @@ class Cpu:
     def run(self) -> VmExit:
         if self.control.sev and not self._mc.engine.has_key(self.control.asid):
             return VmrunFailed(f"ASID {self.control.asid} has no key: the PSP has not activated this guest")
+        if self.vmsa is None:
+            return self._run()
+        failed = self.vmsa.load(self.control.vmsa_spa)
+        if failed is not None:
+            return VmrunFailed(failed)
+        exit_ = self._run()
+        self.vmsa.save()
+        return exit_
+
+    def _run(self) -> VmExit:
         while True:
             if self._kick.is_set():
                 self._kick.clear()
@@ -169,7 +226,8 @@ class Cpu:
                 try:
                     self._deliver_pending()
                 except _TripleFault as e:
-                    return ShutdownExit(str(e))
+                    # SEV-ES: the hypervisor learns that the guest died, not where (no RIP).
+                    return ShutdownExit("triple fault" if self.control.sev_es else str(e))
                 except NestedFault as e:
                     return NpfExit(e.gpa, e.error_code)
             self._sync_epochs()
@@ -178,7 +236,7 @@ class Cpu:
                 self._flush()
             self._exit = None
             self._fault = None
-            rip = self._uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._r(X.UC_X86_REG_RIP)
             try:
                 self._uc.emu_start(rip, UNTIL)
             except UcError as err:
@@ -187,14 +245,19 @@ class Cpu:
                     self._flush()
                     continue
                 if isinstance(fault, GuestPageFault):
+                    if fault.error_code >= 0 and not fault.error_code & 16:
+                        fault.address = self._exact_address(fault.address)
                     self._raise_guest_fault(fault)
                     continue
                 if isinstance(fault, NestedFault):
                     self.stats["exits"] += 1
                     insn = b""
+                    gpa = fault.gpa
                     if fault.error_code & (1 << 32) and not fault.error_code & 16:
-                        insn = self.code_bytes(self.reg("rip"), 15)
-                    return NpfExit(fault.gpa, fault.error_code, insn)
+                        gpa = (gpa & ~0xFFF) | (self._exact_address(self._fault_gva) & 0xFFF)
+                        if not self.control.sev_es:
+                            insn = self.code_bytes(self.reg("rip"), 15)
+                    return NpfExit(gpa, fault.error_code, insn)
                 if self._pending is not None:
                     continue
                 if err.errno == UC_ERR_INSN_INVALID:
@@ -249,14 +312,18 @@ class Cpu:
             entry.perms = UC_PROT_ALL
             return True
         try:
-            paddr, perms, t = self._mmu.fill(vaddr, access, uc.reg_read(X.UC_X86_REG_CR3))
+            paddr, perms, t = self._mmu.fill(vaddr, access, self._r(X.UC_X86_REG_CR3))
         except NeedsRetry:
             self._fault = _Retry()
             return False
         except (GuestPageFault, NestedFault) as f:
             self._fault = f
+            self._fault_gva = vaddr
             return False
         self.stats["tlb_fills"] += 1
+        if self.trace is not None:
+            self.trace("fill", gva=vaddr, gpa=t.gpa, spa=t.spa, c_bit=t.c_bit,
+                       asid=self.control.asid, access=_ACCESS_NAMES.get(access, access))
         if access == ACCESS_FETCH and self._scan_code(vaddr & ~0xFFF, t):
             # Hooks were added for code that may already be translated: retranslate first.
             self._mc.bump(code=True)
@@ -337,27 +404,35 @@ class Cpu:
             if op in (0xE4, 0xE5, 0xE6, 0xE7):
                 port, length = b[i + 1], i + 2
             else:
-                port, length = uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF, i + 1
-            value = 0 if is_in else uc.reg_read(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+                port, length = self._r(X.UC_X86_REG_RDX) & 0xFFFF, i + 1
+            value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
             exit_ = IoExit(port, size, is_in, value)
         elif op == 0xF4 and i == 0:
             exit_, length = HltExit(), 1
         elif op == 0x0F and len(b) > i + 1:
             op2 = b[i + 1]
             if op2 == 0xA2 and i == 0:
-                rax, rcx = uc.reg_read(X.UC_X86_REG_RAX), uc.reg_read(X.UC_X86_REG_RCX)
+                rax, rcx = self._r(X.UC_X86_REG_RAX), self._r(X.UC_X86_REG_RCX)
                 exit_, length = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF), 2
             elif op2 in (0x30, 0x32) and i == 0:
-                msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+                msr = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
                 if msr in _NATIVE_MSRS:
                     return
                 length = 2
                 if op2 == 0x32 and msr == MSR_SEV_STATUS:
                     self._set_edx_eax(self.control.sev_status)
-                    uc.reg_write(X.UC_X86_REG_RIP, addr + length)
+                    self._w(X.UC_X86_REG_RIP, addr + length)
                     return
-                value = ((uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
-                         (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
+                if msr == MSR_GHCB and self.control.sev_es:
+                    if op2 == 0x32:
+                        self._set_edx_eax(self.control.ghcb_msr)
+                    else:
+                        self.control.ghcb_msr = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
+                                                 (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
+                    self._w(X.UC_X86_REG_RIP, addr + length)
+                    return
+                value = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
+                         (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
                 exit_ = MsrExit(msr, op2 == 0x30, value if op2 == 0x30 else 0)
             elif op2 == 0x01 and b[i + 2:i + 3] == b"\xd9":
                 exit_ = VmgexitExit() if rep else VmmcallExit()
@@ -366,27 +441,59 @@ class Cpu:
                 return
         else:
             return
+        if self.control.sev_es and not isinstance(exit_, (HltExit, VmgexitExit)):
+            self._raise_vc(exit_.code, addr)
+            return
         self._exit = exit_
-        uc.reg_write(X.UC_X86_REG_RIP, addr + length)
+        self._w(X.UC_X86_REG_RIP, addr + length)
         uc.emu_stop()
 
+    def _raise_vc(self, exit_code: int, rip: int) -> None:
+        """SEV-ES: a non-automatic exit is a #VC in the guest, at the instruction, not an exit.
+
+        Delivered right here in the hook (frame pushed, RIP = the handler), so emulation goes on
+        without a stop and a restart, which would cost the guest its TLB; if the delivery itself
+        faults, it is queued and handled (double fault, shutdown) by the run loop instead."""
+        self._w(X.UC_X86_REG_RIP, rip)
+        try:
+            self._deliver(VC, exit_code, None)
+        except (GuestPageFault, NestedFault, _NoHandler):
+            self._w(X.UC_X86_REG_RIP, rip)
+            self._pending = (VC, exit_code, None)
+            self._uc.emu_stop()
+            return
+        self.stats["exceptions"] += 1
+
+    def _exact_address(self, page: int) -> int:
+        """Decode assist: the byte address on `page` that the instruction at RIP accessed."""
+        rip = self.reg("rip")
+        return fault_address(self.code_bytes(rip, 15), rip, self._reg_any, page)
+
+    def _reg_any(self, name: str) -> int:
+        if name in ("fs_base", "gs_base"):
+            return self._uc.msr_read(0xC0000100 if name == "fs_base" else 0xC0000101)
+        return self._uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+
     def _set_edx_eax(self, value: int) -> None:
-        self._uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        self._uc.reg_write(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
+        self._w(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self._w(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
 
     def _on_invalid(self, uc, _user):
         # VMMCALL/VMGEXIT land here when they were not caught by a scan hook (code written after
         # its page was scanned); anything else is #UD.
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self._r(X.UC_X86_REG_RIP)
         b = self.code_bytes(rip, 4)
         if b[:3] == b"\x0f\x01\xd9":
+            if self.control.sev_es:
+                self._raise_vc(VmmcallExit.code, rip)
+                return True
             self._exit = VmmcallExit()
-            uc.reg_write(X.UC_X86_REG_RIP, rip + 3)
+            self._w(X.UC_X86_REG_RIP, rip + 3)
             uc.emu_stop()
             return True
         if b[:4] == b"\xf3\x0f\x01\xd9":
             self._exit = VmgexitExit()
-            uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
+            self._w(X.UC_X86_REG_RIP, rip + 4)
             uc.emu_stop()
             return True
         return False
@@ -403,6 +510,43 @@ class Cpu:
         self.instructions += n
         if self.budget is not None and self.instructions >= self.budget:
             uc.emu_stop()
+
+    # -- debugging: breakpoints, single steps, translation and traces for a debugger ----------------
+    def add_code_hook(self, callback, address: int | None = None):
+        """Call `callback(address, size)` before the instruction at `address` executes (before
+        every instruction when None); a callback that calls kick() stops the guest right there,
+        RIP at the instruction. This is how breakpoints work here: nothing is written into guest
+        memory, so the guest's bytes and its launch measurement stay untouched. Translated code
+        is dropped, or blocks translated earlier would run past the new hook."""
+        begin, end = (1, 0) if address is None else (address, address)
+        handle = self._uc.hook_add(UC_HOOK_CODE, lambda _uc, a, s, _u: callback(a, s), None, begin, end)
+        self._uc.ctl_flush_tb()
+        return handle
+
+    def remove_code_hook(self, handle) -> None:
+        self._uc.hook_del(handle)
+        self._uc.ctl_flush_tb()
+
+    def debug_translate(self, gva: int) -> tuple[int, bool] | None:
+        """(GPA, C-bit of the leaf) of `gva` through the guest's page tables as this core's MMU
+        walks them (with the guest's key for an encrypted guest), or None when `gva` is not
+        mapped. The debug port of the core: it reports the mapping, never data."""
+        self._sync_epochs()  # a key the PSP installed since the last run has a fresh view
+        for _ in range(4):
+            try:
+                t = self._mmu.translate(gva, ACCESS_READ, self.reg("cr3"))
+                return t.gpa | (gva & 0xFFF), t.c_bit
+            except NeedsRetry:
+                continue  # a coherence conflict was resolved; the walk now succeeds
+            except (GuestPageFault, NestedFault):
+                return None
+        return None
+
+    def set_trace(self, sink) -> None:
+        """Send TLB fills of this core and the coherence events of its memory controller to
+        `sink(event, **fields)`; None stops tracing."""
+        self.trace = sink
+        self._mc.trace = sink
 
     # -- exceptions into the guest --------------------------------------------------------------------
     def _raise_guest_fault(self, f: GuestPageFault) -> None:
@@ -457,7 +601,7 @@ class Cpu:
         data = b"".join(v.to_bytes(8, "little") for v in reversed(frame))
         self._write_virt(new_rsp, data)
         if cr2 is not None:
-            self._uc.reg_write(X.UC_X86_REG_CR2, cr2)
+            self._w(X.UC_X86_REG_CR2, cr2)
         if (attr & 0xF) == 0xE:
             rflags &= ~0x200  # interrupt gate: IF cleared
         rflags &= ~0x100  # TF

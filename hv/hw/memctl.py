@@ -63,7 +63,9 @@ class MemoryController:
         self.code_pages = np.zeros(dram_size // PAGE, dtype=bool)  # ever fetched from: TBs may cache them
         self.epoch = 0
         self.tb_epoch = 0
+        self.psp_only: list[tuple[int, int]] = []  # fenced ranges (the SEV-ES TMR): see fence()
         self.stats = {"pages_decrypted": 0, "pages_encrypted": 0, "tlb_flushes": 0}
+        self.trace = None  # a trace sink (Cpu.set_trace); None costs one check per page moved
 
     # -- checks ----------------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -76,6 +78,22 @@ class MemoryController:
     def check_slot(self, slot: int) -> None:
         if not 0 <= slot <= self.engine.max_asid:
             raise AsidError(f"ASID {slot} is outside 0..{self.engine.max_asid}")
+
+    def fence(self, spa: int, length: int) -> None:
+        """Reserve [spa, spa+length) for the PSP and the CPU: host and device accesses are refused.
+
+        This is the trusted memory region (TMR) an SEV-ES platform is INITed with: the integrity
+        values of saved guest register state live there, out of the hypervisor's reach."""
+        self.check_range(spa, length)
+        if (spa, length) not in self.psp_only:
+            self.psp_only.append((spa, length))
+
+    def check_host(self, spa: int, length: int) -> None:
+        """AddressError if a host or device access to [spa, spa+length) touches a fenced range."""
+        for lo, n in self.psp_only:
+            if spa < lo + n and lo < spa + length:
+                raise AddressError(f"physical range {spa:#x}..{spa + length:#x} is in the PSP's "
+                                   f"trusted memory region")
 
     def view(self, slot: int) -> View:
         self.check_slot(slot)
@@ -98,12 +116,16 @@ class MemoryController:
         self.engine.encrypt_into(v.slot, a, v.buf[a:a + PAGE], self.dram[a:a + PAGE])
         v.state[page] = CLEAN
         self.stats["pages_encrypted"] += 1
+        if self.trace is not None:
+            self.trace("encrypt", slot=v.slot, spa=a)
 
     def _load_page(self, v: View, page: int) -> None:
         a = page * PAGE
         self.engine.decrypt_into(v.slot, a, self.dram[a:a + PAGE], v.buf[a:a + PAGE])
         v.state[page] = CLEAN
         self.stats["pages_decrypted"] += 1
+        if self.trace is not None:
+            self.trace("decrypt", slot=v.slot, spa=a)
 
     def writeback(self, p0: int, p1: int, keep: int | None = None) -> bool:
         """Make DRAM current for pages [p0, p1); return True if any view was downgraded."""

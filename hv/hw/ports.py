@@ -32,9 +32,11 @@ class HostPort:
         return self._mc.size
 
     def read(self, spa: int, length: int, c_bit: bool = False) -> bytes:
+        self._mc.check_host(spa, length)
         return self._mc.read(spa, length, self._mc.host_slot(c_bit))
 
     def write(self, spa: int, data: bytes, c_bit: bool = False) -> None:
+        self._mc.check_host(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(c_bit))
 
 
@@ -47,9 +49,11 @@ class DmaPort:
         self._mc = mc
 
     def read(self, spa: int, length: int) -> bytes:
+        self._mc.check_host(spa, length)
         return self._mc.read(spa, length, self._mc.host_slot(False))
 
     def write(self, spa: int, data: bytes) -> None:
+        self._mc.check_host(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(False))
 
 
@@ -91,6 +95,12 @@ class PspPort:
         with _as_port_errors():
             self._guest_asid(asid)
             self._mc.write(spa, data, asid)
+
+    def reserve_tmr(self, spa: int, length: int) -> None:
+        """Fence the SEV-ES trusted memory region off from the host and devices (not from the
+        PSP or the CPU, which keep VMSA integrity values there)."""
+        with _as_port_errors():
+            self._mc.fence(spa, length)
 
     def program_key(self, asid: int, key: bytes) -> None:
         with _as_port_errors():

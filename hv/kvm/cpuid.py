@@ -6,7 +6,9 @@ hide SEV from the guest, which is why the guest confirms with SEV_STATUS, which 
 
 from __future__ import annotations
 
-__all__ = ["guest_cpuid_table"]
+__all__ = ["cpuid_lookup", "guest_cpuid_table"]
+
+_INDEXED = (4, 7, 0xB, 0xD)  # leaves whose ECX selects a subleaf
 
 _KVM_SIG = b"KVMKVMKVM\0\0\0"
 
@@ -24,3 +26,9 @@ def guest_cpuid_table(host_cpuid, vm_type: str, cbitpos: int) -> dict[tuple[int,
         # QEMU reports the C-bit and a reduced-phys-bits of 1; KVM clears the rest of EBX.
         t[(0x8000001F, 0)] = (eax, cbitpos | (1 << 6), 0, 0)
     return t
+
+
+def cpuid_lookup(table, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """What CPUID returns for (leaf, subleaf) from a guest table: the intercept and the SEV-ES
+    GHCB paths (CPUID exit 0x72, the MSR protocol's CPUID request) answer the same."""
+    return table.get((leaf, subleaf if leaf in _INDEXED else 0), (0, 0, 0, 0))

@@ -14,6 +14,7 @@ from hv.hw.cpu import GuestControl
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
 from hv.kvm.cpuid import guest_cpuid_table
+from hv.kvm.ghcb import MsrProto
 from hv.kvm.vcpu import Vcpu
 
 __all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
@@ -147,7 +148,7 @@ class Vm:
                 return s.spa + (gpa - s.gpa)
         raise KvmError(f"GPA {gpa:#x} is not in any memory slot")
 
-    def _pieces(self, gpa: int, length: int) -> list[tuple[int, int]]:
+    def pieces(self, gpa: int, length: int) -> list[tuple[int, int]]:
         """(spa, length) pieces of a guest range, split where memory slots end."""
         out = []
         while length > 0:
@@ -164,11 +165,11 @@ class Vm:
 
     def read_gpa(self, gpa: int, length: int) -> bytes:
         """Guest memory as the hypervisor sees it: what DRAM stores (ciphertext if private)."""
-        return b"".join(self.host.read(spa, n) for spa, n in self._pieces(gpa, length))
+        return b"".join(self.host.read(spa, n) for spa, n in self.pieces(gpa, length))
 
     def write_gpa(self, gpa: int, data: bytes) -> None:
         pos = 0
-        for spa, n in self._pieces(gpa, len(data)):
+        for spa, n in self.pieces(gpa, len(data)):
             self.host.write(spa, data[pos:pos + n])
             pos += n
 
@@ -186,8 +187,12 @@ class Vm:
 
     # -- vCPUs -----------------------------------------------------------------------------------------
     def create_vcpu(self) -> Vcpu:
-        control = GuestControl(asid=self.asid, npt=self.npt, sev=self.encrypted,
-                               sev_es=self.type in ("sev-es", "sev-snp"), cbitpos=self.cbitpos)
+        es = self.type in ("sev-es", "sev-snp")
+        control = GuestControl(asid=self.asid, npt=self.npt, sev=self.encrypted, sev_es=es,
+                               cbitpos=self.cbitpos)
+        if es:
+            # At reset the GHCB MSR holds the SEV_INFO response (protocol versions, C-bit).
+            control.ghcb_msr = MsrProto.sev_info(self.cbitpos)
         vcpu = Vcpu(self, self.kvm.machine.new_cpu(control), len(self.vcpus))
         self.vcpus.append(vcpu)
         return vcpu
@@ -196,6 +201,10 @@ class Vm:
         for s in self.slots.values():
             self.kvm.free(s.spa, s.size)
         self.slots.clear()
+        for v in self.vcpus:
+            if v.vmsa_spa is not None:
+                self.kvm.free(v.vmsa_spa, _PAGE)
+                v.attach_vmsa(None)
         if self.asid:
             self.kvm.free_asid(self.asid)
         if self in self.kvm.vms:

@@ -1,5 +1,15 @@
 """A vCPU: run() loops over hardware exits, handles what KVM handles in the kernel, and returns
-the rest to user space as one typed exit (hv.kvm.exits)."""
+the rest to user space as one typed exit (hv.kvm.exits).
+
+SEV-ES: once LAUNCH_UPDATE_VMSA has encrypted the vCPU's save area, `guest_state_protected` is
+True and the register interfaces (KVM_GET/SET_REGS, KVM_GET/SET_SREGS) work on the only copy of
+the registers the hypervisor can reach: the VMSA page as stored in DRAM, i.e. ciphertext.
+get_regs()/get_sregs() return the 64-bit words found at each register's save-area offset (so
+values that look random and say nothing about the guest); set_regs()/set_sregs() write the given
+values at those offsets into the stored page, exactly what a hypervisor poking the VMSA does,
+and the next run() returns FailEntry because the page no longer passes the CPU's integrity check.
+Exits reach user space through the GHCB instead of registers (hv.kvm.sev_es).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +18,14 @@ from collections import Counter
 import capstone
 from capstone import x86_const as CX
 
-from hv.hw.cpu import GP, Cpu
+from hv.boot import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
+from hv.hw.cpu import GP, VC, Cpu
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
-                         IoExit, MsrExit, NpfExit, ShutdownExit, VmgexitExit, VmmcallExit,
+                         IoExit, MsrExit, NpfExit, ShutdownExit, SvmExit, VmgexitExit, VmmcallExit,
                          VmrunFailed)
 from hv.kvm import exits as K
+from hv.kvm.cpuid import cpuid_lookup
+from hv.kvm.sev_es import EsExits
 
 __all__ = ["MemoryFault", "Vcpu"]
 
@@ -45,19 +58,51 @@ class Vcpu:
         self.exit_counts: Counter[str] = Counter()
         self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs.detail = True
+        self.guest_state_protected = False  # set by the SEV-ES launch (SevGuest.launch_update_vmsa)
+        self.es = EsExits(vm, cpu.control) if cpu.control.sev_es else None
 
     # -- registers (KVM_GET/SET_REGS, KVM_GET/SET_SREGS) --------------------------------------------------
     def get_regs(self) -> dict[str, int]:
+        if self.guest_state_protected:
+            return self._vmsa_words(GPRS_OF_REGS)
         return self._cpu.get_regs()
 
     def set_regs(self, regs: dict[str, int]) -> None:
+        if self.guest_state_protected:
+            self._poke_vmsa(regs)
+            return
         self._cpu.set_regs(regs)
 
     def get_sregs(self) -> dict[str, object]:
+        if self.guest_state_protected:
+            return self._vmsa_words(SREGS_OF_VMSA)
         return self._cpu.get_sregs()
 
     def set_sregs(self, sregs: dict[str, object]) -> None:
+        if self.guest_state_protected:
+            self._poke_vmsa({k: v for k, v in sregs.items() if isinstance(v, int)})
+            return
         self._cpu.set_sregs(sregs)
+
+    def attach_vmsa(self, spa: int | None) -> None:
+        """KVM-internal: point the VMCB's vmsa_pa at an encrypted save area (None: detach)."""
+        self._cpu.control.vmsa_spa = spa
+        self.guest_state_protected = spa is not None
+
+    @property
+    def vmsa_spa(self) -> int | None:
+        """Host physical address of this vCPU's VMSA page (SEV-ES), as KVM allocated it."""
+        return self._cpu.control.vmsa_spa
+
+    def _vmsa_words(self, names) -> dict[str, int]:
+        page = self.vm.host.read(self.vmsa_spa, VMSA_SIZE)
+        return {n: int.from_bytes(page[_VMSA_OFF[n]:_VMSA_OFF[n] + 8], "little") for n in names}
+
+    def _poke_vmsa(self, values: dict[str, int]) -> None:
+        for name, value in values.items():
+            if name not in _VMSA_OFF:
+                raise ValueError(f"{name!r} has no place in the VMSA")
+            self.vm.host.write(self.vmsa_spa + _VMSA_OFF[name], (int(value) & _MASK64).to_bytes(8, "little"))
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         self._cpu.inject(vector, error_code)
@@ -78,15 +123,43 @@ class Vcpu:
         return dict(self._cpu.stats)
 
     def code_bytes(self, gva: int, length: int) -> bytes:
-        """Decode-assist bytes at RIP-like addresses, for crash reports of plain guests."""
+        """Decode-assist bytes at RIP-like addresses, for crash reports of plain guests (none for
+        an SEV-ES guest: the hardware gives KVM no instruction bytes of a protected guest)."""
+        if self.es is not None:
+            return b""
         return self._cpu.code_bytes(gva, length)
+
+    # -- debugging (KVM_SET_GUEST_DEBUG, KVM_TRANSLATE) and tracing ----------------------------------------
+    def add_code_hook(self, callback, address: int | None = None):
+        """A guest-debug hook: `callback(address, size)` before the instruction at `address`
+        (every instruction when None). Kick the vCPU from it to stop at that instruction."""
+        return self._cpu.add_code_hook(callback, address)
+
+    def remove_code_hook(self, handle) -> None:
+        self._cpu.remove_code_hook(handle)
+
+    def translate(self, gva: int) -> tuple[int, bool] | None:
+        """KVM_TRANSLATE: (GPA, C-bit) of a guest-virtual address, None when unmapped. For an
+        encrypted guest the walk is the CPU's, through the guest's key: the hypervisor learns
+        the mapping, not the contents (see docs/debugging.md)."""
+        return self._cpu.debug_translate(gva)
+
+    def set_trace(self, sink) -> None:
+        """Send TLB fills and coherence events to `sink(event, **fields)` (None: off)."""
+        self._cpu.set_trace(sink)
 
     # -- run ------------------------------------------------------------------------------------------------
     def run(self) -> K.KvmExit:
+        if self.es is not None and self.es.busy:
+            self.es.complete(self._pending)
+            self._pending = None
         self._complete()
         while True:
             e = self._cpu.run()
-            out = self._handle(e)
+            if self.es is not None and isinstance(e, VmgexitExit):
+                out = self.es.vmgexit()
+            else:
+                out = self._handle(e)
             if out is not None:
                 self.exit_counts[out.reason] += 1
                 self._pending = out
@@ -118,7 +191,7 @@ class Vcpu:
             case IoExit(port=port, size=size, is_in=is_in, value=value):
                 return K.Io(port, size, is_in, value)
             case CpuidExit(leaf=leaf, subleaf=subleaf):
-                a, b, c, d = self.vm.cpuid.get((leaf, subleaf if leaf in (4, 7, 0xB, 0xD) else 0), (0, 0, 0, 0))
+                a, b, c, d = cpuid_lookup(self.vm.cpuid, leaf, subleaf)
                 self._cpu.set_regs({"rax": a, "rbx": b, "rcx": c, "rdx": d})
                 return None
             case MsrExit(msr=msr, is_write=False):
@@ -154,11 +227,17 @@ class Vcpu:
         return K.InternalError(f"unhandled exit {e!r}")
 
     # -- MMIO -----------------------------------------------------------------------------------------------
-    def _npf(self, gpa: int, code: int, insn_bytes: bytes) -> K.KvmExit:
+    def _npf(self, gpa: int, code: int, insn_bytes: bytes) -> K.KvmExit | None:
         write, fetch = bool(code & 2), bool(code & 16)
         in_slot = any(s.gpa <= gpa < s.gpa + s.size for s in self.vm.slots.values())
         if in_slot or fetch or not code & (1 << 32):
             return MemoryFault(gpa, write, fetch)
+        if self.es is not None:
+            # MMIO of an SEV-ES guest: KVM cannot decode an instruction it cannot read, so the
+            # guest gets #VC(NPF) at the access and asks through the GHCB (MMIO_READ/WRITE). On
+            # hardware KVM marks MMIO with reserved NPT bits and the CPU raises that #VC itself.
+            self._cpu.inject(VC, SvmExit.NPF)
+            return None
         try:
             insn = next(self._cs.disasm(insn_bytes, self._cpu.reg("rip"), 1))
         except StopIteration:
@@ -227,3 +306,10 @@ def _subregs() -> dict[str, tuple[str, int, int]]:
 
 
 _SUBREG = _subregs()
+
+# Where KVM's register names sit in the VMSA (SEV-ES; hv.boot defines the save-area layout).
+GPRS_OF_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+                "r12", "r13", "r14", "r15", "rip", "rflags")
+SREGS_OF_VMSA = ("cr0", "cr2", "cr3", "cr4", "efer")
+_VMSA_OFF = dict(VMSA_QWORDS)
+_VMSA_OFF.update({f"{seg}_base": off + 8 for seg, off in VMSA_SEGMENTS.items()})

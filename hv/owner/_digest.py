@@ -3,7 +3,10 @@
 Which bytes the VMM measures, and in which order, is defined by `hv.boot.launch_regions` (the
 same pure function the VMM uses to launch), so the owner and the VMM cannot drift apart; the
 digest is SHA-256 over the concatenated plaintext of those regions, as the PSP's LAUNCH_UPDATE_DATA
-computes it. `hv.boot` is imported when needed, so the rest of the owner tools work without it.
+computes it. With the ES bit in the policy the digest continues over the initial VMSA pages
+(`hv.boot.launch_vmsas`, one per vCPU), as LAUNCH_UPDATE_VMSA extends it: the owner thereby
+checks the guest's entry registers (RIP = the image's entry point...) as well as its memory.
+`hv.boot` is imported when needed, so the rest of the owner tools work without it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = ["ImageDigest", "image_digest", "load_launch_regions"]
 class ImageDigest:
     digest: bytes
     regions: tuple[tuple[int, int], ...]  # (gpa, length) in measurement order
+    vmsas: int = 0  # initial VMSA pages measured after the regions (SEV-ES)
 
 
 def load_launch_regions():
@@ -33,14 +37,24 @@ def load_launch_regions():
 
 def image_digest(image: bytes, mem_size: int, cbitpos: int, policy: int = 0) -> ImageDigest:
     """SHA-256 over the plaintext of every measured region, in launch order."""
-    if int(policy) & sevwire.Policy.ES:
-        raise OwnerInputError("SEV-ES launch digests (VMSA pages) are not computed by the owner tools")
     launch_regions = load_launch_regions()
+    es = bool(int(policy) & sevwire.Policy.ES)
     try:
         regions = launch_regions(image, mem_size, cbitpos)
+        vmsas = _load_launch_vmsas()(image, mem_size) if es else []
     except (ValueError, TypeError) as exc:
         raise OwnerInputError(f"image: {exc}") from None
     digest = sevwire.LaunchDigest()
     for _, data in regions:
         digest.update(bytes(data))
-    return ImageDigest(digest.finalize(), tuple((int(gpa), len(data)) for gpa, data in regions))
+    for page in vmsas:
+        digest.update(bytes(page))
+    return ImageDigest(digest.finalize(), tuple((int(gpa), len(data)) for gpa, data in regions), len(vmsas))
+
+
+def _load_launch_vmsas():
+    try:
+        from hv.boot import launch_vmsas
+    except ImportError as exc:
+        raise OwnerInputError(f"the SEV-ES VMSA layout (hv.boot.launch_vmsas) is not available: {exc}") from None
+    return launch_vmsas

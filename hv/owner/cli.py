@@ -127,12 +127,14 @@ def session_cmd(pdh_cert: str, policy: str, out_dir: str, as_json: bool) -> None
 @cbitpos_option
 @json_option
 def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, as_json: bool) -> None:
-    """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it."""
+    """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it (with the ES
+    policy bit, 0x4: the digest also covers the initial VMSA page, as `hv run --sev-es` measures)."""
     pol = _policy(policy)
     mem_size = parse_size(mem)
     result = image_digest(read_file(image, "image"), mem_size, cbitpos, pol)
     payload = {"digest": result.digest.hex(), "image": image, "mem_size": mem_size, "cbitpos": cbitpos,
-               "policy": pol, "regions": [{"gpa": gpa, "len": length} for gpa, length in result.regions]}
+               "policy": pol, "regions": [{"gpa": gpa, "len": length} for gpa, length in result.regions],
+               "vmsas": result.vmsas}
     _emit(as_json, payload, [result.digest.hex()])
 
 

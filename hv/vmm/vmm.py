@@ -61,12 +61,13 @@ class VmmConfig:
     image_name: str = "guest"
     # Called with (vmm, exit) at every exit before the VMM handles it: the seam where a
     # malicious hypervisor (the attack lab) or a tracer looks at and changes what it may.
+    # Returning True means "handled": the VMM resumes the guest without looking at the exit.
     on_exit: Callable[["Vmm", object], None] | None = None
 
 
 @dataclass
 class RunResult:
-    exit_reason: str            # "exit", "hlt", "timeout", "budget", "shutdown", "crash"
+    exit_reason: str            # "exit", "hlt", "timeout", "budget", "shutdown", "terminated", "crash"
     exit_code: int              # hv's process status
     guest_exit_code: int | None
     serial: str
@@ -127,7 +128,7 @@ class Vmm:
     def __init__(self, config: VmmConfig, machine: Machine | None = None):
         self.config = config
         self.loaded = boot.parse_image(config.image, config.mem_size)  # ImageError on bad images
-        if config.vm_type in ("sev-es", "sev-snp"):
+        if config.vm_type == "sev-snp":
             raise LaunchError(f"--{config.vm_type} is not available in this version of hv")
         self.machine = machine or Machine(MachineConfig(
             dram_size=config.mem_size + (8 << 20), tweak=config.tweak, tsme=config.tsme,
@@ -173,6 +174,8 @@ class Vmm:
         else:
             secret_len = self._sev_launch()
         self.vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+        if self.vcpu.guest_state_protected:
+            return  # SEV-ES: the entry state is the measured VMSA (hv.boot.initial_vmsa)
         self.vcpu.set_regs({"rip": self.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
                             "rsi": boot.BOOT_INFO_GPA, "rflags": 0x2})
         self.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
@@ -184,10 +187,13 @@ class Vmm:
 
     def _sev_launch(self) -> int:
         from hv.owner import respond  # the guest owner's side, played locally when asked to
-        from sevwire import build_session
+        from sevwire import Policy, build_session
 
         cfg = self.config
         policy = DEFAULT_POLICY if cfg.policy is None else cfg.policy
+        es = self.vm.type == "sev-es"
+        if es:
+            policy |= Policy.ES  # the VM type decides: an ES guest runs under an ES policy
         dev = SevDevice(self.kvm)
         try:
             dev.ensure_init(es=True)
@@ -206,12 +212,16 @@ class Vmm:
             for gpa, data in boot.launch_regions(cfg.image, cfg.mem_size, self.vm.cbitpos):
                 self.vm.write_gpa(gpa, data)
                 sev.launch_update_data(gpa, len(data))
+            if es:
+                for vmsa in boot.launch_vmsas(cfg.image, cfg.mem_size):
+                    sev.launch_update_vmsa(self.vcpu, vmsa)
             measurement, mnonce = sev.launch_measure()
             request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(),
                        "api_major": status.api_major, "api_minor": status.api_minor,
                        "build": status.build, "policy": policy}
             self.launch_info = dict(request, handle=sev.handle, asid=self.vm.asid,
-                                    digest=boot.launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos).hex())
+                                    digest=boot.launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos, es=es).hex(),
+                                    mode=self.vm.type)
             secret_len = 0
             answer = None
             if cfg.owner_exec is not None:
@@ -250,8 +260,8 @@ class Vmm:
         try:
             while True:
                 e = self.vcpu.run()
-                if hook is not None:
-                    hook(self, e)
+                if hook is not None and hook(self, e):
+                    continue  # the hook handled this exit itself (e.g. resolved a MemoryFault)
                 if isinstance(e, K.Io):
                     if e.is_in:
                         e.data = self.pio.read(e.port, e.size)
@@ -283,6 +293,11 @@ class Vmm:
                     else:
                         continue
                     break
+                elif isinstance(e, K.SystemEvent):
+                    # The guest asked to be terminated (GHCB termination request) or gave the
+                    # hypervisor a request it cannot even answer: a clean stop, not an hv error.
+                    reason, code, message = "terminated", EXIT_CRASH, e.detail
+                    break
                 else:
                     reason, code = ("shutdown" if isinstance(e, K.Shutdown) else "crash"), EXIT_CRASH
                     message = self._crash(e)
@@ -303,6 +318,8 @@ class Vmm:
         if isinstance(e, MemoryFault):
             detail = f"nested page fault at GPA {e.gpa:#x} that the hypervisor cannot resolve"
         what = f"{e.reason}: {detail}" if detail else e.reason
+        if self.vcpu.guest_state_protected:
+            return crash_report(what, None, None, None, None)
         regs = self.vcpu.get_regs()
         code = None if self.vm.encrypted else self.vcpu.code_bytes(regs["rip"], 48)
         return crash_report(what, regs, self.vcpu.get_sregs(), code, regs["rip"])

@@ -362,7 +362,15 @@ def test_sev_es_init_and_asid_range(mb, fw, port):
     port.write(IMG_SPA, b"V" * 4096)
     assert mb.status(Cmd.LAUNCH_UPDATE_VMSA, LaunchUpdateVmsa(es, IMG_SPA, 4095)) == Status.INVALID_LEN
     assert mb.status(Cmd.LAUNCH_UPDATE_VMSA, LaunchUpdateVmsa(es, IMG_SPA, 4096)) == Status.SUCCESS
-    assert port.read_guest(4, IMG_SPA, 4096) == b"V" * 4096
+    # Encrypted in place with the firmware's edits: 0 at 0x380, the TMR slot's address at 0x388,
+    # and in that slot the page's address (tag) and an 8-byte integrity value of the plaintext.
+    page = port.read_guest(4, IMG_SPA, 4096)
+    slot = int.from_bytes(page[0x388:0x390], "little")
+    assert page[:0x380] == b"V" * 0x380 and page[0x390:] == b"V" * (4096 - 0x390)
+    assert page[0x380:0x388] == bytes(8) and TMR_SPA <= slot < TMR_SPA + (1 << 20) and slot % 16 == 0
+    entry = port.read(slot, 16)
+    assert int.from_bytes(entry[:8], "little") == IMG_SPA | 1
+    assert entry[8:] == hashlib.blake2b(page[:0xFC0], digest_size=8, person=b"hv-vmsa").digest()
 
 
 def test_es_policy_needs_es_platform(mb, fw):

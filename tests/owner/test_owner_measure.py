@@ -78,8 +78,18 @@ def test_bad_images_and_sizes_exit_2(tmp_path, image):
     assert result.exit_code == 2 and "not a size" in result.stderr
     result = run("measure", image, "--mem", "3M")
     assert result.exit_code == 2
-    result = run("measure", image, "--policy", "ES")
-    assert result.exit_code == 2 and "SEV-ES" in result.stderr
     truncated_elf = tmp_path / "bad.elf"
     truncated_elf.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(9))
     assert run("measure", truncated_elf).exit_code == 2
+
+
+def test_es_policy_extends_the_digest_over_the_vmsa(image):
+    """Scenario: with the ES policy bit the digest continues over the initial VMSA page."""
+    result = run("measure", image, "--mem", "16M", "--policy", "0x5")
+    assert result.exit_code == 0, result.output
+    h = hashlib.sha256()
+    for _, data in boot.launch_regions(IMAGE, 16 << 20, 47):
+        h.update(data)
+    h.update(boot.initial_vmsa(IMAGE, 16 << 20))
+    assert result.stdout.strip() == h.hexdigest()
+    assert result.stdout != run("measure", image, "--mem", "16M", "--policy", "0x1").stdout

@@ -1,0 +1,113 @@
+"""The VMSA (SEV-ES save area) format, and the initial VMSA hv launches a guest with.
+
+An SEV-ES guest's register state lives in a 4 KiB VMSA page encrypted with the guest's key; the
+PSP measures each initial VMSA page after the image (LAUNCH_UPDATE_VMSA), so the guest owner must
+be able to predict it byte for byte. `initial_vmsa` is therefore a pure function of the image,
+like the rest of hv.boot: the VMM hands its result to the launch, the owner tools hash it.
+
+The offsets are AMD's save-area layout (es-snp-reference section 1; Linux `struct sev_es_save_area`).
+The hardware model (hv.hw.vmsa) saves and loads registers at these same offsets, so this module
+is the one definition of the format.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hv.boot._image import parse_image
+from hv.boot._layout import BOOT_INFO_GPA, BOOT_STACK_TOP, PAGE_TABLES_GPA
+
+__all__ = [
+    "VMSA_SIZE",
+    "VMSA_SEGMENTS",
+    "VMSA_QWORDS",
+    "VMSA_CPL",
+    "VMSA_INTEGRITY_END",
+    "VMSA_TMR_SLOT",
+    "VMSA_TMR_RESERVED",
+    "initial_vmsa",
+    "launch_vmsas",
+    "ENTRY_CR0",
+    "ENTRY_CR4",
+    "ENTRY_EFER",
+    "ENTRY_RFLAGS",
+]
+
+VMSA_SIZE = 0x1000
+
+# Segment registers: 16 bytes each from 0x000 (selector u16, attrib u16, limit u32, base u64).
+VMSA_SEGMENTS = {"es": 0x000, "cs": 0x010, "ss": 0x020, "ds": 0x030, "fs": 0x040, "gs": 0x050,
+                 "gdtr": 0x060, "ldtr": 0x070, "idtr": 0x080, "tr": 0x090}
+VMSA_CPL = 0x0CB  # u8
+
+# Every 64-bit field hv keeps in the save area, by the name KVM's register interfaces use.
+VMSA_QWORDS = {
+    "efer": 0x0D0, "cr4": 0x148, "cr3": 0x150, "cr0": 0x158, "dr7": 0x160, "dr6": 0x168,
+    "rflags": 0x170, "rip": 0x178, "rsp": 0x1D8, "rax": 0x1F8, "kernel_gs_base": 0x220,
+    "cr2": 0x240, "g_pat": 0x268,
+    "rcx": 0x308, "rdx": 0x310, "rbx": 0x318, "rbp": 0x328, "rsi": 0x330, "rdi": 0x338,
+    "r8": 0x340, "r9": 0x348, "r10": 0x350, "r11": 0x358, "r12": 0x360, "r13": 0x368,
+    "r14": 0x370, "r15": 0x378,
+    "sev_features": 0x3B0, "xcr0": 0x3E8,
+}
+
+# What the PSP writes into the VMSA after measuring it (AMD's SEV-ES firmware does the same):
+# 0 at 0x380 and, at 0x388, the system-physical address of the slot in its trusted memory region
+# (TMR) that holds the page's integrity value. Both sit inside the encrypted page, so the
+# hypervisor can neither read nor redirect them. The integrity value covers bytes [0, 0xFC0).
+VMSA_TMR_RESERVED = 0x380
+VMSA_TMR_SLOT = 0x388
+VMSA_INTEGRITY_END = 0xFC0
+
+# The entry state of docs/guest-abi.md (the plain and SEV launches set the same values).
+ENTRY_CR0 = 0x80010033      # PG, WP, NE, ET, MP, PE
+ENTRY_CR4 = 0x000006A0      # PAE, PGE, OSFXSR, OSXMMEXCPT
+ENTRY_EFER = 0xD00          # LME, LMA, NXE
+ENTRY_RFLAGS = 0x2
+_DR6, _DR7 = 0xFFFF0FF0, 0x400
+_G_PAT = 0x0007040600070406
+_XCR0 = 0x1
+
+# 64-bit code and flat data segments (attrib: type[3:0] S[4] DPL[6:5] P[7] L[9] G[11]). The
+# selectors are 0: the guest has no GDT of its own until it loads one.
+_CODE64 = (0, 0x0A9B, 0xFFFFFFFF, 0)
+_DATA = (0, 0x0C93, 0xFFFFFFFF, 0)
+_LDTR = (0, 0x0082, 0xFFFF, 0)
+_TR = (0, 0x008B, 0xFFFF, 0)
+_NO_TABLE = (0, 0, 0, 0)  # GDTR/IDTR limit 0: no IDT, as the ABI promises
+
+
+def initial_vmsa(image: bytes, mem_size: int, sev_features: int = 0, *, rip: int | None = None,
+                 regs: dict[str, int] | None = None) -> bytes:
+    """The 4 KiB VMSA of the boot vCPU of `image`, before the PSP encrypts and measures it.
+
+    Registers are the ABI's entry state: RIP = the image's entry point, RSP = the boot stack
+    top, RSI = the boot information page, CR3 = the boot page tables, every other GPR 0.
+    `sev_features` is the VMSA's SEV_FEATURES field (0 for SEV-ES without extra features).
+    `rip` and `regs` override values (tests and tiny hand-made guests only).
+    """
+    entry = parse_image(image, mem_size).entry if rip is None else rip
+    q = {
+        "efer": ENTRY_EFER, "cr4": ENTRY_CR4, "cr3": PAGE_TABLES_GPA, "cr0": ENTRY_CR0,
+        "dr7": _DR7, "dr6": _DR6, "rflags": ENTRY_RFLAGS, "rip": entry, "rsp": BOOT_STACK_TOP,
+        "rsi": BOOT_INFO_GPA, "g_pat": _G_PAT, "sev_features": sev_features, "xcr0": _XCR0,
+    }
+    q.update(regs or {})
+    page = bytearray(VMSA_SIZE)
+    segs = {"es": _DATA, "cs": _CODE64, "ss": _DATA, "ds": _DATA, "fs": _DATA, "gs": _DATA,
+            "gdtr": _NO_TABLE, "ldtr": _LDTR, "idtr": _NO_TABLE, "tr": _TR}
+    for name, off in VMSA_SEGMENTS.items():
+        struct.pack_into("<HHIQ", page, off, *segs[name])
+    for name, value in q.items():
+        if name not in VMSA_QWORDS:
+            raise ValueError(f"{name!r} is not a VMSA field")
+        struct.pack_into("<Q", page, VMSA_QWORDS[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+    page[VMSA_CPL] = 0
+    return bytes(page)
+
+
+def launch_vmsas(image: bytes, mem_size: int, vcpus: int = 1) -> list[bytes]:
+    """Every VMSA page LAUNCH_UPDATE_VMSA measures, in issue order (one per vCPU; hv boots one)."""
+    if vcpus != 1:
+        raise ValueError("hv boots exactly one vCPU")
+    return [initial_vmsa(image, mem_size)]

@@ -1,0 +1,214 @@
+"""VMGEXIT handling for one SEV-ES vCPU: the GHCB MSR protocol and GHCB requests (KVM's
+sev_handle_vmgexit), turned into the same KVM exits a plain guest's intercepts produce.
+
+The hypervisor never sees the guest's registers here: only what the guest chose to put into its
+GHCB (a shared page) or into the GHCB MSR, which the CPU keeps in the VMCB (`ghcb_msr`). Every
+malformed request gets the GHCB specification's answer (sw_exit_info_1 = 2 and a reason in
+sw_exit_info_2) or, when it cannot be answered at all, a termination of the guest
+(KVM_EXIT_SYSTEM_EVENT): a guest can end itself, never crash hv.
+"""
+
+from __future__ import annotations
+
+from hv.kvm import exits as K
+from hv.kvm.cpuid import cpuid_lookup
+from hv.kvm.ghcb import GHCB_ERR, GHCB_SIZE, Ghcb, MsrProto, SwExit, eventinj_exception
+
+__all__ = ["EsExits"]
+
+MSR_IA32_APIC_BASE = 0x1B
+GP = 13
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+_IOIO_IN, _IOIO_STR, _IOIO_REP = 1 << 0, 1 << 2, 1 << 3
+
+
+class _Bad(Exception):
+    """A GHCB request answered with sw_exit_info_1 = 2 and this reason."""
+
+    def __init__(self, reason: int):
+        self.reason = reason
+
+
+class EsExits:
+    """The VMGEXIT side of one vCPU. `vmgexit()` handles an exit 0x403; when it returns a KVM
+    exit that user space must complete (I/O, MMIO, MSR, hypercall), `complete()` writes the
+    result into the GHCB at the next run()."""
+
+    def __init__(self, vm, control):
+        self.vm = vm
+        self.control = control  # hv.hw.cpu.GuestControl: ghcb_msr lives there
+        self.registered_gpa: int | None = None
+        self._ghcb: Ghcb | None = None  # the request user space is completing
+        self._scratch = 0  # offset of an MMIO request's data in the pending GHCB
+        self.stats = {"msr_protocol": 0, "ghcb": 0, "bad_requests": 0}
+
+    @property
+    def busy(self) -> bool:
+        return self._ghcb is not None
+
+    # -- entry ----------------------------------------------------------------------------------
+    def vmgexit(self) -> K.KvmExit | None:
+        msr = self.control.ghcb_msr
+        if msr & 0xFFF:
+            self.stats["msr_protocol"] += 1
+            return self._msr_protocol(msr)
+        if msr == 0:
+            return None  # nothing asked (KVM resumes the guest)
+        return self._ghcb_request(msr)
+
+    # -- the MSR protocol -----------------------------------------------------------------------
+    def _msr_protocol(self, msr: int) -> K.KvmExit | None:
+        info = msr & 0xFFF
+        if info == MsrProto.SEV_INFO_REQ:
+            self.control.ghcb_msr = MsrProto.sev_info(self.vm.cbitpos)
+        elif info == MsrProto.CPUID_REQ:
+            reg, fn = (msr >> 30) & 3, msr >> 32
+            value = cpuid_lookup(self.vm.cpuid, fn, 0)[reg]
+            self.control.ghcb_msr = value << 32 | reg << 30 | MsrProto.CPUID_RESP
+        elif info == MsrProto.REG_GPA_REQ:
+            gfn = msr >> 12
+            if self._in_guest_memory(gfn << 12):
+                self.registered_gpa = gfn << 12
+                self.control.ghcb_msr = gfn << 12 | MsrProto.REG_GPA_RESP
+            else:  # all-ones GFN: the guest sees its GPA was not accepted
+                self.control.ghcb_msr = (_MASK64 & ~0xFFF) | MsrProto.REG_GPA_RESP
+        elif info == MsrProto.HV_FEATURES_REQ:
+            self.control.ghcb_msr = MsrProto.HV_FEATURES_RESP  # no SNP features
+        elif info == MsrProto.TERM_REQ:
+            return K.SystemEvent(f"guest requested termination (GHCB MSR protocol): reason set "
+                                 f"{(msr >> 12) & 0xF}, code {(msr >> 16) & 0xFF:#x}")
+        # Any other request: the MSR is left as it is and the guest resumes (as KVM does).
+        return None
+
+    def _in_guest_memory(self, gpa: int) -> bool:
+        return any(s.gpa <= gpa and gpa + GHCB_SIZE <= s.gpa + s.size for s in self.vm.slots.values())
+
+    # -- GHCB requests --------------------------------------------------------------------------
+    def _ghcb_request(self, gpa: int) -> K.KvmExit | None:
+        if gpa % GHCB_SIZE or not self._in_guest_memory(gpa):
+            return K.SystemEvent(f"guest terminated: its GHCB GPA {gpa:#x} is not a page of guest memory")
+        self.stats["ghcb"] += 1
+        ghcb = Ghcb(gpa, self.vm.read_gpa(gpa, GHCB_SIZE))
+        try:
+            out = self._dispatch(ghcb)
+        except _Bad as bad:
+            self.stats["bad_requests"] += 1
+            ghcb.clear_valid()
+            ghcb.answer(2, bad.reason)
+            self._write(ghcb)
+            return None
+        if isinstance(out, K.SystemEvent):
+            return out
+        if out is None:
+            self._write(ghcb)
+            return None
+        self._ghcb = ghcb
+        return out
+
+    def _dispatch(self, g: Ghcb) -> K.KvmExit | None:
+        if g.usage != 0:
+            raise _Bad(GHCB_ERR.INVALID_USAGE)
+        if not MsrProto.PROTOCOL_MIN <= g.protocol_version <= MsrProto.PROTOCOL_MAX:
+            raise _Bad(GHCB_ERR.INVALID_INPUT)
+        code = g.get_valid("sw_exit_code")
+        if code is None:
+            raise _Bad(GHCB_ERR.MISSING_INPUT)
+        # Inputs are read once, then the bitmap is cleared: only outputs are valid on return.
+        inputs = {n: g.get_valid(n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "cpl", "xcr0",
+                                                "sw_exit_info_1", "sw_exit_info_2")}
+        g.clear_valid()
+        g.answer(0, 0)
+        if code == SwExit.CPUID:
+            rax, rcx = _need(inputs, "rax", "rcx")
+            a, b, c, d = cpuid_lookup(self.vm.cpuid, rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF)
+            for name, v in (("rax", a), ("rbx", b), ("rcx", c), ("rdx", d)):
+                g.set(name, v)
+            return None
+        if code == SwExit.IOIO:
+            (info,) = _need(inputs, "sw_exit_info_1")
+            if info & (_IOIO_STR | _IOIO_REP):
+                raise _Bad(GHCB_ERR.INVALID_INPUT)  # string I/O is not offered
+            size = {1: 1, 2: 2, 4: 4}.get((info >> 4) & 7)
+            if size is None:
+                raise _Bad(GHCB_ERR.INVALID_INPUT)
+            port = (info >> 16) & 0xFFFF
+            if info & _IOIO_IN:
+                return K.Io(port, size, True)
+            (rax,) = _need(inputs, "rax")
+            return K.Io(port, size, False, rax & ((1 << (8 * size)) - 1))
+        if code == SwExit.MSR:
+            rcx, write = _need(inputs, "rcx", "sw_exit_info_1")
+            msr = rcx & 0xFFFFFFFF
+            if write not in (0, 1):
+                raise _Bad(GHCB_ERR.INVALID_INPUT)
+            if write:
+                rax, rdx = _need(inputs, "rax", "rdx")
+                return K.Wrmsr(msr, (rdx & 0xFFFFFFFF) << 32 | (rax & 0xFFFFFFFF))
+            if msr == MSR_IA32_APIC_BASE:
+                value = 0xFEE00900
+            elif msr in self.vm.msrs:
+                value = self.vm.msrs[msr]
+            else:
+                return K.Rdmsr(msr)
+            g.set("rax", value & 0xFFFFFFFF)
+            g.set("rdx", (value >> 32) & 0xFFFFFFFF)
+            return None
+        if code == SwExit.VMMCALL:
+            (rax,) = _need(inputs, "rax")
+            args = tuple(inputs[n] or 0 for n in ("rbx", "rcx", "rdx", "rsi"))
+            return K.Hypercall(rax, args)
+        if code in (SwExit.MMIO_READ, SwExit.MMIO_WRITE):
+            gpa, length = _need(inputs, "sw_exit_info_1", "sw_exit_info_2")
+            if not 1 <= length <= 8:
+                raise _Bad(GHCB_ERR.INVALID_INPUT)
+            off = g.scratch_range(length)
+            if off is None:
+                raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
+            self._scratch = off
+            if code == SwExit.MMIO_WRITE:
+                return K.Mmio(gpa, length, True, int.from_bytes(g.page[off:off + length], "little"))
+            return K.Mmio(gpa, length, False)
+        if code == SwExit.HV_FEATURES:
+            g.answer(0, 0)
+            return None
+        if code == SwExit.TERMINATE:
+            info = inputs["sw_exit_info_1"] or 0
+            return K.SystemEvent(f"guest requested termination (GHCB): reason set {info & 0xF}, "
+                                 f"code {(info >> 4) & 0xFF:#x}")
+        if code == SwExit.UNSUPPORTED:
+            return K.SystemEvent("guest terminated: it reported an event its #VC handler does not support "
+                                 f"(exit code {inputs['sw_exit_info_1'] or 0:#x})")
+        raise _Bad(GHCB_ERR.INVALID_EVENT)
+
+    # -- completion -----------------------------------------------------------------------------
+    def complete(self, p: K.KvmExit | None) -> None:
+        """Write what user space filled into `p` into the pending GHCB, then forget it."""
+        g, self._ghcb = self._ghcb, None
+        if g is None:
+            return
+        if isinstance(p, K.Io) and p.is_in:
+            g.set("rax", p.data & ((1 << (8 * p.size)) - 1))
+        elif isinstance(p, K.Mmio) and not p.is_write:
+            off = self._scratch
+            g.page[off:off + p.size] = (p.data & ((1 << (8 * p.size)) - 1)).to_bytes(p.size, "little")
+        elif isinstance(p, (K.Rdmsr, K.Wrmsr)):
+            if p.error:
+                g.answer(1, eventinj_exception(GP, 0))
+            elif isinstance(p, K.Rdmsr):
+                g.set("rax", p.data & 0xFFFFFFFF)
+                g.set("rdx", (p.data >> 32) & 0xFFFFFFFF)
+        elif isinstance(p, K.Hypercall):
+            g.set("rax", p.ret & _MASK64)
+        self._write(g)
+
+    def _write(self, g: Ghcb) -> None:
+        # The fields the hypervisor answers in: the save area through the bitmap, and the
+        # shared buffer (MMIO read data); the protocol words at the end are the guest's.
+        self.vm.write_gpa(g.gpa, bytes(g.page[:0xFF0]))
+
+
+def _need(inputs: dict, *names: str) -> tuple[int, ...]:
+    values = tuple(inputs[n] for n in names)
+    if any(v is None for v in values):
+        raise _Bad(GHCB_ERR.MISSING_INPUT)
+    return values
