@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 
 import capstone
-from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
+from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
                      UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
                      UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn import x86_const as X
@@ -142,6 +142,7 @@ class Cpu:
         self._seen_tb = mc.tb_epoch
         self._scanned: dict[int, int] = {}  # gva page -> paddr it was scanned at
         self._hooked: set[int] = set()
+        self._insn_bytes: dict[int, bytes] = {}  # intercept address -> its instruction bytes
         self._code_pages: dict[int, object] = {}  # gva page -> Translation
         self._exit: VmExit | None = None
         self._dummy_fill = False
@@ -238,7 +239,7 @@ class Cpu:
             self._fault = None
             rip = self._r(X.UC_X86_REG_RIP)
             try:
-                self._uc.emu_start(rip, UNTIL)
+                self._emu_start(rip)
             except UcError as err:
                 fault, self._fault = self._fault, None
                 if isinstance(fault, _Retry):
@@ -299,6 +300,7 @@ class Cpu:
         if self._seen_tb != self._mc.tb_epoch:
             self._seen_tb = self._mc.tb_epoch
             self._uc.ctl_flush_tb()
+            self._insn_bytes.clear()  # code pages were rewritten from outside
 
     def _flush(self) -> None:
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -345,6 +347,8 @@ class Cpu:
         if prev == t.paddr:
             return False
         self._scanned[page] = t.paddr
+        if prev is not None:  # new code at this address: forget decoded intercepts of the page
+            self._insn_bytes = {a: b for a, b in self._insn_bytes.items() if a & ~0xFFF != page}
         code = self._mmu.read_bytes(t, 0, 0x1000)
         hits = set()
         for i, b in enumerate(code):
@@ -384,8 +388,20 @@ class Cpu:
             length -= n
         return out
 
+    def _emu_start(self, rip: int) -> None:
+        """uc.emu_start without the binding's per-call overhead (a few us of every exit)."""
+        uc = self._uc
+        uc._hook_exception = None
+        status = _uclib.uc_emu_start(uc._uch, rip, UNTIL, 0, 0)
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
     def _on_intercept(self, uc, addr, size, _user):
-        b = self.code_bytes(addr, 5)
+        b = self._insn_bytes.get(addr)
+        if b is None:
+            b = self._insn_bytes[addr] = self.code_bytes(addr, 5)
         i, opsize = 0, 4
         rep = False
         while i < len(b) and b[i] in (0x66, 0xF3):

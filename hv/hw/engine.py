@@ -89,10 +89,8 @@ class AesEngine:
         (each t_i is a 4-byte pattern, so one column broadcasts), (n, 4) uint32 of AES output
         in the random mode."""
         if self.mode is TweakMode.XEX_RANDOM:
-            addrs = self._scratch("addr", nblocks * 16).view(np.uint64).reshape(nblocks, 2)
-            base = self._arange(nblocks)
-            np.add(base, np.uint64(spa), out=addrs[:, 0])
-            addrs[:, 1] = 0
+            addrs = self._addr_blocks(nblocks)
+            np.add(self._arange(nblocks), np.uint64(spa), out=addrs[:, 0])
             t = self._scratch("tweak", nblocks * 16 + 16)
             self._tweak_cipher.encryptor().update_into(addrs.reshape(-1).view(np.uint8), t)
             return t[:nblocks * 16].view(np.uint32).reshape(nblocks, 4)
@@ -101,6 +99,15 @@ class AesEngine:
         full = (self._linear(pages)[:, None] ^ self._page_table[None, :]).reshape(-1)
         start = (spa & 0xFFF) >> 4
         return full[start:start + nblocks, None]
+
+    def _addr_blocks(self, n: int) -> np.ndarray:
+        """(n, 2) uint64 tweak inputs: the address in the low half, zeros in the high half,
+        which stay zero between requests, so only the addresses are written each time."""
+        buf = self._bufs.get("addr")
+        if buf is None or buf.size < n * 16:
+            buf = np.zeros(max(n * 16, 1 << 16), dtype=np.uint8)
+            self._bufs["addr"] = buf
+        return buf[:n * 16].view(np.uint64).reshape(n, 2)
 
     def _arange(self, n: int) -> np.ndarray:
         if self._steps.size < n:
