@@ -41,8 +41,11 @@ class LaunchReport:
 def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) -> LaunchReport:
     """LAUNCH_START .. LAUNCH_FINISH with `place` loading the measured regions, then the boot
     information page and the entry registers, as hv.vmm does."""
-    if lab.mode != "sev":
-        raise ModeUnavailable(f"the lab's own launch drives plain SEV only (no LAUNCH_UPDATE_VMSA for {lab.mode})")
+    if lab.mode not in ("sev", "sev-es"):
+        raise ModeUnavailable(f"the lab's own launch drives SEV and SEV-ES, not {lab.mode}")
+    es = lab.mode == "sev-es"
+    if es:
+        policy |= 0x4  # ES: the PSP refuses an ES guest under a policy without it
     cfg, vm = lab.config, lab.vm
     dev = SevDevice(lab.vmm.kvm)
     dev.ensure_init(es=True)
@@ -54,10 +57,13 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     owner = build_session(pdh, policy)                         # the owner's side
     sev.launch_start(owner.godh_cert, owner.blob)
     place(lab, sev, boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos))
+    if es:  # the initial register state is measured and encrypted too: nothing to redirect later
+        for vmsa in boot.launch_vmsas(cfg.image, cfg.mem_size):
+            sev.launch_update_vmsa(lab.vcpu, vmsa)
     measurement, mnonce = sev.launch_measure()
     request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(), "api_major": status.api_major,
                "api_minor": status.api_minor, "build": status.build, "policy": policy}
-    digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos)   # what the owner expects
+    digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos, es=es)  # what the owner expects
     answer = respond(request, owner.tek + owner.tik, digest, cfg.secret or b"")
     injected = "refuse" not in answer
     if injected:
@@ -65,6 +71,9 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     sev.launch_finish()
     secret_len = len(cfg.secret or b"") if injected else 0
     vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+    if lab.vcpu.guest_state_protected:
+        return LaunchReport(measurement, digest, injected,
+                            "injected the secret" if injected else f"refused: {answer['refuse']}")
     lab.vcpu.set_regs({"rip": lab.vmm.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
                        "rsi": boot.BOOT_INFO_GPA, "rflags": 0x2})
     lab.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
