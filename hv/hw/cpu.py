@@ -42,6 +42,8 @@ from hv.hw.memctl import HOST_SLOT, MemoryController, NeedsRetry
 from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, GuestPageFault, Mmu, NestedFault,
                        view_base)
 from hv.hw.npt import NestedPageTable
+from hv.hw.pvalidate import pvalidate
+from hv.hw.snp_mmu import GuestVcFault, SnpMmu
 from hv.hw.vmsa import VmsaUnit
 
 __all__ = ["Cpu", "GPRS", "GuestControl", "MSR_GHCB", "MSR_SEV_STATUS", "SREGS", "VC"]
@@ -82,10 +84,12 @@ class GuestControl:
     # without an exit and the hypervisor reads (and answers in) at a VMGEXIT.
     vmsa_spa: int | None = None
     ghcb_msr: int = 0
+    # SEV-SNP (implies sev and sev_es): the MMU checks the RMP (snp_mmu.py), PVALIDATE works.
+    sev_snp: bool = False
 
     @property
     def sev_status(self) -> int:
-        return (1 if self.sev else 0) | (2 if self.sev_es else 0)
+        return (1 if self.sev else 0) | (2 if self.sev_es else 0) | (4 if self.sev_snp else 0)
 
 
 class _Retry(Exception):
@@ -117,7 +121,8 @@ class Cpu:
     def __init__(self, mc: MemoryController, control: GuestControl):
         self._mc = mc
         self.control = control
-        self._mmu = Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos)
+        self._mmu = (SnpMmu(mc, control.npt, control.asid, control.cbitpos) if control.sev_snp
+                     else Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos))
         uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._r, self._w = _fast_registers(uc)
@@ -358,7 +363,7 @@ class Cpu:
                     hits.add(i - 1)
             elif b == 0x0F and i + 1 < len(code) and code[i + 1] in (0xA2, 0x30, 0x32, 0x01):
                 hits.add(i)
-                if i and code[i - 1] == 0xF3:
+                if i and code[i - 1] in (0xF3, 0xF2):  # VMGEXIT; PVALIDATE (SNP)
                     hits.add(i - 1)
         new = False
         for i in sorted(hits):
@@ -403,12 +408,14 @@ class Cpu:
         if b is None:
             b = self._insn_bytes[addr] = self.code_bytes(addr, 5)
         i, opsize = 0, 4
-        rep = False
-        while i < len(b) and b[i] in (0x66, 0xF3):
+        rep = repne = False
+        while i < len(b) and b[i] in (0x66, 0xF3, 0xF2):
             if b[i] == 0x66:
                 opsize = 2
-            else:
+            elif b[i] == 0xF3:
                 rep = True
+            else:
+                repne = True
             i += 1
         if i >= len(b):
             return
@@ -450,6 +457,10 @@ class Cpu:
                 value = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
                          (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
                 exit_ = MsrExit(msr, op2 == 0x30, value if op2 == 0x30 else 0)
+            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xff" and repne and i == 1:
+                if self.control.sev_snp:
+                    self._pvalidate(addr, 4)
+                return  # elsewhere not an instruction: Unicorn raises #UD
             elif op2 == 0x01 and b[i + 2:i + 3] == b"\xd9":
                 exit_ = VmgexitExit() if rep else VmmcallExit()
                 length = i + 3
@@ -463,6 +474,18 @@ class Cpu:
         self._exit = exit_
         self._w(X.UC_X86_REG_RIP, addr + length)
         uc.emu_stop()
+
+    def _pvalidate(self, addr: int, length: int) -> None:
+        """PVALIDATE (SEV-SNP), executed by the CPU itself: see hv/hw/pvalidate.py."""
+        exit_ = pvalidate(self._mmu, self._r, self._w, self._flush, addr, length)
+        if exit_ is None:
+            return
+        self._w(X.UC_X86_REG_RIP, addr)
+        if isinstance(exit_, GuestPageFault):
+            self._raise_guest_fault(exit_)
+        else:
+            self._exit = exit_
+        self._uc.emu_stop()
 
     def _raise_vc(self, exit_code: int, rip: int) -> None:
         """SEV-ES: a non-automatic exit is a #VC in the guest, at the instruction, not an exit.
@@ -568,6 +591,8 @@ class Cpu:
     def _raise_guest_fault(self, f: GuestPageFault) -> None:
         if f.error_code < 0:
             self._pending = (GP, 0, None)
+        elif isinstance(f, GuestVcFault):
+            self._pending = (VC, f.error_code, None)
         else:
             self._pending = (PF, f.error_code, f.address)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from hv.hw.engine import AesEngine
 from hv.hw.errors import AddressError, AsidError
+from hv.hw.rmp import Rmp
 
 __all__ = ["MemoryController", "PAGE", "View", "ABSENT", "CLEAN", "DIRTY", "HOST_SLOT"]
 
@@ -64,6 +65,7 @@ class MemoryController:
         self.epoch = 0
         self.tb_epoch = 0
         self.psp_only: list[tuple[int, int]] = []  # fenced ranges (the SEV-ES TMR): see fence()
+        self.rmp: Rmp | None = None  # once SNP is enabled (enable_rmp); None costs nothing
         self.stats = {"pages_decrypted": 0, "pages_encrypted": 0, "tlb_flushes": 0}
         self.trace = None  # a trace sink (Cpu.set_trace); None costs one check per page moved
 
@@ -87,6 +89,19 @@ class MemoryController:
         self.check_range(spa, length)
         if (spa, length) not in self.psp_only:
             self.psp_only.append((spa, length))
+
+    def enable_rmp(self):
+        """Turn on SEV-SNP's reverse map table (SNP_INIT): every page starts hypervisor-owned."""
+        if self.rmp is None:
+            self.rmp = Rmp(self.size)
+        return self.rmp
+
+    def check_host_write(self, spa: int, length: int) -> None:
+        """check_host, and with SNP on, RmpViolation for a write to an assigned page."""
+        self.check_host(spa, length)
+        if self.rmp is not None:
+            self.check_range(spa, length)
+            self.rmp.check_host_write(spa, length)
 
     def check_host(self, spa: int, length: int) -> None:
         """AddressError if a host or device access to [spa, spa+length) touches a fenced range."""
