@@ -51,6 +51,7 @@ class AesEngine:
             raise ValueError(f"tweak constants: need {TWEAK_BITS} 32-bit patterns")
         # t_0..t_3 do not exist: address bits 3:0 select bytes inside a block.
         self._t = np.array([0, 0, 0, 0] + list(tweak_constants[4:]), dtype=np.uint32)
+        self._byte_tables: np.ndarray | None = None
         # T of the in-page block offsets (bits 4..11), looked up instead of recomputed.
         offs = np.arange(256, dtype=np.uint64) << np.uint64(4)
         self._page_table = self._linear(offs)
@@ -68,12 +69,21 @@ class AesEngine:
         return [int(t) for t in self._t]
 
     def _linear(self, addrs: np.ndarray) -> np.ndarray:
+        """T(p) for an array of addresses: the XOR of t_i over the set bits i, computed a byte of
+        address at a time from 256-entry tables (6 lookups instead of 44 bit tests)."""
+        if self._byte_tables is None:
+            tables = np.zeros((TWEAK_BITS // 8, 256), dtype=np.uint32)
+            for k in range(TWEAK_BITS // 8):
+                for v in range(256):
+                    acc = 0
+                    for b in range(8):
+                        if v >> b & 1:
+                            acc ^= int(self._t[8 * k + b])
+                    tables[k, v] = acc
+            self._byte_tables = tables
         out = np.zeros(addrs.shape, dtype=np.uint32)
-        for bit in range(4, TWEAK_BITS):
-            t = self._t[bit]
-            if t:
-                sel = ((addrs >> np.uint64(bit)) & np.uint64(1)).astype(bool)
-                out[sel] ^= t
+        for k in range(TWEAK_BITS // 8):
+            out ^= self._byte_tables[k][((addrs >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.intp)]
         return out
 
     def _scratch(self, name: str, nbytes: int) -> np.ndarray:
@@ -85,20 +95,20 @@ class AesEngine:
         return buf[:nbytes]
 
     def _tweaks(self, spa: int, nblocks: int) -> np.ndarray:
-        """T for `nblocks` consecutive blocks from `spa`: (n, 4) uint32 in the linear modes
-        (each t_i is a 4-byte pattern, so one column broadcasts), (n, 4) uint32 of AES output
-        in the random mode."""
+        """T for `nblocks` consecutive blocks from `spa`, as 2 * nblocks contiguous uint64 (so the
+        XORs with the data run on whole words without broadcasting)."""
         if self.mode is TweakMode.XEX_RANDOM:
             addrs = self._addr_blocks(nblocks)
             np.add(self._arange(nblocks), np.uint64(spa), out=addrs[:, 0])
             t = self._scratch("tweak", nblocks * 16 + 16)
             self._tweak_cipher.encryptor().update_into(addrs.reshape(-1).view(np.uint8), t)
-            return t[:nblocks * 16].view(np.uint32).reshape(nblocks, 4)
+            return t[:nblocks * 16].view(np.uint64)
         first_page, last = spa >> 12, (spa + nblocks * 16 - 1) >> 12
         pages = np.arange(first_page, last + 1, dtype=np.uint64) << np.uint64(12)
         full = (self._linear(pages)[:, None] ^ self._page_table[None, :]).reshape(-1)
         start = (spa & 0xFFF) >> 4
-        return full[start:start + nblocks, None]
+        t32 = full[start:start + nblocks].astype(np.uint64)
+        return np.repeat(t32 | (t32 << np.uint64(32)), 2)  # the 4-byte pattern, 16 bytes a block
 
     def _addr_blocks(self, n: int) -> np.ndarray:
         """(n, 2) uint64 tweak inputs: the address in the low half, zeros in the high half,
@@ -136,13 +146,13 @@ class AesEngine:
         cipher = self._cipher(slot)
         t = self._tweaks(spa, n)
         tmp = self._scratch("data", n * 16 + 16)
-        np.bitwise_xor(src.view(np.uint32).reshape(n, 4), t, out=tmp[:n * 16].view(np.uint32).reshape(n, 4))
+        np.bitwise_xor(src.view(np.uint64), t, out=tmp[:n * 16].view(np.uint64))
         out = self._scratch("out", n * 16 + 16)
         cipher.encryptor().update_into(tmp[:n * 16], out)
         if self.mode is TweakMode.XE_LINEAR:
             dst[:] = out[:n * 16]
         else:
-            np.bitwise_xor(out[:n * 16].view(np.uint32).reshape(n, 4), t, out=dst.view(np.uint32).reshape(n, 4))
+            np.bitwise_xor(out[:n * 16].view(np.uint64), t, out=dst.view(np.uint64))
 
     def decrypt_into(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
         _nblocks(src, dst, spa)
@@ -157,10 +167,10 @@ class AesEngine:
         if self.mode is TweakMode.XE_LINEAR:
             tmp[:n * 16] = src
         else:
-            np.bitwise_xor(src.view(np.uint32).reshape(n, 4), t, out=tmp[:n * 16].view(np.uint32).reshape(n, 4))
+            np.bitwise_xor(src.view(np.uint64), t, out=tmp[:n * 16].view(np.uint64))
         out = self._scratch("out", n * 16 + 16)
         cipher.decryptor().update_into(tmp[:n * 16], out)
-        np.bitwise_xor(out[:n * 16].view(np.uint32).reshape(n, 4), t, out=dst.view(np.uint32).reshape(n, 4))
+        np.bitwise_xor(out[:n * 16].view(np.uint64), t, out=dst.view(np.uint64))
 
     def encrypt(self, slot: int, spa: int, plaintext) -> np.ndarray:
         """Convenience form of encrypt_into returning a new array."""
