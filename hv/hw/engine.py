@@ -6,7 +6,7 @@ slots are written through `KeySlotPort`, a capability the machine hands to the P
 Tweak modes (sev-reference.md section 3):
   xe-linear   C = AES_K(P ^ T(p))             first Zen 1 parts
   xex-linear  C = AES_K(P ^ T(p)) ^ T(p)      later Zen 1 parts
-  xex-random  as xex, T(p) from a per-boot random key                  Zen 2 and later
+  xex-random  as xex, T(p) = AES_kt(p >> 4) with kt drawn at power-on   Zen 2 and later
 In the linear modes T(p) is the XOR of constants t_i over the set bits i >= 4 of the host
 physical address p; each t_i is a 4-byte pattern repeated four times and is shared by every key
 of the machine, which is exactly what SEVurity exploited.
@@ -55,9 +55,8 @@ class AesEngine:
         # T of the in-page block offsets (bits 4..11), looked up instead of recomputed.
         offs = np.arange(256, dtype=np.uint64) << np.uint64(4)
         self._page_table = self._linear(offs)
-        self._tweak_cipher = Cipher(algorithms.AES(rng(16)), modes.ECB())
+        self._tweak_key = algorithms.AES(rng(16))
         self._bufs: dict[str, np.ndarray] = {}
-        self._steps = np.zeros(0, dtype=np.uint64)
 
     # -- the tweak ---------------------------------------------------------------------------
     def tweak_constants(self) -> list[int]:
@@ -95,34 +94,14 @@ class AesEngine:
         return buf[:nbytes]
 
     def _tweaks(self, spa: int, nblocks: int) -> np.ndarray:
-        """T for `nblocks` consecutive blocks from `spa`, as 2 * nblocks contiguous uint64 (so the
-        XORs with the data run on whole words without broadcasting)."""
-        if self.mode is TweakMode.XEX_RANDOM:
-            addrs = self._addr_blocks(nblocks)
-            np.add(self._arange(nblocks), np.uint64(spa), out=addrs[:, 0])
-            t = self._scratch("tweak", nblocks * 16 + 16)
-            self._tweak_cipher.encryptor().update_into(addrs.reshape(-1).view(np.uint8), t)
-            return t[:nblocks * 16].view(np.uint64)
+        """Linear-mode T for `nblocks` consecutive blocks from `spa`, as 2 * nblocks contiguous
+        uint64 (so the XORs with the data run on whole words without broadcasting)."""
         first_page, last = spa >> 12, (spa + nblocks * 16 - 1) >> 12
         pages = np.arange(first_page, last + 1, dtype=np.uint64) << np.uint64(12)
         full = (self._linear(pages)[:, None] ^ self._page_table[None, :]).reshape(-1)
         start = (spa & 0xFFF) >> 4
         t32 = full[start:start + nblocks].astype(np.uint64)
         return np.repeat(t32 | (t32 << np.uint64(32)), 2)  # the 4-byte pattern, 16 bytes a block
-
-    def _addr_blocks(self, n: int) -> np.ndarray:
-        """(n, 2) uint64 tweak inputs: the address in the low half, zeros in the high half,
-        which stay zero between requests, so only the addresses are written each time."""
-        buf = self._bufs.get("addr")
-        if buf is None or buf.size < n * 16:
-            buf = np.zeros(max(n * 16, 1 << 16), dtype=np.uint8)
-            self._bufs["addr"] = buf
-        return buf[:n * 16].view(np.uint64).reshape(n, 2)
-
-    def _arange(self, n: int) -> np.ndarray:
-        if self._steps.size < n:
-            self._steps = np.arange(max(n, 4096), dtype=np.uint64) << np.uint64(4)
-        return self._steps[:n]
 
     # -- cipher --------------------------------------------------------------------------------
     def _cipher(self, slot: int) -> Cipher:
@@ -141,9 +120,24 @@ class AesEngine:
         for off in range(0, src.size, _CHUNK):
             self._encrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK])
 
+    def _tweak_stream(self, spa: int):
+        """XOR with T over consecutive blocks from `spa`, as one AES-CTR pass: in the random
+        mode T(p) = AES_kt(p >> 4), which is exactly CTR's keystream with the block index of p
+        as the counter. One AES-NI pass instead of building addresses, encrypting them and
+        XORing in numpy."""
+        return Cipher(self._tweak_key, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor()
+
     def _encrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
         n = src.size // 16
         cipher = self._cipher(slot)
+        if self.mode is TweakMode.XEX_RANDOM:
+            tmp = self._scratch("data", n * 16 + 16)
+            out = self._scratch("out", n * 16 + 16)
+            self._tweak_stream(spa).update_into(src, tmp)               # P ^ T
+            cipher.encryptor().update_into(tmp[:n * 16], out)          # AES_K(P ^ T)
+            self._tweak_stream(spa).update_into(out[:n * 16], tmp)      # ... ^ T
+            dst[:] = tmp[:n * 16]
+            return
         t = self._tweaks(spa, n)
         tmp = self._scratch("data", n * 16 + 16)
         np.bitwise_xor(src.view(np.uint64), t, out=tmp[:n * 16].view(np.uint64))
@@ -162,6 +156,14 @@ class AesEngine:
     def _decrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
         n = src.size // 16
         cipher = self._cipher(slot)
+        if self.mode is TweakMode.XEX_RANDOM:
+            tmp = self._scratch("data", n * 16 + 16)
+            out = self._scratch("out", n * 16 + 16)
+            self._tweak_stream(spa).update_into(src, tmp)               # C ^ T
+            cipher.decryptor().update_into(tmp[:n * 16], out)          # AES_K^-1(C ^ T)
+            self._tweak_stream(spa).update_into(out[:n * 16], tmp)      # ... ^ T
+            dst[:] = tmp[:n * 16]
+            return
         t = self._tweaks(spa, n)
         tmp = self._scratch("data", n * 16 + 16)
         if self.mode is TweakMode.XE_LINEAR:
