@@ -9,9 +9,7 @@ from click.testing import CliRunner
 
 from hv.owner.cli import owner
 
-boot = pytest.importorskip("hv.boot", reason="hv.boot (the launch layout) is not in the tree yet")
-if not hasattr(boot, "launch_regions"):  # pragma: no cover
-    pytest.skip("hv.boot has no launch_regions yet", allow_module_level=True)
+from hv import boot
 
 IMAGE = bytes.fromhex("f4") + bytes(range(256)) * 3  # a flat binary: hlt, then data
 
