@@ -54,6 +54,8 @@ class PspContext:
     config_es: bool = False
     tmr: tuple[int, int] | None = None
     guests: GuestTable = field(default_factory=GuestTable)
+    snp_guests: dict | None = None
+    """SEV-SNP guest contexts by context-page address; None until SNP_INIT turned the RMP on."""
     dirty_asids: set[int] = field(default_factory=set)
     """ASIDs whose key slot may still have lines in the caches: DEACTIVATEd (or never flushed
     since INIT) and not DF_FLUSHed since.  ACTIVATE on one of them is DFFLUSH_REQUIRED."""

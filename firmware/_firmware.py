@@ -44,10 +44,16 @@ from sevwire import (
     PlatformState,
     PlatformStatus,
     SevWireError,
+    SnpActivate,
+    SnpDecommission,
+    SnpGctxCreate,
+    SnpLaunchFinish,
+    SnpLaunchStart,
+    SnpLaunchUpdate,
     Status,
 )
 
-from firmware import _debug, _guest_cmds, _launch, _platform_cmds
+from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError
 from firmware._identity import ChipIdentity, PlatformIdentity
@@ -87,9 +93,17 @@ HANDLERS: dict[Cmd, tuple[type | None, Handler]] = {
     Cmd.ATTESTATION: (Attestation, _launch.cmd_attestation),
     Cmd.DBG_DECRYPT: (DbgDecrypt, _debug.cmd_dbg_decrypt),
     Cmd.DBG_ENCRYPT: (DbgEncrypt, _debug.cmd_dbg_encrypt),
+    Cmd.SNP_INIT: (None, _snp.cmd_snp_init),
+    Cmd.SNP_GCTX_CREATE: (SnpGctxCreate, _snp.cmd_snp_gctx_create),
+    Cmd.SNP_LAUNCH_START: (SnpLaunchStart, _snp.cmd_snp_launch_start),
+    Cmd.SNP_ACTIVATE: (SnpActivate, _snp.cmd_snp_activate),
+    Cmd.SNP_LAUNCH_UPDATE: (SnpLaunchUpdate, _snp.cmd_snp_launch_update),
+    Cmd.SNP_LAUNCH_FINISH: (SnpLaunchFinish, _snp.cmd_snp_launch_finish),
+    Cmd.SNP_DECOMMISSION: (SnpDecommission, _snp.cmd_snp_decommission),
 }
 """Command id -> (buffer layout or None, handler).  Ids not listed (INIT_EX, DOWNLOAD_FIRMWARE,
-RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, SNP_*) are INVALID_COMMAND here."""
+RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, the SNP commands other than the launch
+set above) are INVALID_COMMAND here."""
 
 
 def new_chip_identity() -> ChipIdentity:

@@ -32,6 +32,7 @@ from sevwire import (
 from firmware._context import PspContext
 from firmware._errors import CommandError
 from firmware._memory import port_errors
+from firmware._snp import snp_asid_owner
 
 __all__ = ["cmd_decommission", "cmd_activate", "cmd_deactivate", "cmd_guest_status"]
 
@@ -61,6 +62,8 @@ def cmd_activate(ctx: PspContext, buf: Activate) -> None:
     holder = ctx.guests.owner_of(asid)
     if holder is not None and holder is not guest:
         raise CommandError(Status.ASID_OWNED, f"ASID {asid} belongs to guest {holder.handle}")
+    if snp_asid_owner(ctx, asid) is not None:
+        raise CommandError(Status.ASID_OWNED, f"ASID {asid} belongs to an SNP guest")
     if guest.active:
         raise CommandError(Status.ACTIVE, f"guest already active on ASID {guest.asid}")
     if guest.state is GuestState.SENT:

@@ -86,7 +86,7 @@ psp_state_option = click.option(
               help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
 @click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest (measured launch through the PSP).")
 @click.option("--sev-es", "mode", flag_value="sev-es", help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
-@click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP integrity (not yet available).")
+@click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP: SEV-ES plus the RMP's memory integrity (no attestation yet).")
 @click.option("--policy", callback=_int, default=None,
               help="Guest policy for encrypted modes (e.g. 0x1 = NODBG, the default; 0x0 allows debugging).")
 @click.option("--cbitpos", type=click.IntRange(32, 51), default=None, help="C-bit position (default 47).")

@@ -118,6 +118,21 @@ from sevwire._sevcert import (
     split_cert_chain,
     verify_sev_cert,
 )
+from sevwire._snp import (
+    INITIAL_VMSA_GPA,
+    SNP_POLICY_DEFAULT,
+    SNP_POLICY_KNOWN,
+    SnpActivate,
+    SnpDecommission,
+    SnpGctxCreate,
+    SnpLaunchFinish,
+    SnpLaunchStart,
+    SnpLaunchUpdate,
+    SnpPageType,
+    SnpPolicy,
+    snp_extend,
+    snp_page_info,
+)
 from sevwire._status import Status, status_hint, status_name
 
 __all__ = [
@@ -134,6 +149,10 @@ __all__ = [
     "PdhCertExport", "GetId", "DownloadFirmware", "LaunchStart", "LaunchUpdateData", "LaunchUpdateVmsa",
     "LaunchMeasure", "LaunchSecret", "LaunchFinish", "Decommission", "Deactivate", "Activate",
     "GuestStatus", "DbgDecrypt", "DbgEncrypt", "Attestation", "MeasureResult",
+    # SEV-SNP
+    "INITIAL_VMSA_GPA", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission",
+    "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
+    "SnpPolicy", "snp_extend", "snp_page_info",
     # certificates
     "SEV_CERT_SIZE", "SEV_CERT_SIGNED_LEN", "SEV_CERT_VERSION", "Usage", "Algo", "Curve", "SigSlot",
     "SevCert", "sign_sev_cert", "verify_sev_cert", "split_cert_chain", "join_cert_chain",

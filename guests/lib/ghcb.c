@@ -87,6 +87,27 @@ uint32_t ghcb_call(volatile struct ghcb *g, uint64_t exit_code, uint64_t info_1,
     return result;
 }
 
+void snp_page_make_shared(void *page)
+{
+    if (sev_info()->mode != SEV_MODE_SEV_SNP)
+        return;
+
+    uint64_t gpa = pt_translate((uintptr_t)page);
+    uint32_t ret;
+
+    /* Rescind first: a page must never be validated while the hypervisor owns it, or the
+     * hypervisor could hand it back later as if it were still the guest's. */
+    __asm__ volatile(".byte 0xf2, 0x0f, 0x01, 0xff" /* PVALIDATE */
+                     : "=a"(ret) : "a"((uintptr_t)page), "c"(0), "d"(0) : "memory", "cc");
+    if (ret != 0 || gpa == (uint64_t)-1)
+        ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC);
+
+    uint64_t resp = ghcb_msr_call((gpa & PTE_ADDR_MASK) | GHCB_PSC_OP_SHARED << 52 | GHCB_MSR_PSC_REQ);
+
+    if ((resp & GHCB_MSR_INFO_MASK) != GHCB_MSR_PSC_RESP || (resp >> 32) != 0)
+        ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC);
+}
+
 void ghcb_init(void)
 {
     /* Protocol version: the hypervisor's range must include ours. */
@@ -103,6 +124,7 @@ void ghcb_init(void)
 
     if (!pte)
         ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_REGISTER);
+    snp_page_make_shared(ghcb_storage);
     *pte &= ~sev_info()->cbit_mask;
     invlpg(ghcb_storage);
     memset(ghcb_storage, 0, sizeof(ghcb_storage));

@@ -24,6 +24,9 @@
 #define GHCB_MSR_CPUID_RESP     0x005
 #define GHCB_MSR_REG_GPA_REQ    0x012
 #define GHCB_MSR_REG_GPA_RESP   0x013
+#define GHCB_MSR_PSC_REQ        0x014  /* SEV-SNP page state change: GFN [51:12], op [55:52] */
+#define GHCB_MSR_PSC_RESP       0x015  /* error code in [63:32], 0 = done */
+#define GHCB_PSC_OP_SHARED      2ull
 #define GHCB_MSR_TERM_REQ       0x100
 
 #define GHCB_PROTOCOL_VERSION   2
@@ -33,6 +36,7 @@
 #define SVM_EXIT_IOIO           0x7b
 #define SVM_EXIT_MSR            0x7c
 #define SVM_EXIT_VMMCALL        0x81
+#define SVM_EXIT_NPF_UNVALIDATED 0x404 /* SEV-SNP #VC: access to a page not validated */
 
 /* IOIO sw_exit_info_1, the SVM IOIO intercept format. */
 #define IOIO_TYPE_IN            (1u << 0)
@@ -50,6 +54,8 @@
 #define HVLIB_TERM_GHCB_ERROR   3  /* the hypervisor refused a GHCB request */
 #define HVLIB_TERM_NO_GHCB      4  /* a #VC that needs the GHCB before it was set up */
 #define HVLIB_TERM_REGISTER     5  /* the hypervisor did not accept the GHCB's GPA */
+#define HVLIB_TERM_PSC          6  /* SEV-SNP: a page could not be made shared */
+#define HVLIB_TERM_UNVALIDATED  7  /* SEV-SNP: #VC on a page not validated (moved or replayed) */
 
 struct ghcb {
     uint8_t  reserved_0[0x0cb];
@@ -105,5 +111,10 @@ uint32_t ghcb_msr_cpuid(uint32_t fn, unsigned reg);
 
 /* Ask the hypervisor to end the guest; does not return. */
 __attribute__((noreturn)) void ghcb_terminate(unsigned set, unsigned reason);
+
+/* SEV-SNP: hand one validated 4 KiB page to the hypervisor (rescind it with PVALIDATE, then a
+ * page-state change to shared over the GHCB MSR protocol). The caller then clears its C-bit.
+ * Nothing in other modes. */
+void snp_page_make_shared(void *page);
 
 #endif

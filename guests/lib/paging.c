@@ -95,6 +95,7 @@ void *shared_alloc(size_t npages)
         volatile uint64_t *pte = pt_walk((uintptr_t)page, NULL);
 
         flush_page(page);
+        snp_page_make_shared(page);
         *pte &= ~cbit;
         invlpg(page);
         /* Through the new mapping the old contents read as ciphertext: clear them. */

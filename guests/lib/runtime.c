@@ -9,7 +9,7 @@ void hv_lib_init(const struct hv_boot_info *bi)
     uintptr_t limit = 0;
 
     sev_init();
-    if (sev_info()->mode == SEV_MODE_SEV_ES)
+    if (sev_info()->mode == SEV_MODE_SEV_ES || sev_info()->mode == SEV_MODE_SEV_SNP)
         ghcb_init(); /* from here on #VC can reach the hypervisor for I/O and MSRs */
     if (boot_info_valid(&info)) {
         /* mem_size comes from the hypervisor, unmeasured: bound it by what the ABI allows. */

@@ -10,6 +10,31 @@ _start:
     cld
     mov     %rsi, %r12              /* boot info; r12 survives the calls below */
 
+    /* SEV-SNP: only the launched pages are validated. Validate all guest memory before the
+     * first store to .bss or the stack (an unvalidated page is #VC, and there is no IDT yet),
+     * except page 0 (unmapped) and the boot information page (shared, hypervisor-owned).
+     * SEV_STATUS is answered by the CPU itself, so RDMSR raises no #VC here. A hypervisor that
+     * lies about mem_size only makes PVALIDATE fault for pages it does not own. */
+    mov     $0xc0010131, %ecx
+    rdmsr
+    test    $4, %eax                /* SEV_STATUS.SNP_Active */
+    jz      3f
+    mov     8(%r12), %r13           /* boot info mem_size (unmeasured: bounded below) */
+    mov     $0x100000000, %rax
+    cmp     %rax, %r13
+    cmova   %rax, %r13
+    mov     $0x1000, %ebx
+1:  cmp     $0x8000, %rbx           /* HV_BOOT_INFO_GPA */
+    je      2f
+    mov     %rbx, %rax
+    xor     %ecx, %ecx              /* 4 KiB */
+    mov     $1, %edx                /* validate */
+    .byte   0xf2, 0x0f, 0x01, 0xff  /* PVALIDATE; CF = 1 for launched pages: already valid */
+2:  add     $0x1000, %rbx
+    cmp     %r13, %rbx
+    jb      1b
+3:
+
     /* Zero .bss: the linker script keeps it 8-byte aligned at both ends. */
     lea     __bss_start(%rip), %rdi
     lea     __bss_end(%rip), %rcx

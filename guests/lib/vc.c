@@ -224,6 +224,10 @@ void vc_handler(struct vc_regs *r)
         vc_vmmcall(r);
         len = 3;
         break;
+    case SVM_EXIT_NPF_UNVALIDATED:
+        /* SEV-SNP: a page this guest validated is no longer valid at this GPA: the hypervisor
+         * took it away and gave something back (replay, remap). Never re-validate: stop. */
+        ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_UNVALIDATED);
     default:
         ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_VC_CODE);
     }

@@ -17,6 +17,7 @@ from hv.boot._vmsa import (
     initial_vmsa,
     launch_vmsas,
 )
+from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages
 from hv.boot._layout import (
     BOOT_INFO_GPA,
     BOOT_INFO_MAGIC,
@@ -64,4 +65,7 @@ __all__ = [
     "launch_digest",
     "launch_regions",
     "parse_image",
+    "SEV_FEATURES_SNP",
+    "snp_launch_digest",
+    "snp_launch_pages",
 ]

@@ -216,6 +216,10 @@ class Cpu:
             return VmrunFailed(f"ASID {self.control.asid} has no key: the PSP has not activated this guest")
         if self.vmsa is None:
             return self._run()
+        if self.control.sev_snp:
+            failed = self._mmu.check_vmsa(self.control.vmsa_spa)
+            if failed is not None:
+                return VmrunFailed(failed)
         failed = self.vmsa.load(self.control.vmsa_spa)
         if failed is not None:
             return VmrunFailed(failed)
@@ -611,7 +615,7 @@ class Cpu:
                 raise _TripleFault("triple fault: the double-fault handler could not be reached")
             try:
                 self._deliver(DF, 0, None)
-            except GuestPageFault:
+            except (GuestPageFault, _NoHandler):
                 raise _TripleFault(
                     f"triple fault: exception {vector} could not be delivered, nor the double fault")
         except _NoHandler as e:

@@ -17,6 +17,7 @@ from hv.hw.memctl import MemoryController
 from hv.hw.npt import NestedPageTable
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
 from hv.hw.psp import PspMailbox
+from hv.hw.rmp import RmpEntry
 
 __all__ = ["Machine", "MachineConfig", "TweakMode"]
 
@@ -76,6 +77,32 @@ class Machine:
 
     def stats(self) -> dict[str, int]:
         return dict(self._mc.stats)
+
+    # -- SEV-SNP: the RMP ---------------------------------------------------------------------------
+    @property
+    def snp_enabled(self) -> bool:
+        return self._mc.rmp is not None
+
+    def rmpupdate(self, spa: int, entry: RmpEntry) -> int:
+        """RMPUPDATE, the hypervisor's instruction: the status code (0 = success).
+
+        Every TLB is flushed afterwards, so guests see the new ownership at their next access."""
+        rmp = self._mc.rmp
+        if rmp is None:
+            raise RuntimeError("RMPUPDATE needs SNP enabled (SNP_INIT)")
+        self._mc.check_range(spa, 0x1000)
+        if entry.assigned:
+            # The page's cached plaintext of any other owner goes back to DRAM first.
+            self._mc.writeback(spa >> 12, (spa >> 12) + 1)
+        status = rmp.rmpupdate(spa, entry)
+        self._mc.bump()
+        return status
+
+    def rmpread(self, spa: int) -> RmpEntry:
+        """RMPREAD: the entry of one host page."""
+        if self._mc.rmp is None:
+            raise RuntimeError("RMPREAD needs SNP enabled (SNP_INIT)")
+        return self._mc.rmp.read(spa)
 
     def flush_caches(self) -> None:
         """WBINVD on every core: dirty plaintext goes back to DRAM as ciphertext."""

@@ -177,18 +177,7 @@ class MemoryController:
         Raises NeedsRetry when another domain had to be written back or dropped first: the
         caller's TLB may still hold entries that bypass the controller, so it must flush and retry.
         """
-        conflict = bool(self.raw_mapped[page])
-        for w in self.views.values():
-            if w.slot == slot:
-                continue
-            st = w.state[page]
-            if st == DIRTY or (st and write):
-                if st == DIRTY:
-                    self._writeback_page(w, page)
-                if write:
-                    w.state[page] = ABSENT
-                conflict = True
-        if conflict:
+        if self._yield_page(page, write, slot) or self.raw_mapped[page]:
             self.bump(code=write)
             raise NeedsRetry
         v = self.views[slot]
@@ -199,20 +188,26 @@ class MemoryController:
 
     def fill_raw(self, page: int, write: bool) -> None:
         """A TLB entry will map `page` straight onto DRAM (a C=0 access without TSME)."""
-        if self.views:
-            conflict = False
-            for w in self.views.values():
-                st = w.state[page]
-                if st == DIRTY or (st and write):
-                    if st == DIRTY:
-                        self._writeback_page(w, page)
-                    if write:
-                        w.state[page] = ABSENT
-                    conflict = True
-            if conflict:
-                self.bump(code=write)
-                raise NeedsRetry
+        if self.views and self._yield_page(page, write, None):
+            self.bump(code=write)
+            raise NeedsRetry
         self.raw_mapped[page] = True
+
+    def _yield_page(self, page: int, write: bool, keep: int | None) -> bool:
+        """Make every view but `keep` give way to a new user of `page`: a dirty copy is written
+        back; for a writer, every copy is dropped. True if any view had to give way."""
+        gave_way = False
+        for w in self.views.values():
+            if w.slot == keep:
+                continue
+            st = w.state[page]
+            if st == DIRTY or (st and write):
+                if st == DIRTY:
+                    self._writeback_page(w, page)
+                if write:
+                    w.state[page] = ABSENT
+                gave_way = True
+        return gave_way
 
     # -- accesses from outside the guest: the host, DMA, the PSP ---------------------------------------
     def read(self, spa: int, length: int, slot: int | None = None) -> bytes:

@@ -15,6 +15,7 @@ from firmware.ports import PortAddressError, PortAsidError
 from hv.hw.engine import KeySlotPort
 from hv.hw.errors import AddressError, AsidError, KeySlotError
 from hv.hw.memctl import MemoryController
+from hv.hw.rmp import RmpEntry
 
 __all__ = ["ColdBootPort", "DmaPort", "HostPort", "PspPort"]
 
@@ -36,7 +37,7 @@ class HostPort:
         return self._mc.read(spa, length, self._mc.host_slot(c_bit))
 
     def write(self, spa: int, data: bytes, c_bit: bool = False) -> None:
-        self._mc.check_host(spa, len(data))
+        self._mc.check_host_write(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(c_bit))
 
 
@@ -53,7 +54,7 @@ class DmaPort:
         return self._mc.read(spa, length, self._mc.host_slot(False))
 
     def write(self, spa: int, data: bytes) -> None:
-        self._mc.check_host(spa, len(data))
+        self._mc.check_host_write(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(False))
 
 
@@ -101,6 +102,29 @@ class PspPort:
         PSP or the CPU, which keep VMSA integrity values there)."""
         with _as_port_errors():
             self._mc.fence(spa, length)
+
+    # -- SEV-SNP: the PSP writes RMP entries directly (launch pages, its own pages) ---------------
+    def enable_rmp(self) -> None:
+        """SNP_INIT: the memory controller starts checking the RMP (all pages hypervisor-owned)."""
+        self._mc.enable_rmp()
+
+    def rmp_read(self, spa: int) -> tuple[bool, int, int, int, bool, bool, bool]:
+        """(assigned, asid, gpa, page_size, immutable, validated, vmsa) of the page at `spa`."""
+        with _as_port_errors():
+            e = self._rmp().read(spa)
+            return e.assigned, e.asid, e.gpa, e.page_size, e.immutable, e.validated, e.vmsa
+
+    def rmp_write(self, spa: int, assigned: bool, asid: int, gpa: int, immutable: bool,
+                  validated: bool, vmsa: bool) -> None:
+        with _as_port_errors():
+            self._rmp().firmware_set(spa, RmpEntry(assigned, asid, gpa, 0, immutable, validated,
+                                                   vmsa))
+            self._mc.bump()
+
+    def _rmp(self):
+        if self._mc.rmp is None:
+            raise AddressError("the RMP is not enabled")
+        return self._mc.rmp
 
     def program_key(self, asid: int, key: bytes) -> None:
         with _as_port_errors():

@@ -63,6 +63,8 @@ class MsrProto:
     CPUID_RESP = 0x005
     REG_GPA_REQ = 0x012
     REG_GPA_RESP = 0x013
+    PSC_REQ = 0x014  # SEV-SNP page state change: GFN [51:12], operation [55:52]
+    PSC_RESP = 0x015  # error code [63:32], 0 = done
     HV_FEATURES_REQ = 0x080
     HV_FEATURES_RESP = 0x081
     TERM_REQ = 0x100

@@ -101,6 +101,8 @@ class Kvm:
     def create_vm(self, vm_type: str = "plain", cbitpos: int | None = None) -> "Vm":
         if vm_type not in VM_TYPES:
             raise KvmError(f"unknown VM type {vm_type!r} (one of {', '.join(VM_TYPES)})")
+        if vm_type == "sev-snp" and not self.machine.snp_enabled:
+            raise KvmError("a sev-snp VM needs SNP enabled first (SNP_INIT: hv.kvm.sev_snp.snp_init)")
         vm = Vm(self, vm_type, self.machine.model.cbitpos if cbitpos is None else cbitpos)
         self.vms.append(vm)
         return vm
@@ -189,7 +191,7 @@ class Vm:
     def create_vcpu(self) -> Vcpu:
         es = self.type in ("sev-es", "sev-snp")
         control = GuestControl(asid=self.asid, npt=self.npt, sev=self.encrypted, sev_es=es,
-                               cbitpos=self.cbitpos)
+                               cbitpos=self.cbitpos, sev_snp=self.type == "sev-snp")
         if es:
             # At reset the GHCB MSR holds the SEV_INFO response (protocol versions, C-bit).
             control.ghcb_msr = MsrProto.sev_info(self.cbitpos)

@@ -72,6 +72,10 @@ class EsExits:
                 self.control.ghcb_msr = gfn << 12 | MsrProto.REG_GPA_RESP
             else:  # all-ones GFN: the guest sees its GPA was not accepted
                 self.control.ghcb_msr = (_MASK64 & ~0xFFF) | MsrProto.REG_GPA_RESP
+        elif info == MsrProto.PSC_REQ and self.vm.type == "sev-snp":
+            from hv.kvm.sev_snp import page_state_change_msr  # SNP only; sev_snp imports kvm
+
+            self.control.ghcb_msr = page_state_change_msr(self.vm, msr)
         elif info == MsrProto.HV_FEATURES_REQ:
             self.control.ghcb_msr = MsrProto.HV_FEATURES_RESP  # no SNP features
         elif info == MsrProto.TERM_REQ:

@@ -39,13 +39,15 @@ class MemoryFault(K.KvmExit):
 
     reason = "MEMORY_FAULT"
 
-    def __init__(self, gpa: int, write: bool, fetch: bool):
+    def __init__(self, gpa: int, write: bool, fetch: bool, rmp: bool = False):
         self.gpa = gpa
         self.write = write
         self.fetch = fetch
+        self.rmp = rmp  # SEV-SNP: the RMP refused the access (EXITINFO1 bit 31), not the NPT
 
     def __repr__(self) -> str:
-        return f"MemoryFault(gpa={self.gpa:#x}, write={self.write}, fetch={self.fetch})"
+        extra = ", rmp=True" if self.rmp else ""
+        return f"MemoryFault(gpa={self.gpa:#x}, write={self.write}, fetch={self.fetch}{extra})"
 
 
 class Vcpu:
@@ -231,7 +233,7 @@ class Vcpu:
         write, fetch = bool(code & 2), bool(code & 16)
         in_slot = any(s.gpa <= gpa < s.gpa + s.size for s in self.vm.slots.values())
         if in_slot or fetch or not code & (1 << 32):
-            return MemoryFault(gpa, write, fetch)
+            return MemoryFault(gpa, write, fetch, bool(code & (1 << 31)))
         if self.es is not None:
             # MMIO of an SEV-ES guest: KVM cannot decode an instruction it cannot read, so the
             # guest gets #VC(NPF) at the access and asks through the GHCB (MMIO_READ/WRITE). On

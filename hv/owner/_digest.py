@@ -16,7 +16,7 @@ import dataclasses
 import sevwire
 from hv.owner._errors import OwnerInputError
 
-__all__ = ["ImageDigest", "image_digest", "load_launch_regions"]
+__all__ = ["ImageDigest", "image_digest", "load_launch_regions", "snp_pages"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,3 +58,15 @@ def _load_launch_vmsas():
     except ImportError as exc:
         raise OwnerInputError(f"the SEV-ES VMSA layout (hv.boot.launch_vmsas) is not available: {exc}") from None
     return launch_vmsas
+
+
+def snp_pages(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[int, bytes, int]]:
+    """hv.boot.snp_launch_pages: (gpa, contents, page type) in SNP_LAUNCH_UPDATE order."""
+    try:
+        from hv.boot import snp_launch_pages
+    except ImportError as exc:
+        raise OwnerInputError(f"the SNP launch layout (hv.boot.snp_launch_pages) is not available: {exc}") from None
+    try:
+        return snp_launch_pages(image, mem_size, cbitpos)
+    except (ValueError, TypeError) as exc:
+        raise OwnerInputError(f"image: {exc}") from None

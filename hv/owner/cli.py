@@ -18,7 +18,7 @@ import click
 
 import sevwire
 from hv.owner._chain import verify_chain
-from hv.owner._digest import image_digest
+from hv.owner._digest import image_digest, snp_pages
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._inputs import (
     DEFAULT_CBITPOS,
@@ -125,12 +125,23 @@ def session_cmd(pdh_cert: str, policy: str, out_dir: str, as_json: bool) -> None
 @policy_option
 @mem_option
 @cbitpos_option
+@click.option("--snp", is_flag=True, help="The SEV-SNP launch digest (SHA-384 over launched pages).")
 @json_option
-def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, as_json: bool) -> None:
+def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, snp: bool, as_json: bool) -> None:
     """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it (with the ES
-    policy bit, 0x4: the digest also covers the initial VMSA page, as `hv run --sev-es` measures)."""
-    pol = _policy(policy)
+    policy bit, 0x4: the digest also covers the initial VMSA page, as `hv run --sev-es` measures).
+    With --snp: the SHA-384 digest SNP_LAUNCH_UPDATE builds (pages, their types and GPAs)."""
     mem_size = parse_size(mem)
+    if snp:
+        pages = snp_pages(read_file(image, "image"), mem_size, cbitpos)
+        ld = bytes(48)
+        for gpa, contents, kind in pages:
+            ld = sevwire.snp_extend(ld, contents, kind, gpa)
+        _emit(as_json, {"digest": ld.hex(), "image": image, "mem_size": mem_size, "cbitpos": cbitpos,
+                        "snp": True, "pages": [{"gpa": gpa, "type": kind} for gpa, _c, kind in pages]},
+              [ld.hex()])
+        return
+    pol = _policy(policy)
     result = image_digest(read_file(image, "image"), mem_size, cbitpos, pol)
     payload = {"digest": result.digest.hex(), "image": image, "mem_size": mem_size, "cbitpos": cbitpos,
                "policy": pol, "regions": [{"gpa": gpa, "len": length} for gpa, length in result.regions],

@@ -21,9 +21,11 @@ from hv.hw.machine import TweakMode
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm, MemoryFault, exits as K
 from hv.kvm.sev import FirmwareError, SevDevice, SevGuest
+from hv.kvm.sev_snp import SnpGuest
 from hv.vmm.bus import Bus
 from hv.vmm.devices import DebugExit, PostCode, Uart16550
 from hv.vmm.report import crash_report
+from hv.vmm.snp_launch import snp_launch, snp_prepare, snp_reclaim
 
 __all__ = [
     "EXIT_CRASH", "EXIT_LAUNCH", "EXIT_TIMEOUT", "EXIT_USAGE", "LaunchError", "RunResult",
@@ -128,12 +130,19 @@ class Vmm:
     def __init__(self, config: VmmConfig, machine: Machine | None = None):
         self.config = config
         self.loaded = boot.parse_image(config.image, config.mem_size)  # ImageError on bad images
-        if config.vm_type == "sev-snp":
-            raise LaunchError(f"--{config.vm_type} is not available in this version of hv")
         self.machine = machine or Machine(MachineConfig(
             dram_size=config.mem_size + (8 << 20), tweak=config.tweak, tsme=config.tsme,
             psp_state=config.psp_state))
         self.kvm = Kvm(self.machine)
+        self._snp_dev = None
+        if config.vm_type == "sev-snp":
+            if config.secret is not None or config.session_dir is not None or config.owner_exec:
+                raise LaunchError("SEV-SNP delivers secrets after attestation, which this version "
+                                  "of hv does not provide: no --secret-file/--session/--owner-exec")
+            try:  # SNP_INIT: the RMP must be on before an SNP vCPU exists
+                self._snp_dev = snp_prepare(self.kvm)
+            except FirmwareError as e:
+                raise LaunchError(str(e)) from e
         self.vm = self.kvm.create_vm(config.vm_type, config.cbitpos)
         self.vm.set_user_memory_region(0, 0, config.mem_size)
         self.vcpu = self.vm.create_vcpu()
@@ -171,6 +180,12 @@ class Vmm:
                 self._check_secret(cfg.secret)
                 self.vm.write_gpa(boot.SECRET_GPA, cfg.secret)
                 secret_len = len(cfg.secret)
+        elif self.vm.type == "sev-snp":
+            try:
+                self.sev = snp_launch(self, self._snp_dev)
+            except FirmwareError as e:
+                raise LaunchError(str(e)) from e
+            secret_len = 0
         else:
             secret_len = self._sev_launch()
         self.vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
@@ -330,7 +345,9 @@ class Vmm:
         return self.vm.read_gpa(0, self.config.mem_size)
 
     def close(self) -> None:
-        if self.sev is not None:
+        if isinstance(self.sev, SnpGuest):
+            snp_reclaim(self.vm, self.sev)
+        elif self.sev is not None:
             self.sev.decommission()
         self.vm.destroy()
 

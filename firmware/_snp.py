@@ -1,0 +1,261 @@
+"""SEV-SNP commands (es-snp-reference 3.3, 3.4): SNP_INIT, SNP_GCTX_CREATE, SNP_LAUNCH_START,
+SNP_ACTIVATE, SNP_LAUNCH_UPDATE, SNP_LAUNCH_FINISH, SNP_DECOMMISSION.
+
+    (no guest) --GCTX_CREATE--> INIT --LAUNCH_START--> LAUNCH --LAUNCH_FINISH--> RUNNING
+               LAUNCH_UPDATE stays in LAUNCH; ACTIVATE in LAUNCH or RUNNING; DECOMMISSION any
+
+What SNP adds to SEV-ES, and where it is enforced here:
+- the firmware owns the RMP's transitions for launch pages: SNP_LAUNCH_UPDATE takes only a
+  Pre-guest page (assigned by the hypervisor to this guest's ASID at one GPA, immutable), encrypts
+  it in place, extends the launch digest with its contents, type and RMP GPA, and leaves it
+  Guest-valid (validated, mutable). The guest therefore starts with exactly the measured pages
+  validated, and any page the hypervisor adds later reaches it unvalidated.
+- the guest context page is a Firmware page: the hypervisor can neither read its plaintext nor
+  write it.
+- the 64-bit policy is checked at SNP_LAUNCH_START (reserved bit 17 must be one; unknown bits,
+  a migration agent, and SMT disallowed on this SMT platform are POLICY_FAILURE).
+
+Not modelled (refused, never silently accepted): 2 MiB pages (INVALID_PAGE_SIZE), CPUID pages,
+ID blocks at LAUNCH_FINISH, migration agents (UNSUPPORTED).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sevwire import (
+    SNP_POLICY_KNOWN,
+    SnpActivate,
+    SnpDecommission,
+    SnpGctxCreate,
+    SnpLaunchFinish,
+    SnpLaunchStart,
+    SnpLaunchUpdate,
+    SnpPageType,
+    SnpPolicy,
+    Status,
+    snp_extend,
+)
+
+from firmware._context import PspContext
+from firmware._errors import CommandError
+from firmware._launch import VMSA_TMR_RESERVED, VMSA_TMR_SLOT, _tmr_slot, vmsa_integrity
+from firmware._memory import port_errors
+
+__all__ = ["SNP_ABI_MAJOR", "SNP_ABI_MINOR", "SnpGuest", "cmd_snp_activate",
+           "cmd_snp_decommission", "cmd_snp_gctx_create", "cmd_snp_init", "cmd_snp_launch_finish",
+           "cmd_snp_launch_start", "cmd_snp_launch_update", "snp_asid_owner"]
+
+SNP_ABI_MAJOR, SNP_ABI_MINOR = 1, 55
+PLATFORM_SMT = True  # the emulated part runs two threads per core
+SNP_INIT_STATE, SNP_LAUNCH, SNP_RUNNING = 0, 1, 2
+PAGE = 0x1000
+SECRETS_VERSION = 3
+
+
+@dataclass(eq=False)
+class SnpGuest:
+    """One SNP guest context (its context page is `gctx_paddr`)."""
+
+    gctx_paddr: int
+    state: int = SNP_INIT_STATE
+    policy: int = 0
+    asid: int = 0
+    vek: bytearray = field(default_factory=lambda: bytearray(16), repr=False)
+    vmpck: list[bytes] = field(default_factory=list, repr=False)
+    ld: bytes = field(default=bytes(48), repr=False)
+    host_data: bytes = bytes(32)
+    gosvw: bytes = bytes(16)
+
+    def wipe(self) -> None:
+        self.vek[:] = bytes(16)
+        self.vmpck = []
+
+
+def _snp(ctx: PspContext) -> dict[int, SnpGuest]:
+    if ctx.snp_guests is None:
+        raise CommandError(Status.INVALID_PLATFORM_STATE, "SNP_INIT has not run")
+    return ctx.snp_guests
+
+
+def _guest(ctx: PspContext, gctx_paddr: int, *states: int) -> SnpGuest:
+    guest = _snp(ctx).get(gctx_paddr)
+    if guest is None:
+        raise CommandError(Status.INVALID_GUEST, f"no SNP guest context at {gctx_paddr:#x}")
+    if states and guest.state not in states:
+        raise CommandError(Status.INVALID_GUEST_STATE, f"SNP guest state {guest.state}")
+    return guest
+
+
+def _rmp(ctx: PspContext, spa: int) -> tuple[bool, int, int, int, bool, bool, bool]:
+    """(assigned, asid, gpa, page_size, immutable, validated, vmsa) of the page at `spa`."""
+    if spa % PAGE:
+        raise CommandError(Status.INVALID_ADDRESS, f"{spa:#x} is not page-aligned")
+    with port_errors():
+        return ctx.port.rmp_read(spa)
+
+
+def _rmp_set(ctx: PspContext, spa: int, assigned: bool, asid: int, gpa: int, immutable: bool,
+             validated: bool, vmsa: bool) -> None:
+    with port_errors():
+        ctx.port.rmp_write(spa, assigned, asid, gpa, immutable, validated, vmsa)
+
+
+def snp_asid_owner(ctx: PspContext, asid: int) -> SnpGuest | None:
+    """The SNP guest holding `asid`: ACTIVATE of a legacy guest must not take it."""
+    for guest in (ctx.snp_guests or {}).values():
+        if guest.asid == asid:
+            return guest
+    return None
+
+
+def cmd_snp_init(ctx: PspContext, _buf: None) -> None:
+    """SNP_INIT: turn the RMP on (every page hypervisor-owned). Once, before any legacy guest."""
+    if ctx.snp_guests is not None:
+        raise CommandError(Status.INVALID_PLATFORM_STATE, "SNP is already initialised")
+    if len(ctx.guests):
+        raise CommandError(Status.INVALID_PLATFORM_STATE, "SNP_INIT with live SEV guests")
+    enable = getattr(ctx.port, "enable_rmp", None)
+    if enable is None:
+        raise CommandError(Status.UNSUPPORTED, "this platform has no RMP")
+    with port_errors():
+        enable()
+    ctx.snp_guests = {}
+
+
+def cmd_snp_gctx_create(ctx: PspContext, buf: SnpGctxCreate) -> None:
+    """A hypervisor-owned page becomes the guest context (Firmware state: assigned, ASID 0,
+    immutable), so the hypervisor can no longer write it."""
+    guests = _snp(ctx)
+    assigned, _asid, _gpa, _size, immutable, _v, _vmsa = _rmp(ctx, buf.gctx_paddr)
+    if assigned or immutable or buf.gctx_paddr in guests:
+        raise CommandError(Status.INVALID_PAGE_STATE, "the context page must be hypervisor-owned")
+    ctx.mem.write(buf.gctx_paddr, bytes(PAGE))
+    _rmp_set(ctx, buf.gctx_paddr, True, 0, 0, True, False, False)
+    guests[buf.gctx_paddr] = SnpGuest(buf.gctx_paddr)
+
+
+def check_snp_policy(policy: int) -> None:
+    """POLICY_FAILURE unless this platform can honour `policy`."""
+    if not policy & SnpPolicy.RESERVED_ONE:
+        raise CommandError(Status.POLICY_FAILURE, "SNP policy bit 17 must be set")
+    if policy & ~SNP_POLICY_KNOWN:
+        raise CommandError(Status.POLICY_FAILURE, "unknown SNP policy bits")
+    if ((policy >> 8) & 0xFF, policy & 0xFF) > (SNP_ABI_MAJOR, SNP_ABI_MINOR):
+        raise CommandError(Status.POLICY_FAILURE, "the policy needs a newer SNP ABI")
+    if PLATFORM_SMT and not policy & SnpPolicy.SMT:
+        raise CommandError(Status.POLICY_FAILURE, "the policy forbids SMT, which is enabled")
+
+
+def cmd_snp_launch_start(ctx: PspContext, buf: SnpLaunchStart) -> None:
+    guest = _guest(ctx, buf.gctx_paddr, SNP_INIT_STATE)
+    check_snp_policy(buf.policy)
+    if buf.policy & SnpPolicy.MIGRATE_MA or buf.flags & 1 or buf.ma_gctx_paddr:
+        raise CommandError(Status.UNSUPPORTED, "migration agents are not supported")
+    guest.policy = buf.policy
+    guest.gosvw = buf.gosvw
+    guest.vek[:] = os.urandom(16)
+    guest.vmpck = [os.urandom(32) for _ in range(4)]
+    guest.ld = bytes(48)
+    guest.state = SNP_LAUNCH
+
+
+def cmd_snp_activate(ctx: PspContext, buf: SnpActivate) -> None:
+    """Bind the guest's key to an SEV-ES/SNP ASID not held by any other guest."""
+    guest = _guest(ctx, buf.gctx_paddr, SNP_LAUNCH, SNP_RUNNING)
+    es_range, _sev = ctx.asid_ranges()
+    if buf.asid not in es_range:
+        raise CommandError(Status.INVALID_ASID, f"ASID {buf.asid} is not an SEV-ES/SNP ASID")
+    holder = snp_asid_owner(ctx, buf.asid)
+    if (holder is not None and holder is not guest) or ctx.guests.owner_of(buf.asid) is not None:
+        raise CommandError(Status.ASID_OWNED, f"ASID {buf.asid} belongs to another guest")
+    if guest.asid:
+        raise CommandError(Status.ACTIVE, f"guest already active on ASID {guest.asid}")
+    if buf.asid in ctx.dirty_asids:
+        raise CommandError(Status.DFFLUSH_REQUIRED, f"ASID {buf.asid} needs DF_FLUSH before reuse")
+    with port_errors():
+        ctx.port.program_key(buf.asid, bytes(guest.vek))
+    guest.asid = buf.asid
+
+
+def _secrets_page(guest: SnpGuest) -> bytes:
+    page = bytearray(PAGE)
+    page[0:4] = SECRETS_VERSION.to_bytes(4, "little")
+    page[0x10:0x20] = guest.gosvw
+    for i, key in enumerate(guest.vmpck):
+        page[0x20 + 0x20 * i:0x40 + 0x20 * i] = key
+    return bytes(page)
+
+
+def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
+    """Measure and encrypt one Pre-guest page; it becomes Guest-valid."""
+    guest = _guest(ctx, buf.gctx_paddr, SNP_LAUNCH)
+    if not guest.asid:
+        raise CommandError(Status.INACTIVE, "SNP_ACTIVATE the guest before loading memory")
+    if buf.page_size:
+        raise CommandError(Status.INVALID_PAGE_SIZE, "only 4 KiB launch pages are supported")
+    try:
+        kind = SnpPageType(buf.page_type)
+    except ValueError:
+        raise CommandError(Status.INVALID_PARAM, f"page type {buf.page_type}") from None
+    if kind is SnpPageType.CPUID:
+        raise CommandError(Status.UNSUPPORTED, "CPUID pages are not supported")
+    if buf.flags & 0x10 or buf.vmpl_perms:
+        raise CommandError(Status.UNSUPPORTED, "IMI pages and VMPL permissions are not supported")
+    assigned, asid, gpa, size, immutable, validated, _vmsa = _rmp(ctx, buf.page_paddr)
+    if not assigned or not immutable or validated:
+        raise CommandError(Status.INVALID_PAGE_STATE, "the page is not in the Pre-guest state")
+    if asid != guest.asid:
+        raise CommandError(Status.INVALID_PAGE_OWNER, "the page is assigned to another ASID")
+    if size != buf.page_size:
+        raise CommandError(Status.INVALID_PAGE_SIZE, "RMP and command page sizes differ")
+    if kind in (SnpPageType.NORMAL, SnpPageType.VMSA, SnpPageType.UNMEASURED):
+        plain = ctx.mem.read(buf.page_paddr, PAGE)
+    elif kind is SnpPageType.SECRETS:
+        plain = _secrets_page(guest)
+    else:
+        plain = bytes(PAGE)
+    guest.ld = snp_extend(guest.ld, plain, kind, gpa)
+    if kind is SnpPageType.VMSA:
+        plain = _seal_vmsa(ctx, buf.page_paddr, plain)
+    ctx.mem.write_guest(guest, buf.page_paddr, plain)  # type: ignore[arg-type]
+    _rmp_set(ctx, buf.page_paddr, True, guest.asid, gpa, False, True, kind is SnpPageType.VMSA)
+
+
+def _seal_vmsa(ctx: PspContext, spa: int, page: bytes) -> bytes:
+    """The VMSA edits the CPU's VMRUN check relies on (hv/hw/vmsa.py), as for SEV-ES: a TMR
+    slot holding the page's integrity value. On SNP hardware the RMP's VMSA bit and the page's
+    guest ownership protect the save area; here both hold (the page is assigned, so host writes
+    fail) and the TMR check is kept, so one CPU path serves ES and SNP guests."""
+    if ctx.tmr is None:
+        raise CommandError(Status.INVALID_CONFIG, "the VMSA needs the TMR given at INIT")
+    edited = bytearray(page)
+    slot = _tmr_slot(ctx, spa)
+    edited[VMSA_TMR_RESERVED:VMSA_TMR_RESERVED + 8] = bytes(8)
+    edited[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8] = slot.to_bytes(8, "little")
+    ctx.mem.write(slot, (spa | 1).to_bytes(8, "little") + vmsa_integrity(edited))
+    return bytes(edited)
+
+
+def cmd_snp_launch_finish(ctx: PspContext, buf: SnpLaunchFinish) -> None:
+    guest = _guest(ctx, buf.gctx_paddr, SNP_LAUNCH)
+    if buf.flags & 1 or buf.id_block_paddr or buf.id_auth_paddr:
+        raise CommandError(Status.UNSUPPORTED, "ID blocks are not supported")
+    guest.host_data = buf.host_data
+    guest.state = SNP_RUNNING
+
+
+def cmd_snp_decommission(ctx: PspContext, buf: SnpDecommission) -> None:
+    """Forget the guest and its key; the context page returns to the hypervisor. The guest's
+    pages stay assigned to the (now keyless) ASID until the hypervisor RMPUPDATEs them back,
+    which it may, since none is immutable after launch."""
+    guest = _guest(ctx, buf.gctx_paddr)
+    if guest.asid:
+        with port_errors():
+            ctx.port.clear_key(guest.asid)
+        ctx.dirty_asids.add(guest.asid)
+    guest.wipe()
+    ctx.mem.write(buf.gctx_paddr, bytes(PAGE))
+    _rmp_set(ctx, buf.gctx_paddr, False, 0, 0, False, False, False)
+    del _snp(ctx)[buf.gctx_paddr]

@@ -1,0 +1,118 @@
+"""SEV-SNP operations of the hypervisor (KVM_SEV_SNP_*): SNP_INIT, the launch, RMPUPDATE.
+
+The hypervisor's part of SNP integrity is small and visible here: before the PSP may measure a
+page, KVM makes it Pre-guest with RMPUPDATE (assigned to the guest's ASID at one GPA, immutable),
+then asks for SNP_LAUNCH_UPDATE, which makes it Guest-valid. Everything else it can do to guest
+memory is RMPUPDATE, which the machine answers by clearing `validated`: it can take pages away,
+never hand them back unnoticed.
+"""
+
+from __future__ import annotations
+
+from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDecommission, SnpGctxCreate,
+                     SnpLaunchFinish, SnpLaunchStart, SnpLaunchUpdate, SnpPageType)
+
+from hv.hw.rmp import RmpEntry
+from hv.kvm.kvm import KvmError
+from hv.kvm.sev import SevDevice
+
+__all__ = ["RmpUpdateError", "SnpGuest", "rmp_make_private", "rmp_make_shared", "snp_init"]
+
+_PAGE = 0x1000
+
+
+class RmpUpdateError(KvmError):
+    """RMPUPDATE refused (an immutable page, a bad entry)."""
+
+
+def snp_init(dev: SevDevice) -> None:
+    """SNP_INIT once per machine, before the legacy INIT (as Linux's sev-dev does)."""
+    if not dev.kvm.machine.snp_enabled:
+        dev.issue(Cmd.SNP_INIT)
+
+
+def _rmpupdate(machine, spa: int, entry: RmpEntry) -> None:
+    status = machine.rmpupdate(spa, entry)
+    if status:
+        raise RmpUpdateError(f"RMPUPDATE of {spa:#x} failed with status {status}")
+
+
+def rmp_make_private(machine, spa: int, asid: int, gpa: int, immutable: bool = False) -> None:
+    """Assign a host page to a guest at `gpa` (not validated: the guest must PVALIDATE it)."""
+    _rmpupdate(machine, spa, RmpEntry(assigned=True, asid=asid, gpa=gpa, immutable=immutable))
+
+
+def rmp_make_shared(machine, spa: int) -> None:
+    """Give a page back to the hypervisor (its contents stay ciphertext)."""
+    _rmpupdate(machine, spa, RmpEntry())
+
+
+class SnpGuest:
+    """The KVM_SEV_SNP_LAUNCH_* operations of one sev-snp VM."""
+
+    def __init__(self, vm, dev: SevDevice, policy: int = SNP_POLICY_DEFAULT):
+        if vm.type != "sev-snp":
+            raise KvmError(f"SNP launch for a VM of type {vm.type}")
+        self.vm = vm
+        self.dev = dev
+        self.policy = policy
+        self.gctx = 0
+
+    @property
+    def machine(self):
+        return self.vm.kvm.machine
+
+    def launch_start(self) -> None:
+        """SNP_GCTX_CREATE, SNP_LAUNCH_START, SNP_ACTIVATE."""
+        self.gctx = self.vm.kvm.alloc(_PAGE)
+        self.dev.issue(Cmd.SNP_GCTX_CREATE, SnpGctxCreate(gctx_paddr=self.gctx))
+        self.dev.issue(Cmd.SNP_LAUNCH_START, SnpLaunchStart(gctx_paddr=self.gctx,
+                                                            policy=self.policy))
+        self.dev.issue(Cmd.SNP_ACTIVATE, SnpActivate(gctx_paddr=self.gctx, asid=self.vm.asid))
+
+    def launch_update(self, gpa: int, page_type: int = SnpPageType.NORMAL,
+                      spa: int | None = None) -> None:
+        """RMPUPDATE the page to Pre-guest, then SNP_LAUNCH_UPDATE it (one 4 KiB page)."""
+        if spa is None:
+            spa = self.vm.gpa_to_spa(gpa)
+        rmp_make_private(self.machine, spa, self.vm.asid, gpa, immutable=True)
+        self.dev.issue(Cmd.SNP_LAUNCH_UPDATE, SnpLaunchUpdate(
+            gctx_paddr=self.gctx, flags=SnpLaunchUpdate.make_flags(page_type), page_paddr=spa))
+
+    def launch_update_range(self, gpa: int, length: int,
+                            page_type: int = SnpPageType.NORMAL) -> None:
+        for off in range(0, length, _PAGE):
+            self.launch_update(gpa + off, page_type)
+
+    def launch_finish(self, host_data: bytes = bytes(32)) -> None:
+        self.dev.issue(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(gctx_paddr=self.gctx,
+                                                              host_data=host_data))
+
+    def decommission(self) -> None:
+        if self.gctx:
+            self.dev.issue(Cmd.SNP_DECOMMISSION, SnpDecommission(gctx_paddr=self.gctx),
+                           check=False)
+            self.gctx = 0
+
+
+PSC_PRIVATE, PSC_SHARED = 1, 2
+PSC_ERR_BAD = 1  # response error: a GFN outside guest memory or an unknown operation
+
+
+def page_state_change_msr(vm, msr: int) -> int:
+    """The GHCB MSR protocol's page state change (0x014) for one 4 KiB page: RMPUPDATE it to
+    shared (hypervisor-owned) or private (assigned to the guest, not validated: the guest
+    PVALIDATEs it after the change). Returns the 0x015 response."""
+    gpa = msr & 0x000F_FFFF_FFFF_F000
+    op = (msr >> 52) & 0xF
+    try:
+        spa = vm.gpa_to_spa(gpa)
+        if op == PSC_SHARED:
+            rmp_make_shared(vm.kvm.machine, spa)
+        elif op == PSC_PRIVATE:
+            rmp_make_private(vm.kvm.machine, spa, vm.asid, gpa)
+        else:
+            return PSC_ERR_BAD << 32 | 0x015
+    except KvmError:
+        return PSC_ERR_BAD << 32 | 0x015
+    return 0x015

@@ -1,0 +1,85 @@
+"""The SEV-SNP launch as the VMM performs it (QEMU's sev-snp-guest, KVM_SEV_SNP_LAUNCH_*).
+
+Design: every page of guest memory is assigned to the guest in the RMP before it runs, and only
+the launched pages are validated.
+
+1. SNP_INIT before the VM exists (the RMP must be on before an SNP vCPU is created).
+2. SNP_GCTX_CREATE, SNP_LAUNCH_START with the SNP policy, SNP_ACTIVATE.
+3. The pages of `hv.boot.snp_launch_pages` (boot page tables and image, then the VMSA) are
+   written, RMPUPDATEd to Pre-guest and SNP_LAUNCH_UPDATEd: measured and Guest-valid.
+4. The rest of guest memory is RMPUPDATEd to assigned-but-not-validated, except the boot
+   information page, which stays hypervisor-owned because the hypervisor writes it (shared).
+   The guest PVALIDATEs its memory at boot (guests/lib/start.S) and turns the pages it shares
+   (its GHCB, shared_alloc pages) back over with a page-state change (GHCB MSR protocol 0x014).
+5. SNP_LAUNCH_FINISH.
+
+Assigning everything up front (rather than leaving pages hypervisor-owned until the guest asks
+for them) keeps the guest's boot to one PVALIDATE per page and no exits, and leaves nothing the
+guest could use while the hypervisor still owns it. There is no LAUNCH_SECRET in SNP: secrets
+arrive after attestation, which this version does not provide, so --secret-file is refused.
+"""
+
+from __future__ import annotations
+
+from sevwire import INITIAL_VMSA_GPA, SnpPageType
+
+from hv import boot
+from hv.kvm.sev import SevDevice
+from hv.kvm.sev_snp import SnpGuest, rmp_make_private, rmp_make_shared, snp_init
+
+__all__ = ["snp_launch", "snp_prepare", "snp_reclaim"]
+
+_PAGE = 0x1000
+
+
+def snp_prepare(kvm) -> SevDevice:
+    """SNP_INIT, then the legacy INIT with SEV-ES (for the TMR the VMSA check uses)."""
+    dev = SevDevice(kvm)
+    snp_init(dev)
+    dev.ensure_init(es=True)
+    return dev
+
+
+def snp_launch(vmm, dev: SevDevice) -> SnpGuest:
+    """Launch `vmm`'s guest; returns the launch context (for teardown)."""
+    cfg, vm = vmm.config, vmm.vm
+    machine = vm.kvm.machine
+    guest = SnpGuest(vm, dev) if cfg.policy is None else SnpGuest(vm, dev, cfg.policy)
+    guest.launch_start()
+    launched = set()
+    for gpa, contents, kind in boot.snp_launch_pages(cfg.image, cfg.mem_size, vm.cbitpos):
+        if kind == SnpPageType.VMSA:
+            spa = vm.kvm.alloc(_PAGE)
+            machine.host.write(spa, contents)
+            guest.launch_update(INITIAL_VMSA_GPA, SnpPageType.VMSA, spa=spa)
+            vmm.vcpu.attach_vmsa(spa)
+            continue
+        vm.write_gpa(gpa, contents)
+        guest.launch_update(gpa)
+        launched.add(gpa)
+    for s in vm.slots.values():
+        for off in range(0, s.size, _PAGE):
+            gpa = s.gpa + off
+            if gpa not in launched and gpa != boot.BOOT_INFO_GPA:
+                rmp_make_private(machine, s.spa + off, vm.asid, gpa)
+    guest.launch_finish()
+    digest = boot.snp_launch_digest(cfg.image, cfg.mem_size, vm.cbitpos)
+    vmm.launch_info = {"mode": vm.type, "asid": vm.asid, "policy": guest.policy,
+                       "digest": digest.hex(), "pages_launched": len(launched) + 1,
+                       "secret_injected": False}
+    return guest
+
+
+def snp_reclaim(vm, guest: SnpGuest) -> None:
+    """Teardown: SNP_DECOMMISSION, then every guest page (and the VMSA) back to the hypervisor,
+    so the host can reuse the memory."""
+    guest.decommission()
+    machine = vm.kvm.machine
+    for s in vm.slots.values():
+        for off in range(0, s.size, _PAGE):
+            rmp_make_shared(machine, s.spa + off)
+    for v in vm.vcpus:
+        if v.vmsa_spa is not None:
+            rmp_make_shared(machine, v.vmsa_spa)
+
+

@@ -1,0 +1,157 @@
+"""SEV-SNP wire formats (es-snp-reference 3.3, 3.4): command buffers, page types, the guest
+policy and the page-granular SHA-384 launch digest.
+
+The launch digest is the one thing the guest owner and the PSP must compute byte for byte alike,
+so it lives here, pure: the firmware extends it at every SNP_LAUNCH_UPDATE and the owner (through
+hv.boot) predicts it offline. Each step hashes PAGE_INFO, which binds the previous digest, the
+page's contents (SHA-384 of its 4 KiB for NORMAL and VMSA pages, zeros for the others), its page
+type and the GPA it is launched at: moving, retyping or changing any page changes the digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import struct
+
+from sevwire._buffers import CommandBuffer
+
+__all__ = [
+    "INITIAL_VMSA_GPA", "PAGE_INFO_SIZE", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission", "SnpGctxCreate",
+    "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType", "SnpPolicy",
+    "snp_page_info", "snp_extend",
+]
+
+INITIAL_VMSA_GPA = 0xFFFFFFFFF000
+"""The RMP GPA (and digest GPA) of an initial VMSA page."""
+PAGE_INFO_SIZE = 0x70
+DIGEST_SIZE = 48
+
+
+class SnpPageType(enum.IntEnum):
+    """SNP_LAUNCH_UPDATE page_type."""
+
+    NORMAL = 1
+    VMSA = 2
+    ZERO = 3
+    UNMEASURED = 4
+    SECRETS = 5
+    CPUID = 6
+
+
+class SnpPolicy(enum.IntFlag):
+    """The 64-bit SNP guest policy (bits 7:0 ABI minor, 15:8 ABI major)."""
+
+    SMT = 1 << 16
+    RESERVED_ONE = 1 << 17  # must be 1
+    MIGRATE_MA = 1 << 18
+    DEBUG = 1 << 19
+    SINGLE_SOCKET = 1 << 20
+
+
+SNP_POLICY_DEFAULT = int(SnpPolicy.SMT | SnpPolicy.RESERVED_ONE)  # 0x30000
+SNP_POLICY_KNOWN = (1 << 21) - 1  # bits above SINGLE_SOCKET are refused by this firmware
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpGctxCreate(CommandBuffer):
+    """SNP_GCTX_CREATE: turn a hypervisor page into the guest context page (Firmware state)."""
+
+    FORMAT = "<Q"
+    SPEC_SIZE = 8
+    gctx_paddr: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpDecommission(CommandBuffer):
+    """SNP_DECOMMISSION: forget the guest; its context page goes back to the hypervisor."""
+
+    FORMAT = "<Q"
+    SPEC_SIZE = 8
+    gctx_paddr: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpActivate(CommandBuffer):
+    """SNP_ACTIVATE: load the guest's key into an SEV-ES/SNP ASID."""
+
+    FORMAT = "<QI"
+    SPEC_SIZE = 12
+    gctx_paddr: int = 0
+    asid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpLaunchStart(CommandBuffer):
+    """SNP_LAUNCH_START: the policy, migration agent (unsupported here) and GOSVW."""
+
+    FORMAT = "<QQQII16s"
+    SPEC_SIZE = 0x30
+    gctx_paddr: int = 0
+    policy: int = SNP_POLICY_DEFAULT
+    ma_gctx_paddr: int = 0
+    flags: int = 0  # ma_en [0], imi_en [1]
+    desired_tsc_khz: int = 0
+    gosvw: bytes = bytes(16)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpLaunchUpdate(CommandBuffer):
+    """SNP_LAUNCH_UPDATE: one Pre-guest page, encrypted in place, measured, made Guest-valid.
+
+    `flags` = page_size [0] | page_type [3:1] | imi_page [4]; `vmpl_perms` = VMPL1..3 bytes."""
+
+    FORMAT = "<QI4xQI4x"
+    SPEC_SIZE = 0x20
+    gctx_paddr: int = 0
+    flags: int = 0
+    page_paddr: int = 0
+    vmpl_perms: int = 0
+
+    @staticmethod
+    def make_flags(page_type: int, page_size: int = 0, imi: bool = False) -> int:
+        return (page_size & 1) | (page_type & 7) << 1 | (1 << 4 if imi else 0)
+
+    @property
+    def page_type(self) -> int:
+        return (self.flags >> 1) & 7
+
+    @property
+    def page_size(self) -> int:
+        return self.flags & 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpLaunchFinish(CommandBuffer):
+    """SNP_LAUNCH_FINISH: ID block (unsupported here), and 32 bytes of host data."""
+
+    FORMAT = "<QQQQ32s"
+    SPEC_SIZE = 0x40
+    gctx_paddr: int = 0
+    id_block_paddr: int = 0
+    id_auth_paddr: int = 0
+    flags: int = 0  # id_block_en [0], auth_key_en [1], vcek_disabled [2]
+    host_data: bytes = bytes(32)
+
+
+def snp_page_info(digest: bytes, contents: bytes, page_type: int, gpa: int,
+                  imi: bool = False, vmpl_perms: int = 0) -> bytes:
+    """PAGE_INFO (0x70 bytes) for one 4 KiB page. `contents` is the page's plaintext for NORMAL
+    and VMSA pages; for the other types it is ignored and the contents field is zeros."""
+    if len(digest) != DIGEST_SIZE:
+        raise ValueError("the launch digest is 48 bytes")
+    if page_type in (SnpPageType.NORMAL, SnpPageType.VMSA):
+        if len(contents) != 0x1000:
+            raise ValueError("a measured page is 4096 bytes")
+        measured = hashlib.sha384(contents).digest()
+    else:
+        measured = bytes(DIGEST_SIZE)
+    perms = ((vmpl_perms >> 8) & 0xFF, (vmpl_perms >> 16) & 0xFF, (vmpl_perms >> 24) & 0xFF)
+    return (digest + measured +
+            struct.pack("<HBBBBBBQ", PAGE_INFO_SIZE, page_type, 1 if imi else 0, 0, *perms, gpa))
+
+
+def snp_extend(digest: bytes, contents: bytes, page_type: int, gpa: int) -> bytes:
+    """The launch digest after one page: SHA-384(PAGE_INFO)."""
+    return hashlib.sha384(snp_page_info(digest, contents, page_type, gpa)).digest()
