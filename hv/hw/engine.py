@@ -118,7 +118,8 @@ class AesEngine:
         """
         _nblocks(src, dst, spa)
         for off in range(0, src.size, _CHUNK):
-            self._encrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK])
+            self._encrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK],
+                                _room(dst, off))
 
     def _tweak_stream(self, spa: int):
         """XOR with T over consecutive blocks from `spa`, as one AES-CTR pass: in the random
@@ -127,7 +128,8 @@ class AesEngine:
         XORing in numpy."""
         return Cipher(self._tweak_key, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor()
 
-    def _encrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
+    def _encrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray,
+                       room: np.ndarray | None = None) -> None:
         n = src.size // 16
         cipher = self._cipher(slot)
         if self.mode is TweakMode.XEX_RANDOM:
@@ -135,6 +137,9 @@ class AesEngine:
             out = self._scratch("out", n * 16 + 16)
             self._tweak_stream(spa).update_into(src, tmp)               # P ^ T
             cipher.encryptor().update_into(tmp[:n * 16], out)          # AES_K(P ^ T)
+            if room is not None:  # straight into dst: no copy
+                self._tweak_stream(spa).update_into(out[:n * 16], room)  # ... ^ T
+                return
             self._tweak_stream(spa).update_into(out[:n * 16], tmp)      # ... ^ T
             dst[:] = tmp[:n * 16]
             return
@@ -151,9 +156,11 @@ class AesEngine:
     def decrypt_into(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
         _nblocks(src, dst, spa)
         for off in range(0, src.size, _CHUNK):
-            self._decrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK])
+            self._decrypt_chunk(slot, spa + off, src[off:off + _CHUNK], dst[off:off + _CHUNK],
+                                _room(dst, off))
 
-    def _decrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray) -> None:
+    def _decrypt_chunk(self, slot: int, spa: int, src: np.ndarray, dst: np.ndarray,
+                       room: np.ndarray | None = None) -> None:
         n = src.size // 16
         cipher = self._cipher(slot)
         if self.mode is TweakMode.XEX_RANDOM:
@@ -161,6 +168,9 @@ class AesEngine:
             out = self._scratch("out", n * 16 + 16)
             self._tweak_stream(spa).update_into(src, tmp)               # C ^ T
             cipher.decryptor().update_into(tmp[:n * 16], out)          # AES_K^-1(C ^ T)
+            if room is not None:  # straight into dst: no copy
+                self._tweak_stream(spa).update_into(out[:n * 16], room)  # ... ^ T
+                return
             self._tweak_stream(spa).update_into(out[:n * 16], tmp)      # ... ^ T
             dst[:] = tmp[:n * 16]
             return
@@ -225,6 +235,15 @@ def _as_u8(data) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
     return np.frombuffer(bytes(data), dtype=np.uint8).copy()
+
+
+def _room(dst: np.ndarray, off: int) -> np.ndarray | None:
+    """dst from `off` with the 15 spare bytes `cryptography`'s update_into insists on, when the
+    next chunk of dst provides them (it writes only the chunk's own bytes; the next chunk is
+    written after, so even a write into the spare bytes would be overwritten)."""
+    if off + _CHUNK + 15 <= dst.size:
+        return dst[off:off + _CHUNK + 15]
+    return None
 
 
 def _nblocks(src: np.ndarray, dst: np.ndarray, spa: int) -> int:
