@@ -7,9 +7,9 @@ Unicorn gives us the instruction set. This module adds what SVM hardware does ar
   once when it is first fetched and a code hook is placed on every candidate address; a hook fires
   only on a real instruction boundary, decodes the bytes there and exits with RIP already past
   the instruction (next-RIP). Nothing is added to the path of ordinary instructions.
-- exception delivery through the guest's IDT (#PF with CR2 and error code, #GP, #UD, #DE, INT n):
-  Unicorn stops at exceptions instead of delivering them. A fault while delivering is a double
-  fault; a fault delivering that is a triple fault, reported as SHUTDOWN.
+- exception delivery through the guest's IDT (#PF with CR2 and error code, #GP, #UD, #DE, INT n;
+  delivery.py): Unicorn stops at exceptions instead of delivering them. A fault while delivering
+  is a double fault; a fault delivering that is a triple fault, reported as SHUTDOWN.
 - the MMU (mmu.py) in the virtual-TLB fill hook, and TLB / translated-code flushes whenever the
   memory controller changed something a TLB entry points at.
 - SEV_STATUS (MSR 0xC0010131) answered by the CPU itself from the guest's SEV features: the
@@ -35,6 +35,8 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from hv.hw.decode import fault_address
+from hv.hw.delivery import (GP, HAS_ERROR_CODE as _HAS_ERROR_CODE, UD, VC, ExceptionDelivery,
+                             TripleFault, _NoHandler)
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
                          VmmcallExit, VmrunFailed)
@@ -43,7 +45,7 @@ from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, GuestPageFault, 
                        view_base)
 from hv.hw.npt import NestedPageTable
 from hv.hw.pvalidate import pvalidate
-from hv.hw.snp_mmu import GuestVcFault, SnpMmu
+from hv.hw.snp_mmu import SnpMmu
 from hv.hw.vmsa import VmsaUnit
 
 __all__ = ["Cpu", "GPRS", "GuestControl", "MSR_GHCB", "MSR_SEV_STATUS", "SREGS", "VC"]
@@ -64,10 +66,6 @@ _NATIVE_MSRS = {0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
 _IO_OPS = {0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 
 _ACCESS_NAMES = {ACCESS_READ: "read", ACCESS_WRITE: "write", ACCESS_FETCH: "fetch"}
-
-# Exception vectors
-DE, DB, BP, UD, DF, GP, PF, VC = 0, 1, 3, 6, 8, 13, 14, 29
-_HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29}
 
 
 @dataclass
@@ -115,7 +113,7 @@ def _fast_registers(uc: Uc):
     return read, write
 
 
-class Cpu:
+class Cpu(ExceptionDelivery):
     """A vCPU of one guest. `run()` executes until the next #VMEXIT and returns it."""
 
     def __init__(self, mc: MemoryController, control: GuestControl):
@@ -235,7 +233,7 @@ class Cpu:
             if self._pending is not None:
                 try:
                     self._deliver_pending()
-                except _TripleFault as e:
+                except TripleFault as e:
                     # SEV-ES: the hypervisor learns that the guest died, not where (no RIP).
                     return ShutdownExit("triple fault" if self.control.sev_es else str(e))
                 except NestedFault as e:
@@ -590,103 +588,3 @@ class Cpu:
         `sink(event, **fields)`; None stops tracing."""
         self.trace = sink
         self._mc.trace = sink
-
-    # -- exceptions into the guest --------------------------------------------------------------------
-    def _raise_guest_fault(self, f: GuestPageFault) -> None:
-        if f.error_code < 0:
-            self._pending = (GP, 0, None)
-        elif isinstance(f, GuestVcFault):
-            self._pending = (VC, f.error_code, None)
-        else:
-            self._pending = (PF, f.error_code, f.address)
-
-    def inject(self, vector: int, error_code: int | None = None) -> None:
-        """Queue an exception or interrupt for delivery at the next run (event injection)."""
-        self._pending = (vector, error_code, None)
-
-    def _deliver_pending(self) -> None:
-        vector, error, cr2 = self._pending
-        self._pending = None
-        self.stats["exceptions"] += 1
-        try:
-            self._deliver(vector, error, cr2)
-        except GuestPageFault:
-            if vector == DF:
-                raise _TripleFault("triple fault: the double-fault handler could not be reached")
-            try:
-                self._deliver(DF, 0, None)
-            except (GuestPageFault, _NoHandler):
-                raise _TripleFault(
-                    f"triple fault: exception {vector} could not be delivered, nor the double fault")
-        except _NoHandler as e:
-            if vector == DF:
-                raise _TripleFault(f"triple fault: {e}")
-            try:
-                self._deliver(DF, 0, None)
-            except (GuestPageFault, _NoHandler):
-                raise _TripleFault(f"triple fault: {e} (and no double-fault handler)")
-
-    def _deliver(self, vector: int, error: int | None, cr2: int | None) -> None:
-        _sel, base, limit, _flags = self._uc.reg_read(X.UC_X86_REG_IDTR)
-        if vector * 16 + 15 > limit:
-            raise _NoHandler(f"exception {vector} ({_NAMES.get(vector, 'interrupt')}) at RIP "
-                             f"{self.reg('rip'):#x} with no IDT entry")
-        gate = self._read_virt(base + vector * 16, 16)
-        lo, sel, ist, attr, mid, hi = (int.from_bytes(gate[0:2], "little"), int.from_bytes(gate[2:4], "little"),
-                                       gate[4], gate[5], int.from_bytes(gate[6:8], "little"),
-                                       int.from_bytes(gate[8:12], "little"))
-        if not attr & 0x80 or (attr & 0xF) not in (0xE, 0xF):
-            raise _NoHandler(f"IDT entry {vector} is not a present 64-bit gate")
-        handler = lo | mid << 16 | hi << 32
-        regs = self._uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
-                                       X.UC_X86_REG_CS, X.UC_X86_REG_SS])
-        rip, rsp, rflags, cs, ss = regs
-        frame = [ss, rsp, rflags, cs, rip] + ([error] if error is not None else [])
-        new_rsp = ((rsp & ~0xF) - 8 * len(frame)) & 0xFFFF_FFFF_FFFF_FFFF
-        data = b"".join(v.to_bytes(8, "little") for v in reversed(frame))
-        self._write_virt(new_rsp, data)
-        if cr2 is not None:
-            self._w(X.UC_X86_REG_CR2, cr2)
-        if (attr & 0xF) == 0xE:
-            rflags &= ~0x200  # interrupt gate: IF cleared
-        rflags &= ~0x100  # TF
-        self._uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, rflags),
-                                 (X.UC_X86_REG_RIP, handler)])
-
-    def _read_virt(self, gva: int, length: int) -> bytes:
-        return self._access_virt(gva, length, None)
-
-    def _write_virt(self, gva: int, data: bytes) -> None:
-        self._access_virt(gva, len(data), data)
-
-    def _access_virt(self, gva: int, length: int, data: bytes | None) -> bytes:
-        """Guest-virtual access by the CPU itself (exception frames): same MMU, same coherence."""
-        out = b""
-        pos = 0
-        cr3 = self.reg("cr3")
-        while pos < length:
-            a = gva + pos
-            n = min(length - pos, 0x1000 - (a & 0xFFF))
-            while True:
-                try:
-                    paddr, _perms, t = self._mmu.fill(a, ACCESS_WRITE if data else ACCESS_READ, cr3)
-                    break
-                except NeedsRetry:
-                    self._flush()
-            if data is None:
-                out += bytes(self._uc.mem_read(paddr + (a & 0xFFF), n))
-            else:
-                self._uc.mem_write(paddr + (a & 0xFFF), data[pos:pos + n])
-            pos += n
-        return out
-
-
-class _TripleFault(Exception):
-    pass
-
-
-class _NoHandler(Exception):
-    pass
-
-
-_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 8: "#DF", 13: "#GP", 14: "#PF", 29: "#VC"}
