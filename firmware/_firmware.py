@@ -47,18 +47,20 @@ from sevwire import (
     SnpActivate,
     SnpDecommission,
     SnpGctxCreate,
+    SnpGuestRequest,
     SnpLaunchFinish,
     SnpLaunchStart,
     SnpLaunchUpdate,
     Status,
 )
 
-from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp
+from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_attest
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError
 from firmware._identity import ChipIdentity, PlatformIdentity
 from firmware._memory import U64_MAX, Memory
 from firmware._nvstore import NvStore
+from firmware._vcek import vcek_cert_der
 from firmware.ports import PlatformPort
 
 __all__ = ["Firmware", "HANDLERS", "new_chip_identity"]
@@ -100,10 +102,11 @@ HANDLERS: dict[Cmd, tuple[type | None, Handler]] = {
     Cmd.SNP_LAUNCH_UPDATE: (SnpLaunchUpdate, _snp.cmd_snp_launch_update),
     Cmd.SNP_LAUNCH_FINISH: (SnpLaunchFinish, _snp.cmd_snp_launch_finish),
     Cmd.SNP_DECOMMISSION: (SnpDecommission, _snp.cmd_snp_decommission),
+    Cmd.SNP_GUEST_REQUEST: (SnpGuestRequest, _snp_attest.cmd_snp_guest_request),
 }
 """Command id -> (buffer layout or None, handler).  Ids not listed (INIT_EX, DOWNLOAD_FIRMWARE,
 RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, the SNP commands other than the launch
-set above) are INVALID_COMMAND here."""
+set and SNP_GUEST_REQUEST above) are INVALID_COMMAND here."""
 
 
 def new_chip_identity() -> ChipIdentity:
@@ -161,6 +164,10 @@ class Firmware:
     def export_amd_chain(self) -> tuple[bytes, bytes]:
         """(ASK, ARK) AMD certificates: public, what sevctl would fetch from AMD's key server."""
         return self._ctx.identity.amd_chain()
+
+    def export_vcek(self) -> bytes:
+        """The ASK-signed X.509 VCEK (DER) for the current TCB: what AMD's key server serves."""
+        return vcek_cert_der(self._ctx.identity.chip)
 
     # -- the mailbox -----------------------------------------------------------------------------
 

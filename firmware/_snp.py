@@ -67,6 +67,9 @@ class SnpGuest:
     ld: bytes = field(default=bytes(48), repr=False)
     host_data: bytes = bytes(32)
     gosvw: bytes = bytes(16)
+    msg_seqno: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """Per-VMPCK message counters: a request must carry counter + 1 (SNP_GUEST_REQUEST)."""
+    report_id: bytes = field(default_factory=lambda: os.urandom(32))
 
     def wipe(self) -> None:
         self.vek[:] = bytes(16)

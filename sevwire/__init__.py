@@ -13,6 +13,7 @@ Contents:
   launch digest and measurement                LaunchDigest, launch_measure
   LAUNCH_SECRET packets                        package_secret (owner), open_secret (PSP)
   legacy ATTESTATION report                    AttestationReport, sign/verify
+  SNP guest messages, 1184-byte SNP report     seal/open_guest_message, SnpReport, sign/verify
 """
 
 from sevwire._amdcert import (
@@ -125,6 +126,7 @@ from sevwire._snp import (
     SnpActivate,
     SnpDecommission,
     SnpGctxCreate,
+    SnpGuestRequest,
     SnpLaunchFinish,
     SnpLaunchStart,
     SnpLaunchUpdate,
@@ -132,6 +134,28 @@ from sevwire._snp import (
     SnpPolicy,
     snp_extend,
     snp_page_info,
+)
+from sevwire._snp_guest import (
+    MSG_HDR_SIZE,
+    MSG_REPORT_REQ_SIZE,
+    MSG_REPORT_RSP_SIZE,
+    GuestMessageError,
+    MsgReportReq,
+    MsgReportRsp,
+    MsgType,
+    SnpMsgHeader,
+    open_guest_message,
+    seal_guest_message,
+)
+from sevwire._snp_report import (
+    SNP_REPORT_SIGNED_LEN,
+    SNP_REPORT_SIZE,
+    SNP_REPORT_VERSION,
+    SnpReport,
+    sign_snp_report,
+    tcb_parts,
+    tcb_version,
+    verify_snp_report,
 )
 from sevwire._status import Status, status_hint, status_name
 
@@ -152,7 +176,12 @@ __all__ = [
     # SEV-SNP
     "INITIAL_VMSA_GPA", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission",
     "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
-    "SnpPolicy", "snp_extend", "snp_page_info",
+    "SnpPolicy", "snp_extend", "snp_page_info", "SnpGuestRequest",
+    # SNP guest messages and the attestation report
+    "MSG_HDR_SIZE", "MSG_REPORT_REQ_SIZE", "MSG_REPORT_RSP_SIZE", "MsgType", "SnpMsgHeader",
+    "MsgReportReq", "MsgReportRsp", "GuestMessageError", "seal_guest_message",
+    "open_guest_message", "SNP_REPORT_SIZE", "SNP_REPORT_SIGNED_LEN", "SNP_REPORT_VERSION",
+    "SnpReport", "sign_snp_report", "verify_snp_report", "tcb_version", "tcb_parts",
     # certificates
     "SEV_CERT_SIZE", "SEV_CERT_SIGNED_LEN", "SEV_CERT_VERSION", "Usage", "Algo", "Curve", "SigSlot",
     "SevCert", "sign_sev_cert", "verify_sev_cert", "split_cert_chain", "join_cert_chain",

@@ -19,8 +19,8 @@ from sevwire._buffers import CommandBuffer
 
 __all__ = [
     "INITIAL_VMSA_GPA", "PAGE_INFO_SIZE", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission", "SnpGctxCreate",
-    "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType", "SnpPolicy",
-    "snp_page_info", "snp_extend",
+    "SnpGuestRequest", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
+    "SnpPolicy", "snp_page_info", "snp_extend",
 ]
 
 INITIAL_VMSA_GPA = 0xFFFFFFFFF000
@@ -133,6 +133,17 @@ class SnpLaunchFinish(CommandBuffer):
     id_auth_paddr: int = 0
     flags: int = 0  # id_block_en [0], auth_key_en [1], vcek_disabled [2]
     host_data: bytes = bytes(32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpGuestRequest(CommandBuffer):
+    """SNP_GUEST_REQUEST: one encrypted guest message page in, one response page out."""
+
+    FORMAT = "<QQQ"
+    SPEC_SIZE = 0x18
+    gctx_paddr: int = 0
+    req_paddr: int = 0
+    res_paddr: int = 0
 
 
 def snp_page_info(digest: bytes, contents: bytes, page_type: int, gpa: int,

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GUESTS_DIR = REPO / "guests"
 
-GUESTS = ("hello", "sevcheck", "secret", "compute", "memstress", "service")
+GUESTS = ("hello", "sevcheck", "secret", "compute", "memstress", "service", "attest")
 
 # The freestanding library every guest links; start.S first so _start opens .text.
 LIB_SOURCES = (
@@ -37,6 +37,8 @@ LIB_SOURCES = (
     "lib/sev.c",
     "lib/paging.c",
     "lib/ghcb.c",
+    "lib/aesgcm.c",
+    "lib/snp_guest.c",
     "lib/vc.c",
     "lib/vc_entry.S",
 )

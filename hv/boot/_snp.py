@@ -4,7 +4,7 @@ SNP measures whole 4 KiB pages (SNP_LAUNCH_UPDATE), each bound to its type and G
 launch regions (16-byte granular) are widened here to the pages that hold them: every page that
 any launch region touches is launched once, as NORMAL, in the order the regions first touch it,
 with the contents memory holds there after all regions are written (zeros elsewhere). The boot
-vCPU's VMSA follows as a VMSA page at INITIAL_VMSA_GPA. Everything else of guest memory is not
+vCPU's VMSA follows as a VMSA page at INITIAL_VMSA_GPA, after the PSP's secrets page at 0x9000. Everything else of guest memory is not
 launched: the guest validates it itself (PVALIDATE) before use.
 
 The VMM launches exactly `snp_launch_pages`; the guest owner predicts `snp_launch_digest` from
@@ -21,6 +21,9 @@ from hv.boot._vmsa import initial_vmsa
 __all__ = ["SEV_FEATURES_SNP", "snp_launch_digest", "snp_launch_pages"]
 
 SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNPActive
+SNP_SECRETS_GPA = 0x9000
+"""The secrets page (VMPCKs for guest messages), launched as SECRETS where SEV keeps its
+LAUNCH_SECRET page, which SNP guests do not use. Its contents are the PSP's, measured as zeros."""
 
 
 def snp_launch_pages(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[int, bytes, int]]:
@@ -36,6 +39,8 @@ def snp_launch_pages(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[in
             buf[a - page:a - page + n] = data[pos:pos + n]
             pos += n
     out = [(gpa, bytes(buf), int(SnpPageType.NORMAL)) for gpa, buf in pages.items()]
+    if SNP_SECRETS_GPA not in pages:
+        out.append((SNP_SECRETS_GPA, bytes(PAGE), int(SnpPageType.SECRETS)))
     vmsa = initial_vmsa(image, mem_size, SEV_FEATURES_SNP)
     out.append((INITIAL_VMSA_GPA, vmsa, int(SnpPageType.VMSA)))
     return out

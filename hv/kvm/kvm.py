@@ -123,6 +123,7 @@ class Vm:
         self.cpuid = guest_cpuid_table(kvm.machine.host_cpuid, vm_type, cbitpos)
         self.msrs: dict[int, int] = {}
         self.sev = None  # the SEV launch context (hv.kvm.sev), for encrypted types
+        self.snp = None  # the SNP launch context (hv.kvm.sev_snp), for guest requests
 
     @property
     def host(self):

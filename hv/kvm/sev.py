@@ -146,6 +146,10 @@ class SevDevice:
         """(ASK, ARK): public certificates of the emulated AMD root (what AMD's site serves)."""
         return self._mailbox.firmware.export_amd_chain()
 
+    def vcek(self) -> bytes:
+        """The ASK-signed VCEK certificate (X.509 DER) that SNP attestation reports verify with."""
+        return self._mailbox.firmware.export_vcek()
+
 
 class SevGuest:
     """KVM_SEV_* operations of one encrypted VM (the kernel side of QEMU's sev-guest object)."""

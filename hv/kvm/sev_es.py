@@ -175,6 +175,8 @@ class EsExits:
         if code == SwExit.HV_FEATURES:
             g.answer(0, 0)
             return None
+        if code == SwExit.SNP_GUEST_REQUEST:
+            return self._snp_guest_request(g, *_need(inputs, "sw_exit_info_1", "sw_exit_info_2"))
         if code == SwExit.TERMINATE:
             info = inputs["sw_exit_info_1"] or 0
             return K.SystemEvent(f"guest requested termination (GHCB): reason set {info & 0xF}, "
@@ -183,6 +185,18 @@ class EsExits:
             return K.SystemEvent("guest terminated: it reported an event its #VC handler does not support "
                                  f"(exit code {inputs['sw_exit_info_1'] or 0:#x})")
         raise _Bad(GHCB_ERR.INVALID_EVENT)
+
+    def _snp_guest_request(self, g: Ghcb, req_gpa: int, resp_gpa: int) -> None:
+        """SNP guest request (0x80000011): the firmware's answer page goes to the guest's
+        response page, its status to sw_exit_info_2 (upper half: hypervisor errors, none here).
+        Both pages must be shared: the message is sealed with a VMPCK, not the memory key."""
+        snp = self.vm.snp
+        if snp is None or not snp.request_pages_shared(req_gpa, resp_gpa):
+            raise _Bad(GHCB_ERR.INVALID_INPUT)
+        status, page = snp.guest_request(self.vm.read_gpa(req_gpa, GHCB_SIZE))
+        self.vm.write_gpa(resp_gpa, page)
+        g.answer(0, status & 0xFFFFFFFF)
+        return None
 
     # -- completion -----------------------------------------------------------------------------
     def complete(self, p: K.KvmExit | None) -> None:

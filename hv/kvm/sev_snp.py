@@ -10,7 +10,8 @@ never hand them back unnoticed.
 from __future__ import annotations
 
 from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDecommission, SnpGctxCreate,
-                     SnpLaunchFinish, SnpLaunchStart, SnpLaunchUpdate, SnpPageType)
+                     SnpGuestRequest, SnpLaunchFinish, SnpLaunchStart, SnpLaunchUpdate,
+                     SnpPageType)
 
 from hv.hw.rmp import RmpEntry
 from hv.kvm.kvm import KvmError
@@ -57,6 +58,7 @@ class SnpGuest:
         self.dev = dev
         self.policy = policy
         self.gctx = 0
+        self._msg_pages: tuple[int, int] | None = None
 
     @property
     def machine(self):
@@ -69,6 +71,7 @@ class SnpGuest:
         self.dev.issue(Cmd.SNP_LAUNCH_START, SnpLaunchStart(gctx_paddr=self.gctx,
                                                             policy=self.policy))
         self.dev.issue(Cmd.SNP_ACTIVATE, SnpActivate(gctx_paddr=self.gctx, asid=self.vm.asid))
+        self.vm.snp = self
 
     def launch_update(self, gpa: int, page_type: int = SnpPageType.NORMAL,
                       spa: int | None = None) -> None:
@@ -88,11 +91,39 @@ class SnpGuest:
         self.dev.issue(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(gctx_paddr=self.gctx,
                                                               host_data=host_data))
 
+    def guest_request(self, request: bytes) -> tuple[int, bytes]:
+        """SNP_GUEST_REQUEST for one guest message (the GHCB exit 0x80000011): copy the
+        request into a hypervisor page, run the command, return (fw status, response page).
+        The message is sealed with a VMPCK the hypervisor does not hold: it only carries it."""
+        if len(request) > _PAGE:
+            raise KvmError("a guest request is one page")
+        if not self._msg_pages:
+            self._msg_pages = (self.vm.kvm.alloc(_PAGE), self.vm.kvm.alloc(_PAGE))
+        req, res = self._msg_pages
+        host = self.machine.host
+        host.write(req, bytes(request).ljust(_PAGE, b"\0"))
+        host.write(res, bytes(_PAGE))
+        status, _out = self.dev.issue(Cmd.SNP_GUEST_REQUEST, SnpGuestRequest(
+            gctx_paddr=self.gctx, req_paddr=req, res_paddr=res), check=False)
+        return int(status), host.read(res, _PAGE)
+
+    def request_pages_shared(self, req_gpa: int, resp_gpa: int) -> bool:
+        """Both guest-request GPAs are distinct, page-aligned hypervisor (shared) pages."""
+        if req_gpa % _PAGE or resp_gpa % _PAGE or req_gpa == resp_gpa:
+            return False
+        try:
+            return not any(self.machine.rmpread(self.vm.gpa_to_spa(gpa)).assigned
+                           for gpa in (req_gpa, resp_gpa))
+        except KvmError:
+            return False
+
     def decommission(self) -> None:
         if self.gctx:
             self.dev.issue(Cmd.SNP_DECOMMISSION, SnpDecommission(gctx_paddr=self.gctx),
                            check=False)
             self.gctx = 0
+            if self.vm.snp is self:
+                self.vm.snp = None
 
 
 PSC_PRIVATE, PSC_SHARED = 1, 2

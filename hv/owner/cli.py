@@ -5,6 +5,7 @@ session       make LAUNCH_START's GODH certificate and session blob for a platfo
 measure       the expected launch digest of an image
 verify        recompute a reported launch measurement and compare
 secret        package a LAUNCH_SECRET for a verified launch
+verify-report check an SEV-SNP attestation report against VCEK <- ASK <- ARK and expectations
 
 Exit status: 0 success, 1 a check failed, 2 bad input (one line on stderr). Every command takes
 --json for machine-readable output on stdout.
@@ -32,6 +33,7 @@ from hv.owner._inputs import (
     write_outputs,
 )
 from hv.owner._respond import MAX_SECRET
+from hv.owner._snp_report import verify_snp_report_chain
 
 __all__ = ["owner"]
 
@@ -209,6 +211,42 @@ def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, a
                                           parse_int(api_minor, "--api-minor", 8))
     written = write_outputs(out_dir, {"header.bin": header, "data.bin": data})
     _emit(as_json, {"files": written, "secret_len": len(secret)}, [f"wrote {path}" for path in written])
+
+
+@owner.command("verify-report")
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--chain", "chain_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory holding ark.cert, ask.cert and vcek.der (`hv psp export`).")
+@click.option("--image", default=None, type=click.Path(dir_okay=False),
+              help="Expect the SNP launch digest of this image (as `measure --snp`).")
+@click.option("--measurement", default=None, help="Or: the expected measurement (48 bytes, hex).")
+@click.option("--policy", "snp_policy", default=None, help="Expected SNP guest policy (e.g. 0x30000).")
+@click.option("--report-data", "report_data", default=None, help="Expected report_data (64 bytes, hex).")
+@mem_option
+@cbitpos_option
+@json_option
+def verify_report_cmd(report: str, chain_dir: str, image: str | None, measurement: str | None,
+                      snp_policy: str | None, report_data: str | None, mem: str, cbitpos: int,
+                      as_json: bool) -> None:
+    """Verify an SEV-SNP attestation REPORT (1184 bytes, raw or hex): VCEK <- ASK <- ARK, the
+    VCEK's signature, and the expected measurement, policy and report_data; exit 1 on failure."""
+    if image is not None and measurement is not None:
+        raise OwnerInputError("give at most one of --image and --measurement")
+    expected = parse_hex(measurement, 48, "--measurement") if measurement is not None else None
+    if image is not None:
+        expected = bytes(48)
+        for gpa, contents, kind in snp_pages(read_file(image, "image"), parse_size(mem), cbitpos):
+            expected = sevwire.snp_extend(expected, contents, kind, gpa)
+    pol = parse_int(snp_policy, "--policy", 64) if snp_policy is not None else None
+    rdata = parse_hex(report_data, 64, "--report-data") if report_data is not None else None
+    result = verify_snp_report_chain(report, chain_dir, measurement=expected, policy=pol,
+                                     report_data=rdata)
+    rep = result.report
+    _emit(as_json, {"ok": True, "checks": list(result.passed), "measurement": rep.measurement.hex(),
+                    "policy": rep.policy, "report_data": rep.report_data.hex(),
+                    "chip_id": rep.chip_id.hex(), "reported_tcb": rep.reported_tcb},
+          [f"PASS  {name}" for name in result.passed]
+          + [f"measurement {rep.measurement.hex()}", f"report_data {rep.report_data.hex()}"])
 
 
 def main() -> None:  # pragma: no cover - convenience for `python -m hv.owner.cli`

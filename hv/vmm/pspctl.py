@@ -84,7 +84,7 @@ def status(psp_state, as_json):
 
 @psp.command()
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for pdh.cert pek.cert oca.cert cek.cert ask.cert ark.cert.")
+              help="Directory for pdh.cert pek.cert oca.cert cek.cert ask.cert ark.cert vcek.der.")
 @_state_opt
 @_json_opt
 def export(out_dir, psp_state, as_json):
@@ -94,7 +94,8 @@ def export(out_dir, psp_state, as_json):
     pdh, chain = dev.pdh_cert_export()
     ask, ark = dev.amd_chain()
     files = {"pdh.cert": pdh, "pek.cert": chain[0:2084], "oca.cert": chain[2084:4168],
-             "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark}
+             "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark,
+             "vcek.der": dev.vcek()}
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -55,7 +55,7 @@ def snp_launch(vmm, dev: SevDevice) -> SnpGuest:
             vmm.vcpu.attach_vmsa(spa)
             continue
         vm.write_gpa(gpa, contents)
-        guest.launch_update(gpa)
+        guest.launch_update(gpa, kind)
         launched.add(gpa)
     for s in vm.slots.values():
         for off in range(0, s.size, _PAGE):

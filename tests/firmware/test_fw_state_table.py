@@ -74,7 +74,7 @@ PLATFORM_TABLE = [
 
 NOT_IMPLEMENTED = [Cmd.INIT_EX, Cmd.DOWNLOAD_FIRMWARE, Cmd.RING_BUFFER, Cmd.COPY, Cmd.ACTIVATE_EX,
                    Cmd.SEND_START, Cmd.SEND_UPDATE_DATA, Cmd.SEND_FINISH, Cmd.RECEIVE_START,
-                   Cmd.SWAP_OUT, Cmd.SNP_GUEST_REQUEST, 0x00, 0x10, 0x26, 0xFF, 0x1234, -1]
+                   Cmd.SWAP_OUT, Cmd.SWAP_IN, 0x00, 0x10, 0x26, 0xFF, 0x1234, -1]
 
 
 def _to_state(mb, state: PlatformState) -> None:

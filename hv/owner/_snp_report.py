@@ -1,0 +1,169 @@
+"""Verifying an SEV-SNP attestation report offline (es-snp-reference 4.4).
+
+The report came through the untrusted host, and so did the certificates; what makes it evidence
+is the chain of checks, each of which stops a different lie:
+- ARK -> ARK, ARK -> ASK, ASK -> VCEK: the signing key belongs to a genuine (here: emulated)
+  AMD part. The ARK itself should be pinned by comparing its fingerprint with AMD's.
+- VCEK -> report (ECDSA P-384/SHA-384 over bytes 0x000-0x29F): nobody edited a field.
+- the VCEK's HWID and TCB equal the report's chip_id and reported_tcb: the key is that chip's key
+  at that TCB, not another chip's or an older firmware's.
+- measurement, policy, report_data: the guest is the image the owner expects, launched with the
+  expected policy, and the report answers the owner's (or the guest's) fresh nonce.
+Checks run in that order and stop at the first failure, whose reason is the one line printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+import sevwire
+from hv.owner._errors import OwnerCheckFailed, OwnerInputError
+from hv.owner._inputs import read_amd_cert, read_file
+
+__all__ = ["VCEK_FILE", "ReportCheck", "read_report", "verify_snp_report_chain"]
+
+VCEK_FILE = "vcek.der"
+_VCEK_OID = "1.3.6.1.4.1.3704.1"
+_SPL_OIDS = {"bl": ".3.1", "tee": ".3.2", "snp": ".3.3", "ucode": ".3.8"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportCheck:
+    """What passed, and the decoded report."""
+
+    report: sevwire.SnpReport
+    passed: tuple[str, ...]
+
+
+def read_report(path: str | os.PathLike) -> bytes:
+    """The 1184-byte report: raw, or as the hex text a guest prints (`report: <hex>`)."""
+    data = read_file(path, "report")
+    if len(data) == sevwire.SNP_REPORT_SIZE:
+        return data
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if text.startswith("report:"):
+        text = text[len("report:"):]
+    try:
+        raw = bytes.fromhex("".join(text.split()))
+    except ValueError:
+        raw = b""
+    if len(raw) != sevwire.SNP_REPORT_SIZE:
+        raise OwnerInputError(f"report {path}: expected {sevwire.SNP_REPORT_SIZE} bytes (raw or hex), "
+                              f"got {len(data)} bytes")
+    return raw
+
+
+def _read_vcek(path: pathlib.Path) -> x509.Certificate:
+    raw = read_file(path, "VCEK certificate")
+    try:
+        cert = x509.load_der_x509_certificate(raw)
+    except ValueError:
+        try:
+            cert = x509.load_pem_x509_certificate(raw)
+        except ValueError:
+            raise OwnerInputError(f"VCEK certificate {path}: not an X.509 certificate") from None
+    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        raise OwnerInputError(f"VCEK certificate {path}: the key is not an EC key")
+    return cert
+
+
+def _ext_value(cert: x509.Certificate, suffix: str) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(_VCEK_OID + suffix))
+    except x509.ExtensionNotFound:
+        return None
+    return getattr(ext.value, "value", None)
+
+
+def _der_small_int(value: bytes | None) -> int | None:
+    if value is None or len(value) < 3 or value[0] != 0x02 or value[1] != len(value) - 2:
+        return None
+    return int.from_bytes(value[2:], "big", signed=True)
+
+
+def _fail(name: str, reason: str) -> OwnerCheckFailed:
+    return OwnerCheckFailed(f"report REJECTED at {name}: {reason}")
+
+
+def verify_snp_report_chain(report_path: str | os.PathLike, chain_dir: str | os.PathLike, *,
+                            measurement: bytes | None = None, policy: int | None = None,
+                            report_data: bytes | None = None) -> ReportCheck:
+    """Run every check; OwnerCheckFailed (exit 1) naming the first that fails, OwnerInputError
+    (exit 2) if a file is unusable."""
+    raw = read_report(report_path)
+    d = pathlib.Path(chain_dir)
+    ark = read_amd_cert(d / "ark.cert", "ARK")
+    ask = read_amd_cert(d / "ask.cert", "ASK")
+    vcek = _read_vcek(d / VCEK_FILE)
+    passed: list[str] = []
+
+    def step(name: str, fn) -> None:
+        try:
+            fn()
+        except sevwire.SevWireError as exc:
+            raise _fail(name, str(exc)) from None
+        passed.append(name)
+
+    def ark_self() -> None:
+        if ark.key_usage != sevwire.Usage.ARK:
+            raise sevwire.CertificateError("the ARK certificate does not have ARK usage")
+        sevwire.verify_amd_cert(ark, ark)
+
+    def ark_ask() -> None:
+        if ask.key_usage != sevwire.Usage.ASK:
+            raise sevwire.CertificateError("the ASK certificate does not have ASK usage")
+        sevwire.verify_amd_cert(ask, ark)
+
+    def ask_vcek() -> None:
+        if vcek.signature_algorithm_oid != x509.oid.SignatureAlgorithmOID.RSASSA_PSS:
+            raise sevwire.SignatureError("the VCEK is not signed with RSASSA-PSS")
+        key: rsa.RSAPublicKey = ask.public_key()
+        try:
+            key.verify(vcek.signature, vcek.tbs_certificate_bytes,
+                       padding.PSS(padding.MGF1(hashes.SHA384()), 48), hashes.SHA384())
+        except InvalidSignature:
+            raise sevwire.SignatureError("the VCEK certificate is not signed by this ASK") from None
+
+    step("ARK -> ARK", ark_self)
+    step("ARK -> ASK", ark_ask)
+    step("ASK -> VCEK", ask_vcek)
+    vcek_key = vcek.public_key()
+    decoded: list[sevwire.SnpReport] = []
+    step("VCEK -> report", lambda: decoded.append(sevwire.verify_snp_report(raw, vcek_key)))
+    report = decoded[0]
+
+    def chip_and_tcb() -> None:
+        hwid = _ext_value(vcek, ".4")
+        if hwid is not None and report.key_info & 2 == 0 and hwid != report.chip_id:
+            raise sevwire.SignatureError("the report's chip_id is not the VCEK's HWID")
+        parts = sevwire.tcb_parts(report.reported_tcb or 0)
+        for name, suffix in _SPL_OIDS.items():
+            spl = _der_small_int(_ext_value(vcek, suffix))
+            if spl is not None and spl != parts[name]:
+                raise sevwire.SignatureError(f"reported_tcb {name} SPL {parts[name]} is not the "
+                                             f"VCEK's {spl}")
+
+    step("VCEK matches chip and TCB", chip_and_tcb)
+    if measurement is not None:
+        if report.measurement != measurement:
+            raise _fail("measurement", f"{report.measurement.hex()} is not the expected {measurement.hex()}")
+        passed.append("measurement")
+    if policy is not None:
+        if report.policy != policy:
+            raise _fail("policy", f"0x{report.policy:x} is not the expected 0x{policy:x}")
+        passed.append("policy")
+    if report_data is not None:
+        if report.report_data != report_data:
+            raise _fail("report_data", "the report does not carry the expected report_data")
+        passed.append("report_data")
+    return ReportCheck(report, tuple(passed))
