@@ -43,7 +43,8 @@ class ReportCheck:
 
 
 def read_report(path: str | os.PathLike) -> bytes:
-    """The 1184-byte report: raw, or as the hex text a guest prints (`report: <hex>`)."""
+    """The 1184-byte report: raw, as hex, or the guest's serial output with its `report: <hex>`
+    line (other lines, such as `report_data: ...`, are ignored)."""
     data = read_file(path, "report")
     if len(data) == sevwire.SNP_REPORT_SIZE:
         return data
@@ -51,8 +52,10 @@ def read_report(path: str | os.PathLike) -> bytes:
         text = data.decode("ascii").strip()
     except UnicodeDecodeError:
         text = ""
-    if text.startswith("report:"):
-        text = text[len("report:"):]
+    # A guest's whole serial output works too: take its `report: <hex>` line.
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("report:")]
+    if len(lines) == 1:
+        text = lines[0].strip()[len("report:"):]
     try:
         raw = bytes.fromhex("".join(text.split()))
     except ValueError:

@@ -102,6 +102,11 @@ def test_guest_report_binds_its_nonce_and_verifies_offline(attest, tmp_path):
     r = CliRunner().invoke(main, ["owner", "verify-report", str(tmp_path / "report.txt"),
                                   "--chain", str(chain)])
     assert r.exit_code == 0, r.output
+    # ... and so is the guest's whole serial output, as `hv run guests/attest.img > out` saves it.
+    (tmp_path / "serial.txt").write_text(f"report_data: {nonce.hex()}\nreport: {report.hex()}\n")
+    r = CliRunner().invoke(main, ["owner", "verify-report", str(tmp_path / "serial.txt"),
+                                  "--chain", str(chain), "--report-data", nonce.hex()])
+    assert r.exit_code == 0, r.output
 
 
 def test_flipped_byte_wrong_chain_and_wrong_measurement_are_rejected(attest, tmp_path, psp_state):
