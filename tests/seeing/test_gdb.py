@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -20,7 +21,8 @@ def gdb_session(port: int, *commands: str) -> str:
     args = [GDB, "-nx", "-batch", str(SECRET), "-ex", f"target remote 127.0.0.1:{port}"]
     for c in commands:
         args += ["-ex", c]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    # gdb runs outside the checkout: should it ever crash, its core file must not land in the tree.
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
     return p.stdout + p.stderr
 
 
