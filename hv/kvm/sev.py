@@ -150,6 +150,15 @@ class SevDevice:
         """The ASK-signed VCEK certificate (X.509 DER) that SNP attestation reports verify with."""
         return self._mailbox.firmware.export_vcek()
 
+    def export_certificates(self) -> dict[str, bytes]:
+        """Every public certificate of the platform, under the file names `sevctl export` uses
+        (plus vcek.der for SNP reports): what a guest owner needs to verify this platform."""
+        pdh, chain = self.pdh_cert_export()
+        ask, ark = self.amd_chain()
+        return {"pdh.cert": pdh, "pek.cert": chain[0:2084], "oca.cert": chain[2084:4168],
+                "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark,
+                "vcek.der": self.vcek()}
+
 
 class SevGuest:
     """KVM_SEV_* operations of one encrypted VM (the kernel side of QEMU's sev-guest object)."""

@@ -94,11 +94,7 @@ def _chain_check(dev: SevDevice) -> Check:
 
     top = Check("certificate chain (ARK -> ASK -> CEK -> PEK -> PDH, OCA -> PEK)")
     with tempfile.TemporaryDirectory() as d:
-        pdh, chain = dev.pdh_cert_export()
-        ask, ark = dev.amd_chain()
-        files = {"pdh.cert": pdh, "pek.cert": chain[0:2084], "oca.cert": chain[2084:4168],
-                 "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark}
-        for name, data in files.items():
+        for name, data in dev.export_certificates().items():
             (Path(d) / name).write_bytes(data)
         report = verify_chain(d)
     for link in report.links:

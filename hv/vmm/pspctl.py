@@ -91,11 +91,7 @@ def export(out_dir, psp_state, as_json):
     """Export the platform's certificate chain (the names sevctl export uses)."""
     dev = _device(psp_state)
     dev.ensure_init(es=True)
-    pdh, chain = dev.pdh_cert_export()
-    ask, ark = dev.amd_chain()
-    files = {"pdh.cert": pdh, "pek.cert": chain[0:2084], "oca.cert": chain[2084:4168],
-             "cek.cert": chain[4168:6252], "ask.cert": ask, "ark.cert": ark,
-             "vcek.der": dev.vcek()}
+    files = dev.export_certificates()
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
