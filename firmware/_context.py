@@ -52,13 +52,22 @@ class PspContext:
     nvstore: NvStore
     state: PlatformState = PlatformState.UNINIT
     config_es: bool = False
-    tmr: tuple[int, int] | None = None
     guests: GuestTable = field(default_factory=GuestTable)
     snp_guests: dict | None = None
     """SEV-SNP guest contexts by context-page address; None until SNP_INIT turned the RMP on."""
     dirty_asids: set[int] = field(default_factory=set)
     """ASIDs whose key slot may still have lines in the caches: DEACTIVATEd (or never flushed
     since INIT) and not DF_FLUSHed since.  ACTIVATE on one of them is DFFLUSH_REQUIRED."""
+
+    @property
+    def tmr(self) -> tuple[int, int] | None:
+        """(base, length) of the SEV-ES TMR given at INIT, or None. Kept by ``mem``, which refuses
+        every command address that reaches it."""
+        return self.mem.tmr
+
+    @tmr.setter
+    def tmr(self, value: tuple[int, int] | None) -> None:
+        self.mem.tmr = value
 
     def require_state(self, *allowed: PlatformState) -> None:
         """INVALID_PLATFORM_STATE unless the platform is in one of ``allowed``."""

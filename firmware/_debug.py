@@ -6,6 +6,12 @@ policy decides: a guest launched with NODBG gets POLICY_FAILURE whatever else th
 always the named guest's own ASID, so a debug request can never decrypt another guest's memory
 with its key.  Work is in 16-byte blocks, the memory encryption granularity (sev-reference 3):
 addresses and length must be 16-byte aligned and the length non-zero.
+
+Neither range may reach the SEV-ES TMR (INVALID_ADDRESS, checked before either range is touched).
+The PSP is not fenced from it, so without the check a hypervisor holding any debuggable guest
+could DBG_ENCRYPT a TMR slot into that guest and DBG_DECRYPT it out (another guest's VMSA
+integrity value), or the reverse (bytes of its choice in that slot): a VMSA replay that VMRUN
+accepts. The check is the one firmware/_memory.py applies to every address a command names.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ def _debuggable(ctx: PspContext, buf: DbgDecrypt | DbgEncrypt) -> GuestContext:
         raise CommandError(Status.INVALID_ADDRESS, "debug addresses must be 16-byte aligned")
     if buf.len == 0 or buf.len % 16:
         raise CommandError(Status.INVALID_LEN, "debug length must be a non-zero multiple of 16")
+    ctx.mem.outside_tmr(buf.src, buf.len)
+    ctx.mem.outside_tmr(buf.dst, buf.len)
     return guest
 
 

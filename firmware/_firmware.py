@@ -6,7 +6,8 @@ platform port, runs the command and writes in/out fields back to the same addres
 
 This is the one dispatcher and the one place errors become status codes:
 - an id without a handler is INVALID_COMMAND (the buffer is not even read);
-- a buffer that cannot be read is INVALID_ADDRESS;
+- a buffer that cannot be read is INVALID_ADDRESS, and so is one in the SEV-ES TMR (the buffer
+  is read from and written back to the address the hypervisor names: firmware/_memory.py);
 - a ``CommandError`` (or a sevwire error, which carries its own status) becomes its status,
   after writing back the buffer it carries (INVALID_LEN answers with the needed lengths);
 - anything else is a firmware bug: HWERROR_PLATFORM, logged, never raised to the hypervisor.
@@ -45,16 +46,19 @@ from sevwire import (
     PlatformStatus,
     SevWireError,
     SnpActivate,
+    SnpDbgDecrypt,
+    SnpDbgEncrypt,
     SnpDecommission,
     SnpGctxCreate,
     SnpGuestRequest,
     SnpLaunchFinish,
     SnpLaunchStart,
     SnpLaunchUpdate,
+    SnpPageReclaim,
     Status,
 )
 
-from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_attest
+from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_attest, _snp_debug
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError
 from firmware._identity import ChipIdentity, PlatformIdentity
@@ -103,10 +107,15 @@ HANDLERS: dict[Cmd, tuple[type | None, Handler]] = {
     Cmd.SNP_LAUNCH_FINISH: (SnpLaunchFinish, _snp.cmd_snp_launch_finish),
     Cmd.SNP_DECOMMISSION: (SnpDecommission, _snp.cmd_snp_decommission),
     Cmd.SNP_GUEST_REQUEST: (SnpGuestRequest, _snp_attest.cmd_snp_guest_request),
+    Cmd.SNP_DBG_DECRYPT: (SnpDbgDecrypt, _snp_debug.cmd_snp_dbg_decrypt),
+    Cmd.SNP_DBG_ENCRYPT: (SnpDbgEncrypt, _snp_debug.cmd_snp_dbg_encrypt),
+    Cmd.SNP_PAGE_RECLAIM: (SnpPageReclaim, _snp.cmd_snp_page_reclaim),
 }
 """Command id -> (buffer layout or None, handler).  Ids not listed (INIT_EX, DOWNLOAD_FIRMWARE,
-RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, the SNP commands other than the launch
-set and SNP_GUEST_REQUEST above) are INVALID_COMMAND here."""
+RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, and the SNP commands other than the
+launch set, SNP_GUEST_REQUEST, SNP_DBG_DECRYPT/ENCRYPT and SNP_PAGE_RECLAIM above: SNP_SHUTDOWN,
+SNP_PLATFORM_STATUS, SNP_DF_FLUSH, SNP_INIT_EX, SNP_GUEST_STATUS, SNP_ACTIVATE_EX, the
+SNP_PAGE_* swap/move/set-state commands, SNP_CONFIG, SNP_COMMIT, ...) are INVALID_COMMAND here."""
 
 
 def new_chip_identity() -> ChipIdentity:

@@ -162,7 +162,7 @@ def cmd_launch_update_vmsa(ctx: PspContext, buf: LaunchUpdateVmsa) -> None:
     slot = _tmr_slot(ctx, buf.paddr)
     page[VMSA_TMR_RESERVED:VMSA_TMR_RESERVED + 8] = bytes(8)
     page[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8] = slot.to_bytes(8, "little")
-    ctx.mem.write(slot, (buf.paddr | 1).to_bytes(8, "little") + vmsa_integrity(page))
+    ctx.mem.write_tmr(slot, (buf.paddr | 1).to_bytes(8, "little") + vmsa_integrity(page))
     ctx.mem.write_guest(guest, buf.paddr, bytes(page))
 
 
@@ -184,14 +184,9 @@ def vmsa_integrity(page: bytes | bytearray) -> bytes:
 
 def _tmr_slot(ctx: PspContext, vmsa_spa: int) -> int:
     """The TMR slot for the VMSA at `vmsa_spa`: the one it had before, else the first free one.
-
-    Asks the machine to fence the TMR from every host and device access first (a port that
-    cannot, like the firmware tests' in-memory double, simply has no `reserve_tmr`)."""
-    base, length = ctx.tmr
-    reserve = getattr(ctx.port, "reserve_tmr", None)
-    if reserve is not None:
-        reserve(base, length)
-    tags = np.frombuffer(ctx.mem.read(base, length), dtype="<u8")[0::TMR_ENTRY // 8]
+    (INIT has had the machine fence the TMR.)"""
+    base, _length = ctx.tmr
+    tags = np.frombuffer(ctx.mem.read_tmr(), dtype="<u8")[0::TMR_ENTRY // 8]
     mine = np.flatnonzero(tags == (vmsa_spa | 1))
     free = mine if mine.size else np.flatnonzero(tags == 0)
     if not free.size:

@@ -11,7 +11,15 @@ place:
 - a range is probed at both ends before anything is changed, so a command whose range runs off
   the end of DRAM fails before it has encrypted or measured half of it (DRAM is one contiguous
   range on this machine; the real firmware's ``validate_address_range`` plays the same role);
-- bulk work goes in chunks, so a 4 GiB length never becomes one 4 GiB Python object.
+- bulk work goes in chunks, so a 4 GiB length never becomes one 4 GiB Python object;
+- no range may reach the SEV-ES trusted memory region (``tmr``, set by INIT): INVALID_ADDRESS.
+  The TMR holds the integrity values of guests' saved register state. The machine fences it from
+  the host, from devices and from guests, but not from the PSP, which keeps those values there;
+  so an address the hypervisor names must never let the firmware write there (a forged or erased
+  value) or read from there (a leaked one). Every access below checks, for host and guest-key
+  accesses alike, and a command that must refuse before it changes anything calls
+  ``outside_tmr`` first. The firmware's own slots are reached only through ``read_tmr`` and
+  ``write_tmr``.
 
 Guest-key accesses take a ``GuestContext`` rather than a bare ASID, so no command can name an
 ASID that is not its own guest's: the handle check is what chooses the key.
@@ -42,12 +50,23 @@ class Memory:
 
     def __init__(self, port: PlatformPort) -> None:
         self._port = port
+        self.tmr: tuple[int, int] | None = None
+        """(base, length) of the SEV-ES TMR while the platform is INITed with SEV-ES, else None."""
+
+    def outside_tmr(self, spa: int, length: int) -> None:
+        """INVALID_ADDRESS unless ``[spa, spa+length)`` is a valid range that misses the TMR."""
+        _check_range(spa, length)
+        if self.tmr is not None and length > 0:
+            base, size = self.tmr
+            if spa < base + size and base < spa + length:
+                raise CommandError(Status.INVALID_ADDRESS,
+                                   f"range 0x{spa:x}+0x{length:x} reaches the TMR")
 
     # -- host (C=0) accesses: command buffers, certificates, session blobs, outputs ----------
 
     def read(self, spa: int, length: int) -> bytes:
         """Read ``length`` bytes at ``spa`` as the host sees them; refuse a bad range."""
-        _check_range(spa, length)
+        self.outside_tmr(spa, length)
         if length == 0:
             return b""
         with port_errors():
@@ -58,7 +77,7 @@ class Memory:
 
     def write(self, spa: int, data: bytes) -> None:
         """Write ``data`` at ``spa`` as the host would; refuse a bad range."""
-        _check_range(spa, len(data))
+        self.outside_tmr(spa, len(data))
         if not data:
             return
         with port_errors():
@@ -66,7 +85,7 @@ class Memory:
 
     def probe(self, spa: int, length: int) -> None:
         """Fail now if ``[spa, spa+length)`` is not backed by memory (reads both ends)."""
-        _check_range(spa, length)
+        self.outside_tmr(spa, length)
         if length == 0:
             return
         with port_errors():
@@ -87,7 +106,7 @@ class Memory:
     def read_guest(self, guest: GuestContext, spa: int, length: int) -> bytes:
         """Decrypt ``length`` bytes at ``spa`` with ``guest``'s key slot."""
         asid = _active_asid(guest)
-        _check_range(spa, length)
+        self.outside_tmr(spa, length)
         if length == 0:
             return b""
         with port_errors():
@@ -99,7 +118,7 @@ class Memory:
     def write_guest(self, guest: GuestContext, spa: int, data: bytes) -> None:
         """Encrypt ``data`` into ``spa`` with ``guest``'s key slot."""
         asid = _active_asid(guest)
-        _check_range(spa, len(data))
+        self.outside_tmr(spa, len(data))
         if not data:
             return
         with port_errors():
@@ -108,12 +127,36 @@ class Memory:
     def probe_guest(self, guest: GuestContext, spa: int, length: int) -> None:
         """Fail now if the range is not accessible under the guest's key slot."""
         asid = _active_asid(guest)
-        _check_range(spa, length)
+        self.outside_tmr(spa, length)
         if length == 0:
             return
         with port_errors():
             self._port.read_guest(asid, spa, 1)
             self._port.read_guest(asid, spa + length - 1, 1)
+
+    # -- the TMR itself: the firmware's own VMSA integrity slots -------------------------------
+
+    def read_tmr(self) -> bytes:
+        """The whole TMR (the firmware looking for a VMSA's slot)."""
+        base, size = self._own_tmr()
+        with port_errors():
+            data = bytes(self._port.read(base, size))
+        if len(data) != size:
+            raise CommandError(Status.INVALID_ADDRESS, "short read from the platform port")
+        return data
+
+    def write_tmr(self, spa: int, data: bytes) -> None:
+        """Write a slot the firmware chose; it must lie inside the TMR."""
+        base, size = self._own_tmr()
+        if not base <= spa <= spa + len(data) <= base + size:
+            raise RuntimeError(f"TMR write 0x{spa:x}+0x{len(data):x} outside the TMR")
+        with port_errors():
+            self._port.write(spa, bytes(data))
+
+    def _own_tmr(self) -> tuple[int, int]:
+        if self.tmr is None:
+            raise CommandError(Status.INVALID_CONFIG, "the platform has no TMR (INIT without SEV-ES)")
+        return self.tmr
 
 
 def _active_asid(guest: GuestContext) -> int:

@@ -31,6 +31,7 @@ from sevwire import (
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError
 from firmware._memory import port_errors
+from firmware._snp import PAGE, _rmp
 
 __all__ = [
     "cmd_init",
@@ -56,8 +57,14 @@ _INIT_MBZ = ~int(InitFlags.SEV_ES) & 0xFFFFFFFF
 
 def cmd_init(ctx: PspContext, buf: Init) -> None:
     """UNINIT -> INIT.  Flags other than SEV-ES are INVALID_CONFIG; with SEV-ES the TMR must be
-    1 MiB aligned (INVALID_ADDRESS), exactly 1 MiB (INVALID_LEN) and in DRAM.  Every ASID starts
-    dirty, as on real parts: the driver must DF_FLUSH before the first ACTIVATE (Linux does)."""
+    1 MiB aligned (INVALID_ADDRESS), exactly 1 MiB (INVALID_LEN) and in DRAM, and, with SNP on,
+    every page of it must be a hypervisor or a Firmware page in the RMP (INVALID_PAGE_STATE, as
+    AMD's firmware checks): an SNP guest context or guest page made before INIT must not end up
+    under the TMR, where the firmware would write VMSA slots into it or SNP_DECOMMISSION would
+    zero slots.  INIT then has the machine fence the TMR from every agent but the PSP and the
+    CPU (host, DMA, guests; with SNP on its pages become Firmware pages), and from INIT on no
+    address a command names may reach it (firmware/_memory.py).  Every ASID starts dirty, as on
+    real parts: the driver must DF_FLUSH before the first ACTIVATE (Linux does)."""
     ctx.require_state(PlatformState.UNINIT)
     if buf.flags & _INIT_MBZ:
         raise CommandError(Status.INVALID_CONFIG, f"unknown INIT flags 0x{buf.flags:x}")
@@ -69,7 +76,18 @@ def cmd_init(ctx: PspContext, buf: Init) -> None:
         if buf.tmr_len != TMR_SIZE:
             raise CommandError(Status.INVALID_LEN, "TMR is not 1 MiB")
         ctx.mem.probe(buf.tmr_paddr, buf.tmr_len)
+        if ctx.snp_guests is not None:
+            for spa in range(buf.tmr_paddr, buf.tmr_paddr + buf.tmr_len, PAGE):
+                assigned, asid, _gpa, _size, immutable, validated, _vmsa = _rmp(ctx, spa)
+                firmware = asid == 0 and immutable and not validated and spa not in ctx.snp_guests
+                if assigned and not firmware:
+                    raise CommandError(Status.INVALID_PAGE_STATE,
+                                       f"TMR page 0x{spa:x} is assigned in the RMP")
         tmr = (buf.tmr_paddr, buf.tmr_len)
+        reserve = getattr(ctx.port, "reserve_tmr", None)  # the firmware tests' double has none
+        if reserve is not None:
+            with port_errors():
+                reserve(*tmr)
     # AMD's firmware also makes a new PDH at every INIT.  Here INIT keeps it: each `hv` command
     # is a new process that INITs the platform, and a guest owner's session, built offline
     # against an exported PDH, must still open in the next process.  PDH_GEN rotates it.

@@ -1,5 +1,5 @@
 """SEV-SNP commands (es-snp-reference 3.3, 3.4): SNP_INIT, SNP_GCTX_CREATE, SNP_LAUNCH_START,
-SNP_ACTIVATE, SNP_LAUNCH_UPDATE, SNP_LAUNCH_FINISH, SNP_DECOMMISSION.
+SNP_ACTIVATE, SNP_LAUNCH_UPDATE, SNP_LAUNCH_FINISH, SNP_DECOMMISSION, SNP_PAGE_RECLAIM.
 
     (no guest) --GCTX_CREATE--> INIT --LAUNCH_START--> LAUNCH --LAUNCH_FINISH--> RUNNING
                LAUNCH_UPDATE stays in LAUNCH; ACTIVATE in LAUNCH or RUNNING; DECOMMISSION any
@@ -12,8 +12,17 @@ What SNP adds to SEV-ES, and where it is enforced here:
   validated, and any page the hypervisor adds later reaches it unvalidated.
 - the guest context page is a Firmware page: the hypervisor can neither read its plaintext nor
   write it.
+- SNP_PAGE_RECLAIM is the way back from an immutable page: Firmware -> Reclaim, Pre-guest ->
+  Guest-invalid, Pre-swap -> Guest-valid (AMD's 1.55 firmware `snp_mcmd_page_reclaim`). It never
+  touches `validated`, and a live guest context page is not reclaimable.
 - the 64-bit policy is checked at SNP_LAUNCH_START (reserved bit 17 must be one; unknown bits,
   a migration agent, and SMT disallowed on this SMT platform are POLICY_FAILURE).
+- the SEV-ES TMR is in Firmware pages (the machine makes fenced pages so, whichever of SNP_INIT
+  and INIT comes first), which RMPUPDATE cannot change; SNP_PAGE_RECLAIM, which could, refuses a
+  TMR page while the TMR is live, as every command refuses an address in the TMR
+  (INVALID_ADDRESS, firmware/_memory.py): a context page or a launch page there too. INIT
+  refuses a TMR over a page the RMP has already given out (INVALID_PAGE_STATE,
+  firmware/_platform_cmds.py).
 
 Not modelled (refused, never silently accepted): 2 MiB pages (INVALID_PAGE_SIZE), CPUID pages,
 ID blocks at LAUNCH_FINISH, migration agents (UNSUPPORTED).
@@ -32,6 +41,7 @@ from sevwire import (
     SnpLaunchFinish,
     SnpLaunchStart,
     SnpLaunchUpdate,
+    SnpPageReclaim,
     SnpPageType,
     SnpPolicy,
     Status,
@@ -45,13 +55,15 @@ from firmware._memory import port_errors
 
 __all__ = ["SNP_ABI_MAJOR", "SNP_ABI_MINOR", "SnpGuest", "cmd_snp_activate",
            "cmd_snp_decommission", "cmd_snp_gctx_create", "cmd_snp_init", "cmd_snp_launch_finish",
-           "cmd_snp_launch_start", "cmd_snp_launch_update", "snp_asid_owner"]
+           "cmd_snp_launch_start", "cmd_snp_launch_update", "cmd_snp_page_reclaim",
+           "snp_asid_owner"]
 
 SNP_ABI_MAJOR, SNP_ABI_MINOR = 1, 55
 PLATFORM_SMT = True  # the emulated part runs two threads per core
 SNP_INIT_STATE, SNP_LAUNCH, SNP_RUNNING = 0, 1, 2
 PAGE = 0x1000
 SECRETS_VERSION = 3
+RECLAIM_RESERVED = 0xFFE  # SNP_PAGE_RECLAIM: bit 0 is the page size, bits 11:1 must be zero
 
 
 @dataclass(eq=False)
@@ -207,6 +219,7 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
     if buf.flags & 0x10 or buf.vmpl_perms:
         raise CommandError(Status.UNSUPPORTED, "IMI pages and VMPL permissions are not supported")
     assigned, asid, gpa, size, immutable, validated, _vmsa = _rmp(ctx, buf.page_paddr)
+    ctx.mem.outside_tmr(buf.page_paddr, PAGE)  # a TMR page the hypervisor made Pre-guest
     if not assigned or not immutable or validated:
         raise CommandError(Status.INVALID_PAGE_STATE, "the page is not in the Pre-guest state")
     if asid != guest.asid:
@@ -237,7 +250,7 @@ def _seal_vmsa(ctx: PspContext, spa: int, page: bytes) -> bytes:
     slot = _tmr_slot(ctx, spa)
     edited[VMSA_TMR_RESERVED:VMSA_TMR_RESERVED + 8] = bytes(8)
     edited[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8] = slot.to_bytes(8, "little")
-    ctx.mem.write(slot, (spa | 1).to_bytes(8, "little") + vmsa_integrity(edited))
+    ctx.mem.write_tmr(slot, (spa | 1).to_bytes(8, "little") + vmsa_integrity(edited))
     return bytes(edited)
 
 
@@ -262,3 +275,25 @@ def cmd_snp_decommission(ctx: PspContext, buf: SnpDecommission) -> None:
     ctx.mem.write(buf.gctx_paddr, bytes(PAGE))
     _rmp_set(ctx, buf.gctx_paddr, False, 0, 0, False, False, False)
     del _snp(ctx)[buf.gctx_paddr]
+
+
+def cmd_snp_page_reclaim(ctx: PspContext, buf: SnpPageReclaim) -> None:
+    """Clear the immutable bit of a Firmware, Pre-guest or Pre-swap page (nothing else changes:
+    a Pre-guest page comes back to its guest unvalidated). An already mutable page is SUCCESS
+    with no change; any other immutable page, and a live guest context, is INVALID_PAGE_STATE;
+    a page of the live TMR is INVALID_ADDRESS."""
+    guests = _snp(ctx)
+    if buf.paddr & RECLAIM_RESERVED:
+        raise CommandError(Status.INVALID_PARAM, "bits 11:1 of the reclaimed address are reserved")
+    spa, page_size = buf.paddr & ~(PAGE - 1), buf.paddr & 1
+    ctx.mem.outside_tmr(spa, PAGE)  # the TMR's Firmware pages stay immutable while it is live
+    assigned, asid, gpa, size, immutable, validated, vmsa = _rmp(ctx, spa)
+    if size != page_size:
+        raise CommandError(Status.INVALID_PAGE_SIZE, "RMP and command page sizes differ")
+    if not immutable:
+        return
+    firmware_page = assigned and asid == 0 and not validated and spa not in guests
+    pre_guest_or_swap = assigned and asid != 0
+    if not (firmware_page or pre_guest_or_swap):
+        raise CommandError(Status.INVALID_PAGE_STATE, "not a Firmware, Pre-guest or Pre-swap page")
+    _rmp_set(ctx, spa, True, asid, gpa, False, validated, vmsa)

@@ -10,6 +10,10 @@ used once per key.
 What goes into the report comes from the PSP's own state, never from the request: the policy
 and host_data given at launch, the SNP launch digest as measurement, the chip id, the TCB; the
 request contributes only report_data and the VMPL it asks for.
+
+Both pages are the hypervisor's (unassigned in the RMP) and outside the SEV-ES TMR
+(INVALID_ADDRESS, before the request is read): a TMR page is hypervisor-owned in the RMP, and a
+response written there would overwrite other guests' VMSA integrity values.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def cmd_snp_guest_request(ctx: PspContext, buf: SnpGuestRequest) -> None:
     guest = _guest(ctx, buf.gctx_paddr, SNP_RUNNING)
     for spa in (buf.req_paddr, buf.res_paddr):
         assigned, *_ = _rmp(ctx, spa)
+        ctx.mem.outside_tmr(spa, PAGE)
         if assigned:
             raise CommandError(Status.INVALID_PAGE_STATE, "guest request pages must be hypervisor pages")
     if buf.req_paddr == buf.res_paddr:

@@ -65,6 +65,9 @@ class Cmd(enum.IntEnum):
     SNP_LAUNCH_START = 0xA0
     SNP_LAUNCH_UPDATE = 0xA1
     SNP_LAUNCH_FINISH = 0xA2
+    SNP_DBG_DECRYPT = 0xB0
+    SNP_DBG_ENCRYPT = 0xB1
+    SNP_PAGE_RECLAIM = 0xC7
 
 
 class PlatformState(enum.IntEnum):

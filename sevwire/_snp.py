@@ -19,8 +19,8 @@ from sevwire._buffers import CommandBuffer
 
 __all__ = [
     "INITIAL_VMSA_GPA", "PAGE_INFO_SIZE", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission", "SnpGctxCreate",
-    "SnpGuestRequest", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
-    "SnpPolicy", "snp_page_info", "snp_extend",
+    "SnpDbgDecrypt", "SnpDbgEncrypt", "SnpGuestRequest", "SnpLaunchFinish", "SnpLaunchStart",
+    "SnpLaunchUpdate", "SnpPageReclaim", "SnpPageType", "SnpPolicy", "snp_page_info", "snp_extend",
 ]
 
 INITIAL_VMSA_GPA = 0xFFFFFFFFF000
@@ -144,6 +144,35 @@ class SnpGuestRequest(CommandBuffer):
     gctx_paddr: int = 0
     req_paddr: int = 0
     res_paddr: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpDbgDecrypt(CommandBuffer):
+    """SNP_DBG_DECRYPT: one 4 KiB guest page `src_addr`, decrypted with the guest's key, into
+    the page `dst_addr` (Linux `sev_data_snp_dbg`). Refused unless the policy has DEBUG."""
+
+    FORMAT = "<QQQ"
+    SPEC_SIZE = 0x18
+    gctx_paddr: int = 0
+    src_addr: int = 0
+    dst_addr: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpDbgEncrypt(SnpDbgDecrypt):
+    """SNP_DBG_ENCRYPT: one 4 KiB plaintext page `src_addr`, encrypted with the guest's key, into
+    the guest page `dst_addr` (the same `sev_data_snp_dbg` layout). Refused unless DEBUG."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpPageReclaim(CommandBuffer):
+    """SNP_PAGE_RECLAIM: clear the immutable bit of a Firmware, Pre-guest or Pre-swap page so the
+    hypervisor can RMPUPDATE it again. `paddr` = page address | page size [0] (Linux
+    `sev_data_snp_page_reclaim`)."""
+
+    FORMAT = "<Q"
+    SPEC_SIZE = 8
+    paddr: int = 0
 
 
 def snp_page_info(digest: bytes, contents: bytes, page_type: int, gpa: int,

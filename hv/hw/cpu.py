@@ -41,8 +41,8 @@ from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, Inte
                          IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
                          VmmcallExit, VmrunFailed)
 from hv.hw.memctl import HOST_SLOT, MemoryController, NeedsRetry
-from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, GuestPageFault, Mmu, NestedFault,
-                       view_base)
+from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, FENCE_BASE, GuestPageFault, Mmu,
+                       NestedFault, view_base)
 from hv.hw.npt import NestedPageTable
 from hv.hw.pvalidate import pvalidate
 from hv.hw.snp_mmu import SnpMmu
@@ -129,6 +129,7 @@ class Cpu(ExceptionDelivery):
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         uc.mem_map_ptr(0, mc.size, UC_PROT_ALL, mc.dram.ctypes.data)
+        uc.mem_map_ptr(FENCE_BASE, mc.fence_pages.size, UC_PROT_ALL, mc.fence_pages.ctypes.data)
         self._mapped_views: set[int] = set()
         if control.sev:
             self._map_view(control.asid)
@@ -385,7 +386,7 @@ class Cpu(ExceptionDelivery):
             if t is None:
                 try:
                     t = self._mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
-                    if t.slot is not None:
+                    if t.slot is not None and not self._mc.fenced[t.spa >> 12]:
                         self._mc.fill_view(t.slot, t.spa >> 12, False)
                 except (GuestPageFault, NestedFault, NeedsRetry):
                     break

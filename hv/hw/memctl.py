@@ -19,6 +19,10 @@ the guest later reads the decryption of whatever was written (garbage), never th
 TLB entries that point into a view must not outlive a change of that view, so every coherence
 action that downgrades or drops a cached page bumps `epoch`; a vCPU flushes its TLB (and, with
 `tb_epoch`, its translated code) before it runs again.
+
+Fenced pages (the SEV-ES TMR, see fence()) belong to the PSP and to the CPU's save-area unit
+alone: the host port and DMA are refused, and no view and no raw TLB entry ever holds one. A
+guest's access to one is answered by the MMU from `fence_pages` (all ones; stores dropped).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import numpy as np
 
 from hv.hw.engine import AesEngine
 from hv.hw.errors import AddressError, AsidError
-from hv.hw.rmp import Rmp
+from hv.hw.rmp import Rmp, RmpEntry
 
 __all__ = ["MemoryController", "PAGE", "View", "ABSENT", "CLEAN", "DIRTY", "HOST_SLOT"]
 
 PAGE = 0x1000
 ABSENT, CLEAN, DIRTY = 0, 1, 2
 HOST_SLOT = 0
+_FIRMWARE_PAGE = RmpEntry(assigned=True, asid=0, gpa=0, immutable=True)
 
 
 class View:
@@ -65,6 +70,10 @@ class MemoryController:
         self.epoch = 0
         self.tb_epoch = 0
         self.psp_only: list[tuple[int, int]] = []  # fenced ranges (the SEV-ES TMR): see fence()
+        self.fenced = bytearray(dram_size // PAGE)  # per page: 1 if a fenced range touches it
+        # What a fenced access from a guest reaches instead (mmu.FENCE_BASE): a page of all ones
+        # for loads and fetches, then a page that takes stores and is never read.
+        self.fence_pages = np.full(2 * PAGE, 0xFF, dtype=np.uint8)
         self.rmp: Rmp | None = None  # once SNP is enabled (enable_rmp); None costs nothing
         self.stats = {"pages_decrypted": 0, "pages_encrypted": 0, "tlb_flushes": 0}
         self.trace = None  # a trace sink (Cpu.set_trace); None costs one check per page moved
@@ -82,19 +91,41 @@ class MemoryController:
             raise AsidError(f"ASID {slot} is outside 0..{self.engine.max_asid}")
 
     def fence(self, spa: int, length: int) -> None:
-        """Reserve [spa, spa+length) for the PSP and the CPU: host and device accesses are refused.
+        """Reserve [spa, spa+length) for the PSP and the CPU: host and device accesses are refused,
+        and a guest that reaches one of its pages through its nested page table reads all ones
+        and has its stores dropped (the MMU's side, mmu.py).
 
         This is the trusted memory region (TMR) an SEV-ES platform is INITed with: the integrity
-        values of saved guest register state live there, out of the hypervisor's reach."""
+        values of saved guest register state live there, out of the hypervisor's reach. Cached
+        copies of the pages (a guest used the memory before) go back to DRAM and are dropped, and
+        every TLB and translated block is flushed, so nothing mapped before the fence outlives it.
+        With SNP on, the pages become Firmware pages in the RMP (see enable_rmp)."""
         self.check_range(spa, length)
+        if length == 0:
+            return
+        p0, p1 = spa // PAGE, (spa + length + PAGE - 1) // PAGE
         if (spa, length) not in self.psp_only:
             self.psp_only.append((spa, length))
+            self.fenced[p0:p1] = b"\x01" * (p1 - p0)
+            self.invalidate(p0, p1)
+            self.bump(code=True)
+        if self.rmp is not None:  # again at every INIT: the pages may have been reclaimed since
+            self._firmware_pages(p0, p1)
 
     def enable_rmp(self):
-        """Turn on SEV-SNP's reverse map table (SNP_INIT): every page starts hypervisor-owned."""
+        """Turn on SEV-SNP's reverse map table (SNP_INIT): every page starts hypervisor-owned, but
+        fenced ones, which are the firmware's (Firmware state: assigned to ASID 0, immutable), as
+        on the part: RMPUPDATE cannot hand them out, and an SNP guest reaching one faults."""
         if self.rmp is None:
             self.rmp = Rmp(self.size)
+            for spa, length in self.psp_only:
+                self._firmware_pages(spa // PAGE, (spa + length + PAGE - 1) // PAGE)
         return self.rmp
+
+    def _firmware_pages(self, p0: int, p1: int) -> None:
+        for p in range(p0, p1):
+            self.rmp.firmware_set(p * PAGE, _FIRMWARE_PAGE)
+        self.bump()  # the RMP changed: every TLB must check it again
 
     def check_host_write(self, spa: int, length: int) -> None:
         """check_host, and with SNP on, RmpViolation for a write to an assigned page."""
@@ -176,7 +207,10 @@ class MemoryController:
 
         Raises NeedsRetry when another domain had to be written back or dropped first: the
         caller's TLB may still hold entries that bypass the controller, so it must flush and retry.
+        A fenced page is never brought into a view (AddressError: the MMU answers those itself).
         """
+        if self.fenced[page]:
+            raise AddressError(f"page {page * PAGE:#x} is fenced: it never enters a view")
         if self._yield_page(page, write, slot) or self.raw_mapped[page]:
             self.bump(code=write)
             raise NeedsRetry
@@ -188,6 +222,8 @@ class MemoryController:
 
     def fill_raw(self, page: int, write: bool) -> None:
         """A TLB entry will map `page` straight onto DRAM (a C=0 access without TSME)."""
+        if self.fenced[page]:
+            raise AddressError(f"page {page * PAGE:#x} is fenced: no TLB entry maps it")
         if self.views and self._yield_page(page, write, None):
             self.bump(code=write)
             raise NeedsRetry

@@ -5,11 +5,20 @@ Unicorn physical address backs it:
 
   DRAM at 0                         host physical memory as stored (ciphertext of private pages)
   VIEW_BASE * (slot + 1) + spa      the plaintext view of key slot `slot` (see memctl)
+  FENCE_READ, FENCE_WRITE           what a guest gets for a fenced page (the SEV-ES TMR)
 
 For an encrypted guest, instruction fetches and page-table reads are always private (the guest's
 ASID); data accesses follow the C-bit of the leaf entry. Everything else is raw DRAM, or the host
 key's view under transparent SME. Write permission into a view is granted only on a write fill,
 which is the controller's page-granular dirty tracking.
+
+The memory controller fences the TMR from every agent but the PSP, and a guest is one even when
+the hypervisor's nested page table leads it there. A fenced access does not fault: on the part
+the fabric refuses it, loads (and fetches, and page-table reads) return all ones and stores are
+dropped. So a fill that ends on a fenced page maps a page of all ones for reading and fetching,
+and a write-only sink for stores, never DRAM or a view: the TMR's bytes never reach a guest, and
+a guest's stores never reach the TMR. Under SEV-SNP the RMP check comes first (TMR pages are
+Firmware pages: a nested page fault), as on the part.
 """
 
 from __future__ import annotations
@@ -21,11 +30,16 @@ import numpy as np
 from hv.hw.memctl import DIRTY, HOST_SLOT, PAGE, MemoryController
 from hv.hw.npt import NPT_W, NPT_X, NestedPageTable
 
-__all__ = ["ACCESS_FETCH", "ACCESS_READ", "ACCESS_WRITE", "GuestPageFault", "Mmu",
-           "NestedFault", "Translation", "VIEW_BASE", "view_base"]
+__all__ = ["ACCESS_FETCH", "ACCESS_READ", "ACCESS_WRITE", "FENCE_BASE", "FENCE_READ",
+           "FENCE_WRITE", "GuestPageFault", "Mmu", "NestedFault", "Translation", "VIEW_BASE",
+           "view_base"]
 
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 16, 17, 18  # Unicorn's UC_MEM_READ/WRITE/FETCH
 VIEW_BASE = 1 << 40
+# MemoryController.fence_pages, mapped just below the first view (far above any DRAM size).
+FENCE_BASE = VIEW_BASE - 2 * PAGE
+FENCE_READ, FENCE_WRITE = FENCE_BASE, FENCE_BASE + PAGE
+_ONES64 = (1 << 64) - 1
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 
 _P, _RW, _US, _PS = 0x1, 0x2, 0x4, 0x80
@@ -83,6 +97,7 @@ class Mmu:
         self._private_slot = asid if encrypted else None
         self._shared_slot = HOST_SLOT if mc.tsme else None
         self._dram64 = mc.dram.view(np.uint64)
+        self._fenced = mc.fenced
         self.fills = 0
 
     # -- the walk --------------------------------------------------------------------------------
@@ -94,6 +109,8 @@ class Mmu:
         spa = hit[0] | (gpa & 0xFFF)
         slot = self._private_slot if self.encrypted else self._shared_slot
         page = spa >> 12
+        if self._fenced[page]:
+            return _ONES64  # the walker's read of a fenced page is refused: all ones
         if slot is None:
             if self._mc.views:
                 self._mc.fill_raw(page, False)
@@ -150,6 +167,10 @@ class Mmu:
         self.fills += 1
         write = access == ACCESS_WRITE
         page = t.spa >> 12
+        if self._fenced[page]:
+            if write:
+                return FENCE_WRITE, PROT_W, t  # write-only: the guest never reads its stores back
+            return FENCE_READ, PROT_R | (PROT_X if t.executable else 0), t
         if access == ACCESS_FETCH:
             self._mc.code_pages[page] = True
         if t.slot is None:
@@ -167,6 +188,8 @@ class Mmu:
 
     def read_bytes(self, t: Translation, offset: int, length: int) -> bytes:
         """Bytes of a translated page (within the page), from the right domain."""
+        if self._fenced[t.spa >> 12]:
+            return b"\xff" * length
         a = t.spa + offset
         if t.slot is None:
             return self._mc.dram[a:a + length].tobytes()

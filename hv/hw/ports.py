@@ -98,8 +98,9 @@ class PspPort:
             self._mc.write(spa, data, asid)
 
     def reserve_tmr(self, spa: int, length: int) -> None:
-        """Fence the SEV-ES trusted memory region off from the host and devices (not from the
-        PSP or the CPU, which keep VMSA integrity values there)."""
+        """Fence the SEV-ES trusted memory region off from the host, devices and guests (not
+        from the PSP or the CPU, which keep VMSA integrity values there); under SNP its pages
+        are Firmware pages in the RMP. INIT calls this."""
         with _as_port_errors():
             self._mc.fence(spa, length)
 

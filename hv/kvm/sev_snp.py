@@ -1,21 +1,27 @@
-"""SEV-SNP operations of the hypervisor (KVM_SEV_SNP_*): SNP_INIT, the launch, RMPUPDATE.
+"""SEV-SNP operations of the hypervisor (KVM_SEV_SNP_*): SNP_INIT, the launch, RMPUPDATE, and
+KVM_SEV_DBG_DECRYPT / KVM_SEV_DBG_ENCRYPT for an SNP guest.
 
 The hypervisor's part of SNP integrity is small and visible here: before the PSP may measure a
 page, KVM makes it Pre-guest with RMPUPDATE (assigned to the guest's ASID at one GPA, immutable),
 then asks for SNP_LAUNCH_UPDATE, which makes it Guest-valid. Everything else it can do to guest
 memory is RMPUPDATE, which the machine answers by clearing `validated`: it can take pages away,
 never hand them back unnoticed.
+
+Debugging (only for a guest whose SNP policy has DEBUG) goes through the PSP one page at a time:
+SNP_DBG_DECRYPT writes the plaintext into a hypervisor page; SNP_DBG_ENCRYPT writes only into a
+Pre-guest page, so a debug write takes the page away from the guest (RMPUPDATE) and gives it back
+unvalidated (SNP_PAGE_RECLAIM): the guest must PVALIDATE it again to use the new contents.
 """
 
 from __future__ import annotations
 
-from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDecommission, SnpGctxCreate,
-                     SnpGuestRequest, SnpLaunchFinish, SnpLaunchStart, SnpLaunchUpdate,
-                     SnpPageType)
+from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDbgDecrypt, SnpDbgEncrypt,
+                     SnpDecommission, SnpGctxCreate, SnpGuestRequest, SnpLaunchFinish,
+                     SnpLaunchStart, SnpLaunchUpdate, SnpPageReclaim, SnpPageType, Status)
 
 from hv.hw.rmp import RmpEntry
 from hv.kvm.kvm import KvmError
-from hv.kvm.sev import SevDevice
+from hv.kvm.sev import FirmwareError, SevDevice
 
 __all__ = ["RmpUpdateError", "SnpGuest", "rmp_make_private", "rmp_make_shared", "snp_init"]
 
@@ -59,6 +65,7 @@ class SnpGuest:
         self.policy = policy
         self.gctx = 0
         self._msg_pages: tuple[int, int] | None = None
+        self._dbg_page: int | None = None  # a hypervisor page the PSP's debug commands go through
 
     @property
     def machine(self):
@@ -117,13 +124,93 @@ class SnpGuest:
         except KvmError:
             return False
 
+    # -- KVM_SEV_DBG_DECRYPT / KVM_SEV_DBG_ENCRYPT -----------------------------------------------
+    def dbg_decrypt(self, gpa: int, length: int = _PAGE) -> bytes:
+        """The plaintext of guest memory [gpa, gpa+length), one SNP_DBG_DECRYPT per page touched.
+
+        FirmwareError POLICY_FAILURE unless the policy has DEBUG; INVALID_PAGE_STATE for a page
+        the RMP does not give to a guest (a shared page: read it with `vm.read_gpa`)."""
+        out = bytearray()
+        for page, lo, hi in _page_pieces(gpa, length):
+            out += self.dbg_decrypt_spa(self.vm.gpa_to_spa(page))[lo:hi]
+        return bytes(out)
+
+    def dbg_decrypt_spa(self, spa: int) -> bytes:
+        """SNP_DBG_DECRYPT of one host page of this guest, e.g. its VMSA, which no slot maps.
+        The hypervisor page the PSP wrote the plaintext into is zeroed again before returning."""
+        dst = self._debug_page()
+        host = self.machine.host
+        try:
+            self.dev.issue(Cmd.SNP_DBG_DECRYPT, SnpDbgDecrypt(gctx_paddr=self.gctx, src_addr=spa,
+                                                              dst_addr=dst))
+            return host.read(dst, _PAGE)
+        finally:
+            host.write(dst, bytes(_PAGE))
+
+    def dbg_encrypt(self, gpa: int, data: bytes) -> None:
+        """Write `data` into private guest memory at `gpa` through the PSP, page by page.
+
+        Each page is first read back with SNP_DBG_DECRYPT (which also makes a guest without
+        DEBUG refuse before the RMP is touched), patched, then RMPUPDATEd to Pre-guest,
+        SNP_DBG_ENCRYPTed and SNP_PAGE_RECLAIMed: it returns to the guest Guest-invalid, so
+        the guest sees the write as a #VC and takes it only by validating the page again."""
+        data = bytes(data)
+        pieces = [(page, self.vm.gpa_to_spa(page), lo, hi)
+                  for page, lo, hi in _page_pieces(gpa, len(data))]
+        for page, spa, _lo, _hi in pieces:  # all of them before any page is taken away
+            entry = self.machine.rmpread(spa)
+            if not (entry.assigned and entry.asid == self.vm.asid and entry.gpa == page):
+                raise KvmError(f"GPA {page:#x} is not a private page of this guest")
+        for page, spa, lo, hi in pieces:
+            plain = bytearray(self.dbg_decrypt_spa(spa))
+            plain[lo:hi] = data[page + lo - gpa:page + hi - gpa]
+            self._dbg_encrypt_page(page, spa, bytes(plain))
+
+    def _dbg_encrypt_page(self, gpa: int, spa: int, plain: bytes) -> None:
+        src = self._debug_page()
+        host = self.machine.host
+        host.write(src, plain)
+        try:
+            rmp_make_private(self.machine, spa, self.vm.asid, gpa, immutable=True)
+            try:
+                status, _ = self.dev.issue(Cmd.SNP_DBG_ENCRYPT, SnpDbgEncrypt(
+                    gctx_paddr=self.gctx, src_addr=src, dst_addr=spa), check=False)
+            finally:
+                reclaimed, _ = self.dev.issue(Cmd.SNP_PAGE_RECLAIM, SnpPageReclaim(paddr=spa),
+                                              check=False)
+        finally:
+            host.write(src, bytes(_PAGE))
+        if status != Status.SUCCESS:
+            raise FirmwareError(Cmd.SNP_DBG_ENCRYPT, status)
+        if reclaimed != Status.SUCCESS:
+            raise FirmwareError(Cmd.SNP_PAGE_RECLAIM, reclaimed)
+
+    def _debug_page(self) -> int:
+        if self._dbg_page is None:
+            self._dbg_page = self.vm.kvm.alloc(_PAGE)
+        return self._dbg_page
+
     def decommission(self) -> None:
+        if self._dbg_page is not None:
+            self.vm.kvm.free(self._dbg_page, _PAGE)
+            self._dbg_page = None
         if self.gctx:
             self.dev.issue(Cmd.SNP_DECOMMISSION, SnpDecommission(gctx_paddr=self.gctx),
                            check=False)
             self.gctx = 0
             if self.vm.snp is self:
                 self.vm.snp = None
+
+
+def _page_pieces(gpa: int, length: int):
+    """(page GPA, start, end) of each 4 KiB page the range [gpa, gpa+length) touches."""
+    if gpa < 0 or length < 0:
+        raise KvmError(f"bad guest range {gpa:#x}+{length:#x}")
+    end = gpa + length
+    page = gpa & ~(_PAGE - 1)
+    while page < end:
+        yield page, max(gpa, page) - page, min(end, page + _PAGE) - page
+        page += _PAGE
 
 
 PSC_PRIVATE, PSC_SHARED = 1, 2

@@ -13,6 +13,7 @@ from fw_support import SCRATCH, Mailbox
 from sevwire import (
     SESSION_BLOB_SIZE,
     SEV_CERT_SIZE,
+    SNP_POLICY_DEFAULT,
     Activate,
     Cmd,
     Init,
@@ -23,12 +24,18 @@ from sevwire import (
     LaunchUpdateData,
     OwnerSession,
     PdhCertExport,
+    SnpActivate,
+    SnpGctxCreate,
+    SnpLaunchFinish,
+    SnpLaunchStart,
+    SnpLaunchUpdate,
+    SnpPageType,
     Status,
     build_session,
 )
 
 __all__ = ["Launched", "init_platform", "export_pdh", "start_guest", "launch", "TMR_SPA",
-           "GODH_SPA", "SESSION_SPA", "OUT_SPA"]
+           "GODH_SPA", "SESSION_SPA", "OUT_SPA", "SnpLaunched", "snp_platform", "snp_launch"]
 
 TMR_SPA = 0x600000
 GODH_SPA = SCRATCH
@@ -96,3 +103,48 @@ def launch(mb: Mailbox, asid: int, image: bytes, spa: int, policy: int = 0, *,
         if finish:
             ok(mb.status(Cmd.LAUNCH_FINISH, LaunchFinish(handle)), "LAUNCH_FINISH")
     return result
+
+
+# -- SEV-SNP (needs an SnpMemPort) ----------------------------------------------------------------
+
+SNP_GPA_BASE = 0x100000
+
+
+def snp_platform(mb: Mailbox) -> None:
+    """SNP_INIT (the RMP on), then INIT with SEV-ES and its TMR, as the hypervisor does."""
+    ok(mb.status(Cmd.SNP_INIT), "SNP_INIT")
+    init_platform(mb, es=True)
+
+
+@dataclass
+class SnpLaunched:
+    gctx: int
+    asid: int
+    pages: dict[int, int]
+    """Host page -> the GPA it was launched at."""
+
+
+def snp_launch(mb: Mailbox, gctx: int, asid: int, pages: dict[int, bytes],
+               policy: int = SNP_POLICY_DEFAULT, *, start: bool = True, activate: bool = True,
+               finish: bool = True) -> SnpLaunched:
+    """SNP_GCTX_CREATE, then optionally LAUNCH_START, ACTIVATE, one NORMAL LAUNCH_UPDATE per
+    page (each RMPUPDATEd to Pre-guest by the hypervisor first) and LAUNCH_FINISH."""
+    port = mb.port
+    ok(mb.status(Cmd.SNP_GCTX_CREATE, SnpGctxCreate(gctx)), "SNP_GCTX_CREATE")
+    launched = SnpLaunched(gctx, asid, {})
+    if not start:
+        return launched
+    ok(mb.status(Cmd.SNP_LAUNCH_START, SnpLaunchStart(gctx, policy)), "SNP_LAUNCH_START")
+    if not activate:
+        return launched
+    ok(mb.status(Cmd.SNP_ACTIVATE, SnpActivate(gctx, asid)), "SNP_ACTIVATE")
+    for i, (spa, data) in enumerate(pages.items()):
+        gpa = SNP_GPA_BASE + i * 0x1000
+        port.write(spa, data)
+        assert port.rmpupdate(spa, True, asid, gpa, immutable=True)  # type: ignore[attr-defined]
+        ok(mb.status(Cmd.SNP_LAUNCH_UPDATE, SnpLaunchUpdate(
+            gctx, SnpLaunchUpdate.make_flags(SnpPageType.NORMAL), spa)), "SNP_LAUNCH_UPDATE")
+        launched.pages[spa] = gpa
+    if finish:
+        ok(mb.status(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(gctx)), "SNP_LAUNCH_FINISH")
+    return launched

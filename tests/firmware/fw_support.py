@@ -7,6 +7,9 @@ the same key and the same address.  It also keeps a log of key-slot operations, 
 use to prove the firmware never touched a slot it should not have; nothing in the firmware can
 read a key back.
 
+``SnpMemPort`` adds what SEV-SNP needs: an RMP the firmware reads and writes (after SNP_INIT),
+and the hypervisor's RMPUPDATE, which refuses immutable pages and always clears `validated`.
+
 ``Mailbox`` plays the driver: it writes a command buffer at a fixed address, rings the doorbell
 (``Firmware.command``) and parses what the firmware wrote back.
 """
@@ -21,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from firmware import Firmware, PortAddressError, PortAsidError
 from sevwire import CommandBuffer
 
-__all__ = ["MemPort", "Mailbox", "MB_BUF", "SCRATCH", "DRAM_SIZE"]
+__all__ = ["MemPort", "SnpMemPort", "RmpRow", "Mailbox", "MB_BUF", "SCRATCH", "DRAM_SIZE"]
 
 DRAM_SIZE = 8 << 20
 MB_BUF = 0x1000
@@ -127,6 +130,50 @@ class MemPort:
         """What DRAM holds for ``plain`` at ``spa`` under ``key`` (independent of the slots)."""
         enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
         return enc.update(_xor(plain, _tweak(spa, len(plain))))
+
+
+RmpRow = tuple[bool, int, int, int, bool, bool, bool]
+"""(assigned, asid, gpa, page_size, immutable, validated, vmsa), as ``rmp_read`` returns it."""
+HYPERVISOR_PAGE: RmpRow = (False, 0, 0, 0, False, False, False)
+
+
+@dataclass
+class SnpMemPort(MemPort):
+    """``MemPort`` with an RMP: one entry per 4 KiB page, off until SNP_INIT (``enable_rmp``)."""
+
+    rmp: dict[int, RmpRow] | None = None
+
+    def _page(self, spa: int) -> None:
+        if self.rmp is None:
+            raise PortAddressError("the RMP is not enabled")
+        if spa % 0x1000 or not 0 <= spa < len(self.dram):
+            raise PortAddressError(f"0x{spa:x} is not a page of DRAM")
+
+    def enable_rmp(self) -> None:
+        self.rmp = {}
+
+    def rmp_read(self, spa: int) -> RmpRow:
+        self._page(spa)
+        return self.rmp.get(spa, HYPERVISOR_PAGE)  # type: ignore[union-attr]
+
+    def rmp_write(self, spa: int, assigned: bool, asid: int, gpa: int, immutable: bool,
+                  validated: bool, vmsa: bool) -> None:
+        self._page(spa)
+        self.rmp[spa] = (assigned, asid, gpa, 0, immutable, validated, vmsa)  # type: ignore[index]
+
+    # -- the hypervisor's RMPUPDATE, for tests: not part of the port ----------------------------
+    def rmpupdate(self, spa: int, assigned: bool = False, asid: int = 0, gpa: int = 0,
+                  immutable: bool = False) -> bool:
+        """RMPUPDATE: False (nothing changed) for an immutable page; clears validated and VMSA."""
+        self._page(spa)
+        if self.rmp_read(spa)[4]:
+            return False
+        row = (assigned, asid if assigned else 0, gpa if assigned else 0, 0, immutable, False, False)
+        self.rmp[spa] = row  # type: ignore[index]
+        return True
+
+    def rmp_snapshot(self) -> dict[int, RmpRow]:
+        return dict(self.rmp or {})
 
 
 class Mailbox:

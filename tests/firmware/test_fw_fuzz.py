@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from firmware import Firmware
-from fw_flows import init_platform, launch
-from fw_support import DRAM_SIZE, MB_BUF, Mailbox, MemPort
-from sevwire import BUFFER_FOR_CMD, Attestation, Cmd, Deactivate, GuestStatus, Status
+from fw_flows import TMR_SPA, init_platform, launch, snp_launch, snp_platform
+from fw_support import DRAM_SIZE, MB_BUF, Mailbox, MemPort, SnpMemPort
+from sevwire import (BUFFER_FOR_CMD, SNP_POLICY_DEFAULT, Attestation, Cmd, Deactivate, GuestStatus,
+                     SnpDbgDecrypt, SnpDbgEncrypt, SnpPageReclaim, SnpPolicy, Status)
 
 VICTIM_ASID = 5
 VICTIM_SPA = 0x700000
@@ -191,3 +192,102 @@ def test_port_bug_becomes_hwerror_not_exception(chip):
 
     w.port.read = broken  # type: ignore[method-assign]
     assert w.fw.command(Cmd.GUEST_STATUS, MB_BUF) == Status.HWERROR_PLATFORM
+
+
+# -- SEV-SNP: the debug commands and page reclaim ----------------------------------------------------
+#
+# The victim (ASID 1) did not allow debugging; the attacker's guest (ASID 2) did, so the hostile
+# hypervisor holds one context that really opens pages. Whatever it names, the victim's key is
+# never used, no page of the victim (nor a context page, nor the TMR) changes in DRAM or in the
+# RMP, and the attacker's key only ever touches the attacker's own pages, writing only the one
+# page it had made Pre-guest.
+
+SNP_VICTIM_GCTX, SNP_VICTIM_PAGES = 0x200000, (0x210000, 0x211000)
+SNP_ATTACKER_GCTX, SNP_ATTACKER_PAGES = 0x300000, (0x310000, 0x311000)
+SNP_INACTIVE_GCTX = 0x320000
+SNP_OUT, SNP_DATA = 0x400000, 0x401000
+SNP_PAGES = [*SNP_VICTIM_PAGES, *SNP_ATTACKER_PAGES, SNP_VICTIM_GCTX, SNP_ATTACKER_GCTX,
+             SNP_INACTIVE_GCTX, SNP_OUT, SNP_DATA, TMR_SPA, TMR_SPA + 0xFF000, 0, MB_BUF,
+             DRAM_SIZE - 0x1000]
+SNP_ADDRESSES = st.one_of(
+    st.sampled_from(SNP_PAGES),
+    st.tuples(st.sampled_from(SNP_PAGES), st.sampled_from([1, 8, 16, 0x800, 0xFFF])).map(sum),
+    st.sampled_from([DRAM_SIZE, 1 << 40, (1 << 64) - 0x1000, (1 << 64) - 1]),
+    st.integers(min_value=0, max_value=(DRAM_SIZE >> 12) - 1).map(lambda p: p << 12),
+    st.integers(min_value=0, max_value=(1 << 64) - 1),
+)
+# Each field is drawn mostly from the pages its role expects (so the page checks, not only the
+# first refusals, are exercised), and otherwise from anywhere.
+_GUEST_SIDE = st.sampled_from([*SNP_VICTIM_PAGES, *SNP_ATTACKER_PAGES])
+_HOST_SIDE = st.sampled_from([SNP_OUT, SNP_DATA, 0, DRAM_SIZE - 0x1000, TMR_SPA, SNP_VICTIM_GCTX])
+_CONTEXT = st.sampled_from([SNP_VICTIM_GCTX, SNP_ATTACKER_GCTX, SNP_INACTIVE_GCTX])
+
+
+def _mostly(role):
+    return st.integers(min_value=0, max_value=3).flatmap(lambda i: role if i else SNP_ADDRESSES)
+
+
+@dataclasses.dataclass
+class SnpWorld:
+    fw: Firmware
+    port: SnpMemPort
+    mb: Mailbox
+    victim_key: bytes
+    victim_dram: bytes
+    protected: dict[int, bytes]
+    rmp: dict
+
+
+def _snp_world(chip) -> SnpWorld:
+    port = SnpMemPort()
+    fw = Firmware(port, None, chip=chip)
+    mb = Mailbox(fw, port)
+    snp_platform(mb)
+    snp_launch(mb, SNP_VICTIM_GCTX, 1, dict.fromkeys(SNP_VICTIM_PAGES, VICTIM_IMAGE))
+    debug = SNP_POLICY_DEFAULT | SnpPolicy.DEBUG
+    snp_launch(mb, SNP_ATTACKER_GCTX, 2, dict.fromkeys(SNP_ATTACKER_PAGES, bytes(4096)), debug)
+    snp_launch(mb, SNP_INACTIVE_GCTX, 3, {}, debug, activate=False)
+    assert port.rmpupdate(SNP_ATTACKER_PAGES[1], True, 2, 0x101000, immutable=True)  # Pre-guest
+    port.write(SNP_DATA, b"attacker-chosen!" * 256)
+    port.key_log.clear()
+    port.guest_log.clear()
+    protected = {spa: port.read(spa, 0x1000) for spa in
+                 (*SNP_VICTIM_PAGES, SNP_ATTACKER_PAGES[0], SNP_VICTIM_GCTX, SNP_ATTACKER_GCTX,
+                  SNP_INACTIVE_GCTX, TMR_SPA, TMR_SPA + 0xFF000)}
+    return SnpWorld(fw, port, mb, port.slots[1], port.read(SNP_VICTIM_PAGES[0], 0x2000),
+                    protected, port.rmp_snapshot())
+
+
+@st.composite
+def snp_command(draw):
+    cmd = draw(st.sampled_from([Cmd.SNP_DBG_DECRYPT, Cmd.SNP_DBG_ENCRYPT, Cmd.SNP_PAGE_RECLAIM]))
+    if cmd is Cmd.SNP_PAGE_RECLAIM:
+        return cmd, SnpPageReclaim(draw(SNP_ADDRESSES))
+    gctx = draw(_mostly(_CONTEXT))
+    if cmd is Cmd.SNP_DBG_DECRYPT:
+        return cmd, SnpDbgDecrypt(gctx, draw(_mostly(_GUEST_SIDE)), draw(_mostly(_HOST_SIDE)))
+    return cmd, SnpDbgEncrypt(gctx, draw(_mostly(_HOST_SIDE)), draw(_mostly(_GUEST_SIDE)))
+
+
+@FUZZ_SETTINGS
+@given(commands=st.lists(snp_command(), min_size=1, max_size=6))
+def test_snp_debug_commands_never_reach_another_guest(chip, commands):
+    w = _snp_world(chip)
+    for cmd, buf in commands:
+        status = w.mb.status(cmd, buf)
+        assert status in {int(s) for s in Status} and status != Status.HWERROR_PLATFORM
+        event(f"{cmd.name}: {Status(status).name}")
+    assert all(asid != 1 for _, asid in w.port.key_log)
+    assert w.port.slots.get(1) == w.victim_key
+    for kind, asid, spa, length in w.port.guest_log:
+        assert asid == 2 and length == 0x1000, (kind, asid, spa)
+        assert spa == SNP_ATTACKER_PAGES[1] if kind == "write" else spa in SNP_ATTACKER_PAGES
+    for spa, before in w.protected.items():
+        assert w.port.read(spa, 0x1000) == before, hex(spa)
+    rmp = w.port.rmp_snapshot()
+    for spa in (*SNP_VICTIM_PAGES, SNP_ATTACKER_PAGES[0], SNP_VICTIM_GCTX, SNP_ATTACKER_GCTX,
+                SNP_INACTIVE_GCTX):
+        assert rmp.get(spa) == w.rmp.get(spa), hex(spa)
+    assert set(rmp) <= set(w.rmp)  # no page became assigned
+    # The victim still runs on its own key: its pages decrypt to what it was launched with.
+    assert w.port._read_guest(1, SNP_VICTIM_PAGES[0], 0x2000) == VICTIM_IMAGE * 2

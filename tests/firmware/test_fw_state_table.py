@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from fw_flows import OUT_SPA, export_pdh, init_platform, launch, start_guest
-from fw_support import SCRATCH
+from firmware import Firmware
+from fw_flows import OUT_SPA, export_pdh, init_platform, launch, snp_launch, snp_platform, start_guest
+from fw_support import SCRATCH, Mailbox, SnpMemPort
 from sevwire import (
+    SNP_POLICY_DEFAULT,
     Activate,
     Attestation,
     Cmd,
@@ -31,6 +33,11 @@ from sevwire import (
     PekCsr,
     PlatformState,
     PlatformStatus,
+    SnpDbgDecrypt,
+    SnpDbgEncrypt,
+    SnpDecommission,
+    SnpPageReclaim,
+    SnpPolicy,
     Status,
 )
 
@@ -248,3 +255,72 @@ def test_platform_status_fields(mb, fw):
     assert int.from_bytes(raw[3:7], "little") & 0x100
     assert raw[:3] == bytes([0, 24, 2]) and raw[8:12] == (1).to_bytes(4, "little")
     export_pdh(mb)
+
+
+# -- SEV-SNP debug commands in each SNP guest state -----------------------------------------------
+
+SNP_GCTX, SNP_PAGE, SNP_PRE_GUEST = 0x200000, 0x210000, 0x211000
+SNP_OUT, SNP_DATA = 0x400000, 0x401000
+SNP_DEBUG = SNP_POLICY_DEFAULT | SnpPolicy.DEBUG
+INIT0, LAUNCH1, RUNNING2 = 0, 1, 2
+
+# situation: (how the guest is set up, its SNP state afterwards or None when there is no context)
+SNP_SITUATIONS = {
+    "no-snp-init": None,
+    "no-context": None,
+    "init": INIT0,
+    "launch-inactive": LAUNCH1,
+    "launch-active": LAUNCH1,
+    "running": RUNNING2,
+    "running-no-debug": RUNNING2,
+    "decommissioned": None,
+}
+
+SNP_TABLE = [
+    (Cmd.SNP_DBG_DECRYPT, SnpDbgDecrypt(SNP_GCTX, SNP_PAGE, SNP_OUT), {
+        "no-snp-init": IPS, "no-context": Status.INVALID_GUEST, "init": IGS,
+        "launch-inactive": Status.INACTIVE, "launch-active": S, "running": S,
+        "running-no-debug": Status.POLICY_FAILURE, "decommissioned": Status.INVALID_GUEST}),
+    (Cmd.SNP_DBG_ENCRYPT, SnpDbgEncrypt(SNP_GCTX, SNP_DATA, SNP_PRE_GUEST), {
+        "no-snp-init": IPS, "no-context": Status.INVALID_GUEST, "init": IGS,
+        "launch-inactive": Status.INACTIVE, "launch-active": S, "running": S,
+        "running-no-debug": Status.POLICY_FAILURE, "decommissioned": Status.INVALID_GUEST}),
+    # The reclaim names a page, not a guest: only SNP_INIT matters.
+    (Cmd.SNP_PAGE_RECLAIM, SnpPageReclaim(SNP_PRE_GUEST),
+     {name: (IPS if name == "no-snp-init" else S) for name in SNP_SITUATIONS}),
+]
+
+
+def _snp_situation(chip, name: str) -> tuple[Firmware, Mailbox]:
+    """A platform with one SNP guest context at SNP_GCTX in the named situation; its page
+    SNP_PAGE is Guest-valid once launched and SNP_PRE_GUEST is Pre-guest for ASID 1."""
+    port = SnpMemPort()
+    fw = Firmware(port, None, chip=chip)
+    mb = Mailbox(fw, port)
+    port.write(SNP_DATA, b"plaintext" * 455)
+    if name == "no-snp-init":
+        return fw, mb
+    snp_platform(mb)
+    if name != "no-context":
+        policy = SNP_POLICY_DEFAULT if name == "running-no-debug" else SNP_DEBUG
+        snp_launch(mb, SNP_GCTX, 1, {SNP_PAGE: bytes(range(256)) * 16}, policy,
+                   start=name != "init", activate=name != "launch-inactive",
+                   finish=name in ("running", "running-no-debug", "decommissioned"))
+    if name == "decommissioned":
+        assert mb.status(Cmd.SNP_DECOMMISSION, SnpDecommission(SNP_GCTX)) == S
+    assert port.rmpupdate(SNP_PRE_GUEST, True, 1, 0x180000, immutable=True)
+    return fw, mb
+
+
+def _snp_state(fw: Firmware) -> int | None:
+    guest = (fw._ctx.snp_guests or {}).get(SNP_GCTX)  # test-only access: SNP has no GUEST_STATUS here
+    return None if guest is None else guest.state
+
+
+@pytest.mark.parametrize("situation", SNP_SITUATIONS)
+@pytest.mark.parametrize("cmd,buf,statuses", SNP_TABLE, ids=[row[0].name for row in SNP_TABLE])
+def test_snp_debug_commands_in_each_guest_state(chip, cmd, buf, statuses, situation):
+    fw, mb = _snp_situation(chip, situation)
+    assert _snp_state(fw) == SNP_SITUATIONS[situation]
+    assert Status(mb.status(cmd, buf)) is statuses[situation]
+    assert _snp_state(fw) == SNP_SITUATIONS[situation]  # no debug command changes the guest state
