@@ -1,9 +1,10 @@
 /* secret: the target of the snooping attacks.
  *
  * The secret is the launch secret the guest owner injected (secret_len bytes at GPA 0x9000),
- * or, when none was injected, the built-in DEFAULT_SECRET. The guest keeps copies of it in
- * three kinds of private memory (its stack, the heap, a static buffer in .bss), puts the
- * non-secret SHARED_MARKER in one page it shares with the hypervisor, and prints one line:
+ * under SEV-SNP the one the owner released to the attested guest (boot information flags bit 0,
+ * lib/secret.h), or, when none was offered, the built-in DEFAULT_SECRET. The guest keeps copies
+ * of it in three kinds of private memory (its stack, the heap, a static buffer in .bss), puts the
+ * non-secret SHARED_MARKER in the first page it shares with the hypervisor, and prints one line:
  *
  *   secret-sha256: <SHA-256 of exactly the secret bytes, 64 lowercase hex digits>
  *
@@ -11,13 +12,17 @@
  * POST port (an exit), so an attacker gets many chances to act while the secret is live.
  *
  * Exit status: 0; 1 when the boot information is unusable (no heap, or a secret_gpa other
- * than 0x9000); 10 when a private copy changed under the guest. */
+ * than 0x9000); 3 when a secret was offered but could not be obtained (one line
+ * "secret: no secret: <reason>": refused, the answer dropped or garbled, no RDRAND, no report);
+ * 10 when a private copy changed under the guest. */
 #include "hvguest.h"
+#include "secret.h"
 
 #define DEFAULT_SECRET "HV-DEFAULT-SECRET-0123456789abcd" /* 32 bytes, no NUL */
 #define SHARED_MARKER  "HV-SHARED-MARKER"                 /* 16 bytes, no NUL */
 #define ROUNDS         64
 #define EXIT_BAD_BOOT_INFO  1
+#define EXIT_NO_SECRET      3
 #define EXIT_SECRET_CHANGED 10
 
 static uint8_t static_copy[HV_SECRET_MAX];
@@ -47,21 +52,27 @@ int main(const struct hv_boot_info *bi)
         printf("secret: bad boot information page\n");
         return EXIT_BAD_BOOT_INFO;
     }
-    if (info.secret_len > 0) {
-        /* Both fields come from the unmeasured boot information page. Reading only the ABI's
-         * secret page, at most one page of it, keeps a lying hypervisor from turning the
-         * printed digest into an oracle on other private memory. */
-        if (info.secret_gpa != HV_SECRET_GPA) {
-            printf("secret: secret_gpa 0x%lx is not the secret page 0x%lx\n",
-                   info.secret_gpa, HV_SECRET_GPA);
-            return EXIT_BAD_BOOT_INFO;
-        }
-        src = (const uint8_t *)HV_SECRET_GPA;
-        len = info.secret_len < HV_SECRET_MAX ? info.secret_len : HV_SECRET_MAX;
+    /* The marker page first, so that it is the first page of the shared pool whatever else
+     * the guest shares (a secret release takes pages of its own). */
+    uint8_t *shared = shared_alloc(1);
+    const uint8_t *got;
+    size_t got_len;
+    int rc = hv_secret(&info, &got, &got_len);
+
+    if (rc == HV_SECRET_BAD_GPA) {
+        printf("secret: %s\n", hv_secret_reason());
+        return EXIT_BAD_BOOT_INFO;
+    }
+    if (rc < 0) {
+        printf("secret: no secret: %s\n", hv_secret_reason());
+        return EXIT_NO_SECRET;
+    }
+    if (rc == HV_SECRET_OK) {
+        src = got;
+        len = got_len;
     }
 
     uint8_t *heap_copy = malloc(len);
-    uint8_t *shared = shared_alloc(1);
 
     if (!heap_copy || !shared) {
         printf("secret: out of %s memory\n", heap_copy ? "shared" : "heap");

@@ -5,8 +5,9 @@
  * request into the ring before resuming it, the guest answers in the ring and rings again. This
  * is the shape of a virtio device, and of the network services the SEV papers attacked.
  *
- * Its secret is the launch secret when one was injected (first 32 bytes at GPA 0x9000), else the
- * built-in DEFAULT_SECRET. Requests:
+ * Its secret is the launch secret when one was injected (first 32 bytes at GPA 0x9000), under
+ * SEV-SNP the first 32 bytes of the secret the owner released to the attested guest (boot
+ * information flags bit 0, lib/secret.h), else the built-in DEFAULT_SECRET. Requests:
  *   READ_PAGE n   copy public page n (of PUBLIC_PAGES, private memory) into ring page 1
  *   CHECK_PIN p   compare p with the PIN (the secret's first 4 bytes); three wrong PINs lock
  *   LADDER        a toy constant-time ladder over the secret's first 64 bits, one exit per bit
@@ -16,14 +17,20 @@
  *   EXIT v        stop with status v
  * A measured configuration block (`config`, in .data) can enable a debug dump of the secret;
  * the image ships with it off. debug_shell() is never called by the guest itself.
- * The ring's first 16 bytes hold the non-secret HV-SHARED-MARKER. */
+ * The ring's first 16 bytes hold the non-secret HV-SHARED-MARKER.
+ *
+ * Exit status: the EXIT request's value; 1 when the boot information or the shared memory is
+ * unusable; 3 when a secret was offered but could not be obtained (one line
+ * "service: no secret: <reason>"). */
 #include "hvguest.h"
+#include "secret.h"
 
 #define DEFAULT_SECRET "HV-DEFAULT-SECRET-0123456789abcd"
 #define SHARED_MARKER  "HV-SHARED-MARKER"
 #define SECRET_LEN     32
 #define PUBLIC_PAGES   4
 #define MAX_TRIES      3
+#define EXIT_NO_SECRET 3
 
 #define PORT_REGISTER  0x510
 #define PORT_DOORBELL  0x511
@@ -208,24 +215,43 @@ static void serve(struct ring *ring, uint8_t *data)
     }
 }
 
-int main(const struct hv_boot_info *bi)
+/* Fill `secret`: 0, or the exit status after a one-line error. Kept out of main so that main's
+ * frame, and with it the stack under ladder(), stays what it was. */
+__attribute__((noinline)) static int load_secret(const struct hv_boot_info *bi)
 {
     struct hv_boot_info info = boot_info_read(bi);
+    const uint8_t *got;
+    size_t len;
+    int rc;
 
     if (!boot_info_valid(&info)) {
         printf("service: bad boot information page\n");
         return 1;
     }
-    if (info.secret_len > 0 && info.secret_gpa == HV_SECRET_GPA)
-        memcpy(secret, (const void *)HV_SECRET_GPA,
-               info.secret_len < SECRET_LEN ? info.secret_len : SECRET_LEN);
-    else
+    rc = hv_secret(&info, &got, &len);
+    if (rc == HV_SECRET_OK) {
+        memcpy(secret, got, len < SECRET_LEN ? len : SECRET_LEN);
+    } else if (rc == HV_SECRET_NONE || rc == HV_SECRET_BAD_GPA) {
+        /* A secret_gpa other than 0x9000 is ignored, as it always was: the default secret. */
         memcpy(secret, DEFAULT_SECRET, SECRET_LEN);
+    } else {
+        printf("service: no secret: %s\n", hv_secret_reason());
+        return EXIT_NO_SECRET;
+    }
+    return 0;
+}
+
+int main(const struct hv_boot_info *bi)
+{
+    /* The ring first, so that it is the first pages of the shared pool whatever else the guest
+     * shares (a secret release takes pages of its own). */
+    struct ring *ring = shared_alloc(2);
+    int rc = load_secret(bi);
+
+    if (rc != 0)
+        return rc;
     if (config.debug_dump != 0 && debug_entry)
         hexdump_secret("debug dump");
-
-    struct ring *ring = shared_alloc(2);
-
     if (!ring) {
         printf("service: no shared memory\n");
         return 1;

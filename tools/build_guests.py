@@ -39,6 +39,8 @@ LIB_SOURCES = (
     "lib/ghcb.c",
     "lib/aesgcm.c",
     "lib/snp_guest.c",
+    "lib/x25519.c",
+    "lib/secret.c",
     "lib/vc.c",
     "lib/vc_entry.S",
 )

@@ -11,6 +11,9 @@
 #define HV_BOOT_INFO_MAGIC   0x49425648u /* "HVBI" */
 #define HV_BOOT_INFO_VERSION 1u
 
+/* flags bit 0 (SEV-SNP): a guest owner will release a secret after attestation. */
+#define HV_BOOT_FLAG_SECRET_RELEASE (1u << 0)
+
 /* The hypervisor may lie in this page: it is shared and not measured. */
 #define HV_SECRET_MAX        4096u
 #define HV_MEM_MAX           (4UL << 30)

@@ -1,3 +1,4 @@
+#include "ghcb.h"
 #include "mem.h"
 #include "paging.h"
 #include "sev.h"
