@@ -86,7 +86,8 @@ psp_state_option = click.option(
               help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
 @click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest (measured launch through the PSP).")
 @click.option("--sev-es", "mode", flag_value="sev-es", help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
-@click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP: SEV-ES plus the RMP's memory integrity (no attestation yet).")
+@click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP: SEV-ES plus the RMP's memory integrity; the guest attests itself and "
+                   "gets its secret after attestation.")
 @click.option("--policy", callback=_int, default=None,
               help="Guest policy for encrypted modes (e.g. 0x1 = NODBG, the default; 0x0 allows debugging).")
 @click.option("--cbitpos", type=click.IntRange(32, 51), default=None, help="C-bit position (default 47).")
@@ -102,11 +103,15 @@ psp_state_option = click.option(
 @click.option("--dump-dram", type=click.Path(dir_okay=False, writable=True), default=None,
               help="When the guest stops, write its memory as the hypervisor sees it, in GPA order.")
 @click.option("--secret-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Launch secret for the guest (plain: written directly; SEV: injected through the PSP).")
+              help="Secret for the guest (plain: written directly; SEV, SEV-ES: injected through the "
+                   "PSP; SEV-SNP: released to the attested guest on request, 1..4096 bytes).")
 @click.option("--session", "session_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="The guest owner's launch_blob.bin and godh.cert (from `hv owner session`).")
+              help="The guest owner's launch_blob.bin and godh.cert (from `hv owner session`; "
+                   "SEV and SEV-ES only).")
 @click.option("--owner-exec", default=None,
-              help="Command that answers the launch measurement (JSON on stdin) with a secret packet.")
+              help="Command playing the guest owner, JSON on stdin and stdout: it answers the launch "
+                   "measurement with a secret packet (SEV, SEV-ES) or the guest's attestation report "
+                   "with the encrypted secret (SEV-SNP).")
 @click.option("--gdb", default=None, metavar="tcp::PORT",
               help="Serve the GDB remote protocol on localhost:PORT (0: a free port, printed on "
                    "stderr). Private memory of an encrypted guest reads as plaintext only when "
@@ -125,6 +130,11 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     secret = Path(secret_file).read_bytes() if secret_file else None
     if (session_dir or owner_exec) and not mode:
         raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
+    if session_dir and mode == "sev-snp":
+        raise click.UsageError("--session is for --sev and --sev-es: SEV-SNP has no launch session "
+                               "blob (use --secret-file or --owner-exec)")
+    if secret_file and owner_exec and mode == "sev-snp":
+        raise click.UsageError("under --sev-snp give --secret-file or --owner-exec, not both")
     stream = None if (quiet or as_json) else _stdout_writer()
     config = VmmConfig(
         image=data, mem_size=mem, vm_type=mode or "plain", policy=policy, cbitpos=cbitpos,

@@ -17,10 +17,11 @@ from hv.boot._vmsa import (
     initial_vmsa,
     launch_vmsas,
 )
-from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages
+from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages, snp_pages_digest
 from hv.boot._layout import (
     BOOT_INFO_GPA,
     BOOT_INFO_MAGIC,
+    BOOT_INFO_SECRET_RELEASE,
     BOOT_STACK_TOP,
     IMAGE_BASE,
     MAX_MEM,
@@ -39,6 +40,7 @@ from hv.boot._layout import (
 __all__ = [
     "BOOT_INFO_GPA",
     "BOOT_INFO_MAGIC",
+    "BOOT_INFO_SECRET_RELEASE",
     "BOOT_STACK_TOP",
     "IMAGE_BASE",
     "ImageError",
@@ -67,5 +69,6 @@ __all__ = [
     "parse_image",
     "SEV_FEATURES_SNP",
     "snp_launch_digest",
+    "snp_pages_digest",
     "snp_launch_pages",
 ]

@@ -14,6 +14,7 @@ from hv.boot._image import IMAGE_BASE, parse_image
 __all__ = [
     "BOOT_INFO_GPA",
     "BOOT_INFO_MAGIC",
+    "BOOT_INFO_SECRET_RELEASE",
     "BOOT_STACK_TOP",
     "IMAGE_BASE",
     "MAX_MEM",
@@ -40,6 +41,8 @@ SECRET_GPA = 0x9000
 SECRET_MAX = 0x1000
 BOOT_STACK_TOP = 0x10000
 BOOT_INFO_MAGIC = 0x49425648  # "HVBI"
+BOOT_INFO_SECRET_RELEASE = 1 << 0  # flags bit 0: secret release offered (SEV-SNP, port 0x502)
+BOOT_INFO_FLAGS = BOOT_INFO_SECRET_RELEASE
 MIN_MEM = 4 << 20
 MAX_MEM = 4 << 30
 _GIB = 1 << 30
@@ -80,11 +83,16 @@ def boot_page_tables(mem_size: int, cbitpos: int | None) -> list[tuple[int, byte
     return [(gpa, struct.pack("<512Q", *entries)) for gpa, entries in tables]
 
 
-def boot_info(mem_size: int, secret_len: int = 0) -> bytes:
-    """The boot information page (shared, written by the hypervisor after the launch)."""
+def boot_info(mem_size: int, secret_len: int = 0, flags: int = 0) -> bytes:
+    """The boot information page (shared, written by the hypervisor after the launch).
+
+    `flags` is a combination of the BOOT_INFO_* bits (BOOT_INFO_SECRET_RELEASE: an SEV-SNP
+    guest may ask for its secret on port 0x502)."""
     if not 0 <= secret_len <= SECRET_MAX:
         raise ValueError(f"secret of {secret_len} bytes does not fit the {SECRET_MAX}-byte secret page")
-    head = struct.pack("<IIQQII", BOOT_INFO_MAGIC, 1, mem_size, SECRET_GPA, secret_len, 0)
+    if flags & ~BOOT_INFO_FLAGS:
+        raise ValueError(f"boot information flags {flags:#x} has bits outside {BOOT_INFO_FLAGS:#x}")
+    head = struct.pack("<IIQQII", BOOT_INFO_MAGIC, 1, mem_size, SECRET_GPA, secret_len, flags)
     return head + bytes(PAGE - len(head))
 
 

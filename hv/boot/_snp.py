@@ -18,7 +18,7 @@ from sevwire import INITIAL_VMSA_GPA, SnpPageType, snp_extend
 from hv.boot._layout import PAGE, launch_regions
 from hv.boot._vmsa import initial_vmsa
 
-__all__ = ["SEV_FEATURES_SNP", "snp_launch_digest", "snp_launch_pages"]
+__all__ = ["SEV_FEATURES_SNP", "snp_launch_digest", "snp_launch_pages", "snp_pages_digest"]
 
 SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNPActive
 SNP_SECRETS_GPA = 0x9000
@@ -48,7 +48,12 @@ def snp_launch_pages(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[in
 
 def snp_launch_digest(image: bytes, mem_size: int, cbitpos: int) -> bytes:
     """The 48-byte SHA-384 launch digest the PSP computes for an SNP launch of `image`."""
+    return snp_pages_digest(snp_launch_pages(image, mem_size, cbitpos))
+
+
+def snp_pages_digest(pages: list[tuple[int, bytes, int]]) -> bytes:
+    """The launch digest of SNP_LAUNCH_UPDATEs of `pages` (gpa, contents, type), in order."""
     ld = bytes(48)
-    for gpa, contents, kind in snp_launch_pages(image, mem_size, cbitpos):
+    for gpa, contents, kind in pages:
         ld = snp_extend(ld, contents, kind, gpa)
     return ld

@@ -251,6 +251,12 @@ class SevGuest:
             out += self.dev.get(dst, hi - lo)[spa - lo:spa - lo + n]
         return out
 
+    def dbg_decrypt_spa(self, spa: int, length: int = 0x1000) -> bytes:
+        """DBG_DECRYPT of a host range outside guest memory (the VMSA), through the mailbox."""
+        dst = self.dev.put(bytes(length))
+        self.dev.issue(Cmd.DBG_DECRYPT, DbgDecrypt(handle=self.handle, src=spa, dst=dst, len=length))
+        return self.dev.get(dst, length)
+
     def dbg_encrypt(self, gpa: int, data: bytes) -> None:
         pos = 0
         for spa, n in self._spa_ranges(gpa, len(data)):

@@ -16,7 +16,7 @@ import dataclasses
 import sevwire
 from hv.owner._errors import OwnerInputError
 
-__all__ = ["ImageDigest", "image_digest", "load_launch_regions", "snp_pages"]
+__all__ = ["ImageDigest", "image_digest", "load_launch_regions", "snp_measurement", "snp_pages"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,3 +70,11 @@ def snp_pages(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[int, byte
         return snp_launch_pages(image, mem_size, cbitpos)
     except (ValueError, TypeError) as exc:
         raise OwnerInputError(f"image: {exc}") from None
+
+
+def snp_measurement(image: bytes, mem_size: int, cbitpos: int) -> bytes:
+    """The 48-byte SNP launch digest of `image` (what the report's measurement must be)."""
+    ld = bytes(48)
+    for gpa, contents, kind in snp_pages(image, mem_size, cbitpos):
+        ld = sevwire.snp_extend(ld, contents, kind, gpa)
+    return ld

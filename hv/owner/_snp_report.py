@@ -10,6 +10,9 @@ is the chain of checks, each of which stops a different lie:
 - measurement, policy, report_data: the guest is the image the owner expects, launched with the
   expected policy, and the report answers the owner's (or the guest's) fresh nonce.
 Checks run in that order and stop at the first failure, whose reason is the one line printed.
+`hv owner verify-report` and the SNP secret release (`release_secret`, `python -m hv.owner.exec
+--snp`) both run them here, on a report file or bytes and on a chain directory or certificates
+in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from collections.abc import Mapping
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,7 +31,8 @@ import sevwire
 from hv.owner._errors import OwnerCheckFailed, OwnerInputError
 from hv.owner._inputs import read_amd_cert, read_file
 
-__all__ = ["VCEK_FILE", "ReportCheck", "read_report", "verify_snp_report_chain"]
+__all__ = ["VCEK_FILE", "ReportCheck", "SnpChain", "read_report", "read_snp_chain",
+           "verify_snp_report_chain"]
 
 VCEK_FILE = "vcek.der"
 _VCEK_OID = "1.3.6.1.4.1.3704.1"
@@ -66,18 +71,56 @@ def read_report(path: str | os.PathLike) -> bytes:
     return raw
 
 
-def _read_vcek(path: pathlib.Path) -> x509.Certificate:
-    raw = read_file(path, "VCEK certificate")
+def _decode_vcek(raw: bytes, where: str) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(raw)
     except ValueError:
         try:
             cert = x509.load_pem_x509_certificate(raw)
         except ValueError:
-            raise OwnerInputError(f"VCEK certificate {path}: not an X.509 certificate") from None
+            raise OwnerInputError(f"VCEK certificate {where}: not an X.509 certificate") from None
     if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
-        raise OwnerInputError(f"VCEK certificate {path}: the key is not an EC key")
+        raise OwnerInputError(f"VCEK certificate {where}: the key is not an EC key")
     return cert
+
+
+def _decode_amd(raw: bytes, what: str, where: str) -> sevwire.AmdCert:
+    try:
+        return sevwire.AmdCert.decode(raw)
+    except sevwire.SevWireError as exc:
+        raise OwnerInputError(f"{what} {where}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SnpChain:
+    """The three certificates a report is checked against, decoded (not yet verified)."""
+
+    ark: sevwire.AmdCert
+    ask: sevwire.AmdCert
+    vcek: x509.Certificate
+
+
+def read_snp_chain(chain: str | os.PathLike | Mapping[str, bytes] | SnpChain) -> SnpChain:
+    """ark.cert, ask.cert and vcek.der from a directory (`hv psp export`), or from a mapping of
+    those file names to their bytes (what `SevDevice.export_certificates` returns; other names
+    are ignored). OwnerInputError names the first one that is missing or unusable."""
+    if isinstance(chain, SnpChain):
+        return chain
+    if isinstance(chain, Mapping):
+        def get(name: str) -> bytes:
+            raw = chain.get(name)
+            if not isinstance(raw, (bytes, bytearray)):
+                raise OwnerInputError(f"certificates: {name} is missing")
+            return bytes(raw)
+
+        return SnpChain(_decode_amd(get("ark.cert"), "ARK", "ark.cert"),
+                        _decode_amd(get("ask.cert"), "ASK", "ask.cert"),
+                        _decode_vcek(get(VCEK_FILE), VCEK_FILE))
+    d = pathlib.Path(chain)
+    ark = read_amd_cert(d / "ark.cert", "ARK")
+    ask = read_amd_cert(d / "ask.cert", "ASK")
+    vcek_path = d / VCEK_FILE
+    return SnpChain(ark, ask, _decode_vcek(read_file(vcek_path, "VCEK certificate"), str(vcek_path)))
 
 
 def _ext_value(cert: x509.Certificate, suffix: str) -> bytes | None:
@@ -98,16 +141,24 @@ def _fail(name: str, reason: str) -> OwnerCheckFailed:
     return OwnerCheckFailed(f"report REJECTED at {name}: {reason}")
 
 
-def verify_snp_report_chain(report_path: str | os.PathLike, chain_dir: str | os.PathLike, *,
+def verify_snp_report_chain(report: bytes | str | os.PathLike,
+                            chain: str | os.PathLike | Mapping[str, bytes] | SnpChain, *,
                             measurement: bytes | None = None, policy: int | None = None,
                             report_data: bytes | None = None) -> ReportCheck:
     """Run every check; OwnerCheckFailed (exit 1) naming the first that fails, OwnerInputError
-    (exit 2) if a file is unusable."""
-    raw = read_report(report_path)
-    d = pathlib.Path(chain_dir)
-    ark = read_amd_cert(d / "ark.cert", "ARK")
-    ask = read_amd_cert(d / "ask.cert", "ASK")
-    vcek = _read_vcek(d / VCEK_FILE)
+    (exit 2) if a file or value is unusable.
+
+    `report` is the report itself (bytes, exactly 1184) or a file `read_report` accepts; `chain`
+    is whatever `read_snp_chain` accepts. `hv owner verify-report`, `release_secret` and the
+    `--snp` mode of `python -m hv.owner.exec` all check reports here."""
+    if isinstance(report, (bytes, bytearray, memoryview)):
+        raw = bytes(report)
+        if len(raw) != sevwire.SNP_REPORT_SIZE:
+            raise OwnerInputError(f"report: expected {sevwire.SNP_REPORT_SIZE} bytes, got {len(raw)}")
+    else:
+        raw = read_report(report)
+    certs = read_snp_chain(chain)
+    ark, ask, vcek = certs.ark, certs.ask, certs.vcek
     passed: list[str] = []
 
     def step(name: str, fn) -> None:

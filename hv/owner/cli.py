@@ -19,7 +19,7 @@ import click
 
 import sevwire
 from hv.owner._chain import verify_chain
-from hv.owner._digest import image_digest, snp_pages
+from hv.owner._digest import image_digest, snp_measurement, snp_pages
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._inputs import (
     DEFAULT_CBITPOS,
@@ -234,9 +234,7 @@ def verify_report_cmd(report: str, chain_dir: str, image: str | None, measuremen
         raise OwnerInputError("give at most one of --image and --measurement")
     expected = parse_hex(measurement, 48, "--measurement") if measurement is not None else None
     if image is not None:
-        expected = bytes(48)
-        for gpa, contents, kind in snp_pages(read_file(image, "image"), parse_size(mem), cbitpos):
-            expected = sevwire.snp_extend(expected, contents, kind, gpa)
+        expected = snp_measurement(read_file(image, "image"), parse_size(mem), cbitpos)
     pol = parse_int(snp_policy, "--policy", 64) if snp_policy is not None else None
     rdata = parse_hex(report_data, 64, "--report-data") if report_data is not None else None
     result = verify_snp_report_chain(report, chain_dir, measurement=expected, policy=pol,

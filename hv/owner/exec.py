@@ -1,11 +1,20 @@
-"""`python -m hv.owner.exec`: the guest owner's side of `hv run --sev --owner-exec CMD`.
+"""`python -m hv.owner.exec`: the guest owner's side of `hv run --owner-exec CMD`.
 
-Reads one JSON request from stdin: {"measurement": hex32, "mnonce": hex16, "api_major": int,
-"api_minor": int, "build": int, "policy": int}, and writes one JSON answer to stdout:
-{"header": hex52, "data": hex} (exit 0), {"refuse": reason} (exit 1: the launch is not the
-expected one) or {"refuse": "bad request: ..."} (exit 2). Unusable command-line files are one
-line on stderr and exit 2 before stdin is read. The expected digest comes from --image (via
-hv.boot) or --digest.
+SEV and SEV-ES (`--tk FILE --image IMG|--digest HEX --secret FILE`): reads one JSON request from
+stdin, {"measurement": hex32, "mnonce": hex16, "api_major": int, "api_minor": int, "build": int,
+"policy": int}, and answers with a LAUNCH_SECRET packet {"header": hex52, "data": hex} for the
+expected launch (`respond`). The expected digest comes from --image (via hv.boot) or --digest.
+
+SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]`): reads
+one JSON request {"report": hex} (the guest's 1184-byte attestation report) and, when the report
+verifies against ark.cert, ask.cert and vcek.der in DIR (`hv psp export`) and carries the
+expected measurement (from --image via hv.boot, or --measurement: 48 bytes) and policy, answers
+{"owner_pub": hex32, "iv": hex12, "ciphertext": hex, "tag": hex16}: the secret encrypted to the
+X25519 key in the report's report_data (`release_secret`, docs/guest-abi.md).
+
+Either way the answer is one JSON object on stdout: the secret (exit 0), {"refuse": reason}
+(exit 1: not the expected guest) or {"refuse": "bad request: ..."} (exit 2). Unusable
+command-line options or files are one line on stderr and exit 2 before stdin is read.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ import sys
 import click
 
 import sevwire
-from hv.owner._digest import image_digest
+from hv.owner._digest import image_digest, snp_measurement
 from hv.owner._errors import OwnerError, OwnerInputError
-from hv.owner._inputs import DEFAULT_CBITPOS, DEFAULT_MEM, parse_hex, parse_size, read_file, read_tk
+from hv.owner._inputs import DEFAULT_CBITPOS, DEFAULT_MEM, parse_hex, parse_int, parse_size, read_file, read_tk
+from hv.owner._release import SNP_MAX_SECRET, release_secret
 from hv.owner._respond import respond
+from hv.owner._snp_report import read_snp_chain
 
-__all__ = ["main"]
+__all__ = ["main", "parse_snp_request"]
 
 
 def _answer(payload: dict, code: int) -> None:
@@ -29,37 +40,90 @@ def _answer(payload: dict, code: int) -> None:
     sys.exit(code)
 
 
+def parse_snp_request(request: object) -> bytes:
+    """The report of an SNP release request {"report": hex}; OwnerInputError otherwise."""
+    if not isinstance(request, dict):
+        raise OwnerInputError("request must be a JSON object")
+    if "report" not in request:
+        raise OwnerInputError("request is missing report")
+    if not isinstance(request["report"], str):
+        raise OwnerInputError("request report must be a hex string")
+    return parse_hex(request["report"], sevwire.SNP_REPORT_SIZE, "request report")
+
+
 @click.command()
-@click.option("--tk", "tk_path", required=True, type=click.Path(dir_okay=False), help="tmp_tk.bin (TEK||TIK).")
+@click.option("--snp", is_flag=True, help="Release to an SEV-SNP guest's attestation report instead.")
+@click.option("--tk", "tk_path", default=None, type=click.Path(dir_okay=False),
+              help="tmp_tk.bin (TEK||TIK); SEV and SEV-ES.")
+@click.option("--chain", "chain_dir", default=None, type=click.Path(file_okay=False),
+              help="With --snp: the directory holding ark.cert, ask.cert and vcek.der (`hv psp export`).")
 @click.option("--image", default=None, type=click.Path(dir_okay=False), help="The image the guest must run.")
-@click.option("--digest", default=None, help="Or: the expected launch digest (hex).")
+@click.option("--digest", default=None, help="Or (SEV, SEV-ES): the expected launch digest (32 bytes, hex).")
+@click.option("--measurement", default=None, help="Or (--snp): the expected measurement (48 bytes, hex).")
 @click.option("--secret", "secret_path", required=True, type=click.Path(dir_okay=False), help="Secret to release.")
 @click.option("--mem", default=str(DEFAULT_MEM >> 20) + "M", show_default=True, help="Guest memory size.")
 @click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int, help="C-bit position.")
-@click.option("--policy", default=None, help="Refuse launches under any other policy.")
-def main(tk_path: str, image: str | None, digest: str | None, secret_path: str, mem: str, cbitpos: int,
-         policy: str | None) -> None:
-    """Answer one launch-measurement request on stdin with a LAUNCH_SECRET packet or a refusal."""
+@click.option("--policy", default=None, help="Refuse guests launched under any other policy.")
+def main(snp: bool, tk_path: str | None, chain_dir: str | None, image: str | None, digest: str | None,
+         measurement: str | None, secret_path: str, mem: str, cbitpos: int, policy: str | None) -> None:
+    """Answer one request on stdin (a launch measurement, or with --snp an attestation report)
+    with the secret for the expected guest, or a refusal."""
     try:
-        if (image is None) == (digest is None):
-            raise OwnerInputError("give exactly one of --image and --digest")
-        expected_policy = None if policy is None else int(sevwire.parse_policy(policy))
-        tk = read_tk(tk_path)
-        secret = read_file(secret_path, "secret")
-        if digest is not None:
-            expected = parse_hex(digest, 32, "--digest")
+        if snp:
+            answer_request = _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
+                                       cbitpos, policy)
         else:
-            expected = image_digest(read_file(image, "image"), parse_size(mem), cbitpos,
-                                    expected_policy or 0).digest
+            answer_request = _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
+                                       cbitpos, policy)
     except (OwnerError, sevwire.SevWireError) as exc:
         click.echo(f"hv owner exec: {exc}", err=True)
         sys.exit(2)
     try:
-        request = json.loads(sys.stdin.read())
-        answer = respond(request, tk.tek + tk.tik, expected, secret, expected_policy=expected_policy)
+        answer = answer_request(json.loads(sys.stdin.read()))
     except (ValueError, OwnerError) as exc:  # json.JSONDecodeError is a ValueError
         _answer({"refuse": f"bad request: {exc}"}, 2)
     _answer(answer, 1 if "refuse" in answer else 0)
+
+
+def _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy):
+    if tk_path is None:
+        raise OwnerInputError("--tk is required (or --snp for an SEV-SNP guest)")
+    if chain_dir is not None or measurement is not None:
+        raise OwnerInputError("--chain and --measurement are for SEV-SNP reports: add --snp")
+    if (image is None) == (digest is None):
+        raise OwnerInputError("give exactly one of --image and --digest")
+    expected_policy = None if policy is None else int(sevwire.parse_policy(policy))
+    tk = read_tk(tk_path)
+    secret = read_file(secret_path, "secret")
+    if digest is not None:
+        expected = parse_hex(digest, 32, "--digest")
+    else:
+        expected = image_digest(read_file(image, "image"), parse_size(mem), cbitpos,
+                                expected_policy or 0).digest
+    return lambda request: respond(request, tk.tek + tk.tik, expected, secret,
+                                   expected_policy=expected_policy)
+
+
+def _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy):
+    if tk_path is not None or digest is not None:
+        raise OwnerInputError("--tk and --digest are for SEV launches; with --snp give --chain and "
+                              "--image or --measurement")
+    if chain_dir is None:
+        raise OwnerInputError("--snp needs --chain DIR (ark.cert, ask.cert, vcek.der from `hv psp export`)")
+    if (image is None) == (measurement is None):
+        raise OwnerInputError("give exactly one of --image and --measurement")
+    expected_policy = None if policy is None else parse_int(policy, "--policy", 64)
+    chain = read_snp_chain(chain_dir)
+    secret = read_file(secret_path, "secret")
+    if not 1 <= len(secret) <= SNP_MAX_SECRET:
+        raise OwnerInputError(f"secret {secret_path}: {len(secret)} bytes; a released secret is "
+                              f"1..{SNP_MAX_SECRET} bytes")
+    if measurement is not None:
+        expected = parse_hex(measurement, 48, "--measurement")
+    else:
+        expected = snp_measurement(read_file(image, "image"), parse_size(mem), cbitpos)
+    return lambda request: release_secret(parse_snp_request(request), chain, expected, secret,
+                                          expected_policy=expected_policy)
 
 
 if __name__ == "__main__":

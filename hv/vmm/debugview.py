@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sevwire import Cmd, DbgDecrypt, Status
+from sevwire import Status
 
 from hv.boot import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
 from hv.kvm import KvmError
@@ -62,6 +62,11 @@ class DebugView:
             self._warned.add(key)
             self._warn(message)
 
+    @property
+    def _guest(self):
+        """The PSP launch context the debug commands go through (DBG_* or SNP_DBG_*)."""
+        return self._vm.snp if self._vm.type == "sev-snp" else self._vm.sev
+
     # -- memory ------------------------------------------------------------------------------------
     def read(self, gva: int, length: int) -> bytes:
         """Bytes at guest-virtual `gva`; shorter than asked where a page is not mapped."""
@@ -83,7 +88,7 @@ class DebugView:
     def _read_gpa(self, gpa: int, n: int, private: bool) -> bytes:
         if private and not self._nodbg:
             try:
-                return self._vm.sev.dbg_decrypt(gpa, n)
+                return self._guest.dbg_decrypt(gpa, n)
             except FirmwareError as e:
                 if e.status != Status.POLICY_FAILURE:
                     raise
@@ -113,11 +118,18 @@ class DebugView:
         return True
 
     def _write_private(self, gpa: int, data: bytes) -> None:
-        """DBG_ENCRYPT works on 16-byte blocks: read the blocks around `data`, patch, write."""
+        """DBG_ENCRYPT works on 16-byte blocks: read the blocks around `data`, patch, write.
+        Not under SEV-SNP: SNP_DBG_ENCRYPT leaves the page unvalidated, and the guest library
+        treats that as an attack and stops (a breakpoint would kill the guest)."""
+        if self._vm.type == "sev-snp":
+            self._warn_once("snp-write", "warning: SEV-SNP: writes to private memory (software "
+                                         "breakpoints too) are refused; the page would lose its "
+                                         "validation")
+            raise KvmError("SEV-SNP private memory is not writable by the debugger")
         lo, hi = gpa & ~15, (gpa + len(data) + 15) & ~15
-        block = bytearray(self._vm.sev.dbg_decrypt(lo, hi - lo))
+        block = bytearray(self._guest.dbg_decrypt(lo, hi - lo))
         block[gpa - lo:gpa - lo + len(data)] = data
-        self._vm.sev.dbg_encrypt(lo, bytes(block))
+        self._guest.dbg_encrypt(lo, bytes(block))
 
     # -- registers ---------------------------------------------------------------------------------
     def registers(self) -> dict[str, int]:
@@ -138,11 +150,11 @@ class DebugView:
         return True
 
     def _vmsa_registers(self) -> dict[str, int]:
-        sev = self._vm.sev
+        sev = self._guest
         page = None
         if not self._nodbg:
             try:
-                page = _dbg_decrypt_spa(sev, self._vcpu.vmsa_spa, VMSA_SIZE)
+                page = sev.dbg_decrypt_spa(self._vcpu.vmsa_spa)[:VMSA_SIZE]
             except FirmwareError as e:
                 if e.status != Status.POLICY_FAILURE:
                     raise
@@ -160,10 +172,3 @@ class DebugView:
                 off = VMSA_QWORDS[name]
                 out[name] = int.from_bytes(page[off:off + 8], "little")
         return out
-
-
-def _dbg_decrypt_spa(sev, spa: int, length: int) -> bytes:
-    """DBG_DECRYPT of a host page outside guest memory (the VMSA), through the driver's mailbox."""
-    dst = sev.dev.put(bytes(length))
-    sev.dev.issue(Cmd.DBG_DECRYPT, DbgDecrypt(handle=sev.handle, src=spa, dst=dst, len=length))
-    return sev.dev.get(dst, length)

@@ -1,4 +1,7 @@
-"""The VMM's devices: a 16550 UART, the debug-exit port and the POST-code port."""
+"""The VMM's devices: a 16550 UART, the debug-exit port and the POST-code port.
+
+The SEV-SNP secret release port (0x502) is hv.vmm.secret_release: it talks to the guest owner.
+"""
 
 from __future__ import annotations
 

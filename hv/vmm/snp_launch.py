@@ -15,11 +15,15 @@ the launched pages are validated.
 
 Assigning everything up front (rather than leaving pages hypervisor-owned until the guest asks
 for them) keeps the guest's boot to one PVALIDATE per page and no exits, and leaves nothing the
-guest could use while the hypervisor still owns it. There is no LAUNCH_SECRET in SNP: secrets
-arrive after attestation, which this version does not provide, so --secret-file is refused.
+guest could use while the hypervisor still owns it. There is no LAUNCH_SECRET in SNP: nothing is
+injected, and the PSP's secrets page sits where SEV's secret page is. With --secret-file or
+--owner-exec the guest asks for its secret after attestation instead (port 0x502,
+hv.vmm.secret_release), and the boot information page says so (flags bit 0).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from sevwire import INITIAL_VMSA_GPA, SnpPageType
 
@@ -30,6 +34,7 @@ from hv.kvm.sev_snp import SnpGuest, rmp_make_private, rmp_make_shared, snp_init
 __all__ = ["snp_launch", "snp_prepare", "snp_reclaim"]
 
 _PAGE = 0x1000
+Pages = list[tuple[int, bytes, int]]  # (GPA, 4 KiB contents, page type) in launch order
 
 
 def snp_prepare(kvm) -> SevDevice:
@@ -40,14 +45,18 @@ def snp_prepare(kvm) -> SevDevice:
     return dev
 
 
-def snp_launch(vmm, dev: SevDevice) -> SnpGuest:
-    """Launch `vmm`'s guest; returns the launch context (for teardown)."""
+def snp_launch(vmm, dev: SevDevice, rewrite: Callable[[Pages], Pages] | None = None) -> SnpGuest:
+    """Launch `vmm`'s guest; returns the launch context (for teardown). `rewrite` replaces the
+    pages handed to SNP_LAUNCH_UPDATE (the attack lab's hypervisor uses it; hv never does)."""
     cfg, vm = vmm.config, vmm.vm
     machine = vm.kvm.machine
     guest = SnpGuest(vm, dev) if cfg.policy is None else SnpGuest(vm, dev, cfg.policy)
     guest.launch_start()
     launched = set()
-    for gpa, contents, kind in boot.snp_launch_pages(cfg.image, cfg.mem_size, vm.cbitpos):
+    pages = boot.snp_launch_pages(cfg.image, cfg.mem_size, vm.cbitpos)
+    if rewrite is not None:
+        pages = rewrite(pages)
+    for gpa, contents, kind in pages:
         if kind == SnpPageType.VMSA:
             spa = vm.kvm.alloc(_PAGE)
             machine.host.write(spa, contents)
@@ -63,7 +72,7 @@ def snp_launch(vmm, dev: SevDevice) -> SnpGuest:
             if gpa not in launched and gpa != boot.BOOT_INFO_GPA:
                 rmp_make_private(machine, s.spa + off, vm.asid, gpa)
     guest.launch_finish()
-    digest = boot.snp_launch_digest(cfg.image, cfg.mem_size, vm.cbitpos)
+    digest = boot.snp_pages_digest(pages)  # what the PSP measured
     vmm.launch_info = {"mode": vm.type, "asid": vm.asid, "policy": guest.policy,
                        "digest": digest.hex(), "pages_launched": len(launched) + 1,
                        "secret_injected": False}

@@ -3,6 +3,10 @@
 This is user space above hv.kvm: it sees guest memory only as the hypervisor does (through
 memory slots, i.e. DRAM as stored), and for encrypted guests performs the SEV launch through the
 PSP. The run loop is kvmtool's: one loop, one switch on the exit reason, devices by bus lookup.
+
+Secrets: a plain guest gets its secret written in; SEV and SEV-ES get it through LAUNCH_SECRET
+after the owner checked LAUNCH_MEASURE; an SEV-SNP guest asks for it itself after attestation,
+on port 0x502 (hv.vmm.secret_release), and the owner releases it to a key in the guest's report.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hv.kvm.sev_snp import SnpGuest
 from hv.vmm.bus import Bus
 from hv.vmm.devices import DebugExit, PostCode, Uart16550
 from hv.vmm.report import crash_report
+from hv.vmm.secret_release import PORT as SECRET_RELEASE_PORT, SecretRelease
 from hv.vmm.snp_launch import snp_launch, snp_prepare, snp_reclaim
 
 __all__ = [
@@ -55,9 +60,9 @@ class VmmConfig:
     tsme: bool = False
     max_insns: int | None = None
     timeout: float | None = None
-    secret: bytes | None = None
-    session_dir: str | None = None       # owner's launch_blob.bin + godh.cert
-    owner_exec: str | None = None        # command answering the measurement with a secret packet
+    secret: bytes | None = None          # SEV-SNP: released after attestation (port 0x502)
+    session_dir: str | None = None       # owner's launch_blob.bin + godh.cert (not SEV-SNP)
+    owner_exec: str | None = None        # command answering the measurement (SEV-SNP: the report)
     psp_state: str | None = None
     serial_out: Callable[[bytes], None] | None = None
     image_name: str = "guest"
@@ -135,10 +140,17 @@ class Vmm:
             psp_state=config.psp_state))
         self.kvm = Kvm(self.machine)
         self._snp_dev = None
+        self._release_certs: dict[str, bytes] | None = None
+        self._release_expected: bytes | None = None
         if config.vm_type == "sev-snp":
-            if config.secret is not None or config.session_dir is not None or config.owner_exec:
-                raise LaunchError("SEV-SNP delivers secrets after attestation, which this version "
-                                  "of hv does not provide: no --secret-file/--session/--owner-exec")
+            if config.session_dir is not None:
+                raise LaunchError("--session is for SEV and SEV-ES launches: SEV-SNP has no launch "
+                                  "session blob (the owner releases the secret after attestation)")
+            if config.secret is not None and config.owner_exec:
+                raise LaunchError("under SEV-SNP give --secret-file (hv plays the owner) or "
+                                  "--owner-exec, not both")
+            if config.secret is not None:
+                self._check_release_secret(config.secret)
             try:  # SNP_INIT: the RMP must be on before an SNP vCPU exists
                 self._snp_dev = snp_prepare(self.kvm)
             except FirmwareError as e:
@@ -156,6 +168,11 @@ class Vmm:
         self.pio.register(0x3F8, 8, self.uart)
         self.pio.register(0x501, 1, self.debug_exit)
         self.pio.register(0x80, 1, self.post)
+        self.secret_release: SecretRelease | None = None
+        if config.vm_type == "sev-snp" and (config.secret is not None or config.owner_exec):
+            self.secret_release = SecretRelease(self.vm, config.mem_size, self._release_owner,
+                                                self._record_release)
+            self.pio.register(SECRET_RELEASE_PORT, 1, self.secret_release)
         self.mmio = Bus("MMIO")
         self.launch_info: dict | None = None
         self.sev: SevGuest | None = None
@@ -166,9 +183,11 @@ class Vmm:
             self.config.serial_out(b)
 
     # -- loading -----------------------------------------------------------------------------------------
-    def load(self) -> None:
-        """Put the guest in memory: directly (plain) or through the measured SEV launch."""
+    def load(self, snp_pages=None) -> None:
+        """Put the guest in memory: directly (plain) or through the measured SEV launch.
+        `snp_pages` (SEV-SNP only) rewrites the launched pages: see snp_launch."""
         cfg = self.config
+        flags = 0
         if not self.vm.encrypted:
             for gpa, data in boot.boot_page_tables(cfg.mem_size, None):
                 self.vm.write_gpa(gpa, data)
@@ -182,13 +201,22 @@ class Vmm:
                 secret_len = len(cfg.secret)
         elif self.vm.type == "sev-snp":
             try:
-                self.sev = snp_launch(self, self._snp_dev)
+                self.sev = snp_launch(self, self._snp_dev, snp_pages)
+                if self.secret_release is not None and cfg.owner_exec is None:
+                    # hv plays the owner: it checks reports against this platform's chain.
+                    self._release_certs = self._snp_dev.export_certificates()
             except FirmwareError as e:
                 raise LaunchError(str(e)) from e
             secret_len = 0
+            offered = self.secret_release is not None
+            self.launch_info["secret_release"] = {"offered": offered, "released": False,
+                                                  "requests": 0, "outcomes": []}
+            if offered:
+                self.launch_info["secret_release"]["owner"] = "exec" if cfg.owner_exec else "in-process"
+                flags |= boot.BOOT_INFO_SECRET_RELEASE
         else:
             secret_len = self._sev_launch()
-        self.vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+        self.vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len, flags))
         if self.vcpu.guest_state_protected:
             return  # SEV-ES: the entry state is the measured VMSA (hv.boot.initial_vmsa)
         self.vcpu.set_regs({"rip": self.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
@@ -199,6 +227,40 @@ class Vmm:
     def _check_secret(secret: bytes) -> None:
         if len(secret) > boot.SECRET_MAX:
             raise LaunchError(f"secret is {len(secret)} bytes; the secret page holds {boot.SECRET_MAX}")
+
+    @staticmethod
+    def _check_release_secret(secret: bytes) -> None:
+        from hv.owner import SNP_MAX_SECRET
+
+        if not 1 <= len(secret) <= SNP_MAX_SECRET:
+            raise LaunchError(f"secret is {len(secret)} bytes; an SEV-SNP guest is released "
+                              f"1..{SNP_MAX_SECRET} bytes")
+
+    # -- SEV-SNP secret release (port 0x502) -------------------------------------------------------------
+    def _release_owner(self, report: bytes) -> dict:
+        """The guest owner's answer to one attestation report: the --owner-exec command's, or
+        hv's own as the owner, checking against this platform's certificates, the launch digest
+        hv.boot predicts from the configured image (not whatever was launched) and the policy."""
+        from hv.owner import RELEASE_ANSWER_FIELDS, release_secret
+
+        cfg = self.config
+        if cfg.owner_exec is not None:
+            return _run_owner(cfg.owner_exec, {"report": report.hex()}, RELEASE_ANSWER_FIELDS)
+        if self._release_certs is None or self.sev is None:
+            raise LaunchError("the guest is not launched yet")
+        if self._release_expected is None:
+            self._release_expected = boot.snp_launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos)
+        return release_secret(report, self._release_certs, self._release_expected, cfg.secret,
+                              expected_policy=self.sev.policy)
+
+    def _record_release(self, outcome: dict) -> None:
+        if self.launch_info is None or "secret_release" not in self.launch_info:
+            return
+        info = self.launch_info["secret_release"]
+        info["requests"] = self.secret_release.requests
+        info["outcomes"] = self.secret_release.outcomes
+        if outcome["status"] == 0:
+            info["released"] = True
 
     def _sev_launch(self) -> int:
         from hv.owner import respond  # the guest owner's side, played locally when asked to
@@ -367,8 +429,9 @@ def _read_session(directory: str) -> tuple[bytes, bytes]:
     return godh, blob
 
 
-def _run_owner(command: str, request: dict) -> dict:
-    """The --owner-exec seam: one JSON object in on stdin, one JSON object out on stdout."""
+def _run_owner(command: str, request: dict, fields: tuple[str, ...] = ("header", "data")) -> dict:
+    """The --owner-exec seam: one JSON object in on stdin, one JSON object out on stdout, which
+    holds `fields` (the secret) or "refuse"."""
     try:
         p = subprocess.run(command, shell=True, input=json.dumps(request), capture_output=True,
                            text=True, timeout=120)
@@ -379,8 +442,9 @@ def _run_owner(command: str, request: dict) -> dict:
     except json.JSONDecodeError:
         err = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise LaunchError(f"--owner-exec gave no JSON answer (status {p.returncode}): {err}") from None
-    if not isinstance(answer, dict) or not ({"refuse"} <= answer.keys() or {"header", "data"} <= answer.keys()):
-        raise LaunchError("--owner-exec answer must be {\"header\": ..., \"data\": ...} or {\"refuse\": ...}")
+    if not isinstance(answer, dict) or not ({"refuse"} <= answer.keys() or set(fields) <= answer.keys()):
+        shape = ", ".join(f'"{f}": ...' for f in fields)
+        raise LaunchError(f"--owner-exec answer must be {{{shape}}} or {{\"refuse\": ...}}")
     return answer
 
 

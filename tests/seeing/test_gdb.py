@@ -86,6 +86,22 @@ def test_sev_es_registers_only_through_a_debug_policy(psp_state, tmp_path):
     assert status == 0, err
 
 
+def test_sev_snp_debugging_through_snp_dbg_decrypt(psp_state, tmp_path):
+    """SEV-SNP: the VMSA and private memory through SNP_DBG_DECRYPT when the policy has DEBUG
+    (bit 19); without it, hidden registers and ciphertext."""
+    out, status, err = run_session(psp_state, tmp_path, "--sev-snp", "--policy", "0xb0000")
+    assert register(out, "rip") == symbol(SECRET, "sha256")
+    assert register(out, "rsi") == len(DEFAULT_SECRET)
+    assert static_copy_bytes(out) == DEFAULT_SECRET
+    assert status == 0, err
+
+    out, status, err = run_session(psp_state, tmp_path, "--sev-snp")
+    assert register(out, "rip") == 0 and register(out, "rsi") == 0
+    assert static_copy_bytes(out) != DEFAULT_SECRET
+    assert "registers are hidden" in err
+    assert status == 0, err
+
+
 def test_step_and_kill(psp_state, tmp_path):
     hv = HvWithStub(SECRET, [], psp_state, tmp_path)
     out = gdb_session(hv.port, "break sha256", "continue", "stepi", "info registers rip", "kill")

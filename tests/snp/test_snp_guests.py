@@ -111,10 +111,22 @@ def test_rmp_after_a_run_and_after_teardown(psp_state):
     assert all(m.rmpread(spa) == RmpEntry() for spa in spas)
 
 
-def test_snp_refuses_launch_secrets(psp_state):
-    with pytest.raises(LaunchError, match="attestation"):
+def test_snp_injects_no_launch_secret(psp_state):
+    """Scenario: SNP has no LAUNCH_SECRET. A secret is offered for release after attestation
+    (tests/snp/test_secret_release.py), never injected; a launch session is refused."""
+    vmm = Vmm(VmmConfig(image=(GUESTS / "secret.img").read_bytes(), vm_type="sev-snp",
+                        secret=b"x" * 16, psp_state=psp_state))
+    try:
+        vmm.load()
+        info = vmm.vm.read_gpa(boot.BOOT_INFO_GPA, 0x20)
+        assert info[0x18:0x20] == bytes.fromhex("0000000001000000")  # secret_len 0, flags bit 0
+        assert vmm.launch_info["secret_injected"] is False
+        assert vmm.launch_info["secret_release"]["offered"] is True
+    finally:
+        vmm.close()
+    with pytest.raises(LaunchError, match="session"):
         Vmm(VmmConfig(image=(GUESTS / "secret.img").read_bytes(), vm_type="sev-snp",
-                      secret=b"x" * 16, psp_state=psp_state))
+                      session_dir=".", psp_state=psp_state))
 
 
 def test_snp_policy_is_checked(hv_run):
