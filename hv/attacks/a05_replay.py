@@ -4,7 +4,8 @@ SEV and SEV-ES encrypt without integrity or freshness: the ciphertext of a block
 the key, the host physical address and the plaintext. A hypervisor that saves a page's
 ciphertext and writes it back later makes the guest read the old value, cleanly decrypted. Here
 the page holds the service's wrong-PIN counter: replaying it gives unlimited PIN guesses. Only
-SEV-SNP's RMP (the owner alone may write a private page) stops it.
+SEV-SNP's RMP (the owner alone may write a private page) stops it: the
+hypervisor's write-back faults and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from hv.attacks.lab import OP_CHECK_PIN, Lab, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
+from hv.kvm import RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -27,6 +29,7 @@ def run(mode: str) -> Outcome:
     secret = fresh_secret()
     wrong_pin = int.from_bytes(secret[:4], "little") ^ 0x5A5A5A5A
     log: list[tuple[int, int]] = []
+    refused: list[str] = []
 
     with Lab("service", mode, secret=secret) as lab:
         page = lab.symbols["pin_state"]
@@ -36,7 +39,10 @@ def run(mode: str) -> Outcome:
             for _ in range(2):
                 r = yield Request(OP_CHECK_PIN, wrong_pin)
                 log.append((r.status, r.value))
-            lab.vm.write_gpa(page, saved)                    # replay
+            try:
+                lab.vm.write_gpa(page, saved)                # replay
+            except RmpViolation as e:                        # SNP: only the guest writes its pages
+                refused.append(str(e))
             for _ in range(3):
                 r = yield Request(OP_CHECK_PIN, wrong_pin)
                 log.append((r.status, r.value))
@@ -49,4 +55,5 @@ def run(mode: str) -> Outcome:
         return Outcome(ID, mode, "succeeded",
                        f"wrong-PIN counter after each try: {counts}; replaying the page's old "
                        f"ciphertext (GPA {page:#x}) reset it, 5 wrong PINs and no lockout")
-    return Outcome(ID, mode, "failed", f"wrong-PIN counter after each try: {counts}; the replay did not take")
+    why = f"the write-back was refused ({refused[0]})" if refused else "the replay did not take"
+    return Outcome(ID, mode, "failed", f"wrong-PIN counter after each try: {counts}; {why}")

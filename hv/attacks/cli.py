@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hv.attacks.outcome import ModeUnavailable, Outcome
+from hv.attacks.outcome import MODES, ModeUnavailable, Outcome
 from hv.attacks.registry import ATTACKS, by_id, run_matrix
 
 __all__ = ["attack"]
@@ -17,7 +17,7 @@ _STYLE = {"succeeded": "bold red", "failed": "bold green", "n/a": "dim"}
 
 @click.group()
 def attack() -> None:
-    """The attack lab: a malicious hypervisor against plain, SEV and SEV-ES guests.
+    """The attack lab: a malicious hypervisor against plain, SEV, SEV-ES and SEV-SNP guests.
 
     "succeeded" means the hypervisor got what the attack is after; "failed" means a defence
     held. Where the literature says an attack beats SEV, it succeeds here too.
@@ -40,9 +40,10 @@ def list_(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--sev", "mode", flag_value="sev", help="Against an SEV guest.")
 @click.option("--sev-es", "mode", flag_value="sev-es", help="Against an SEV-ES guest.")
+@click.option("--sev-snp", "mode", flag_value="sev-snp", help="Against an SEV-SNP guest.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def run(name: str, mode: str | None, as_json: bool) -> None:
-    """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es."""
+    """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp."""
     try:
         a = by_id(name)
     except KeyError as e:
@@ -76,7 +77,7 @@ def _table(cells: list[Outcome], skipped: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    modes = [m for m in ("plain", "sev", "sev-es") if any(c.mode == m for c in cells)]
+    modes = [m for m in MODES if any(c.mode == m for c in cells)]
     table = Table(title="hv attack matrix (red: the hypervisor won, green: the defence held)")
     table.add_column("attack")
     for m in modes:

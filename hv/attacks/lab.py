@@ -85,10 +85,16 @@ class Stop:
     reason: str            # "exit", "hlt", "crash", "fault", "stopped"
     code: int | None = None
     detail: str = ""
+    fault: MemoryFault | None = None  # the nested page fault that stopped the guest
 
     def describe(self) -> str:
         if self.reason == "exit":
             return f"guest exited with status {self.code:#x}"
+        if self.fault is not None and self.fault.rmp:
+            f = self.fault
+            return (f"the guest's {'fetch' if f.fetch else 'write' if f.write else 'read'} of GPA "
+                    f"{f.gpa:#x} was a nested page fault raised by the RMP (the host page is not "
+                    f"that GPA's)")
         return f"guest {self.reason}" + (f": {self.detail}" if self.detail else "")
 
 
@@ -184,7 +190,7 @@ class Lab:
             elif isinstance(e, MemoryFault):
                 if on_fault is not None and on_fault(e):
                     continue
-                return self._stopped(Stop("fault", detail=repr(e)))
+                return self._stopped(Stop("fault", detail=repr(e), fault=e))
             elif isinstance(e, K.Hlt):
                 return self._stopped(Stop("hlt", 0))
             elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
@@ -197,11 +203,11 @@ class Lab:
 
     def _stopped(self, stop: Stop) -> Stop:
         self.stop = stop
-        if self.mode == "sev-es" and stop.reason == "crash" and "#VC" in stop.detail:
+        if self.mode in ("sev-es", "sev-snp") and stop.reason == "crash" and "#VC" in stop.detail:
             # The guest cannot even handle its own #VC exceptions: there is no SEV-ES guest to
             # attack, so there is no outcome to report either.
-            raise ModeUnavailable(f"sev-es: the {self.image_name} image has no working #VC handler "
-                                  f"({stop.detail.strip()}); SEV-ES not available")
+            raise ModeUnavailable(f"{self.mode}: the {self.image_name} image has no working #VC "
+                                  f"handler ({stop.detail.strip()}); {self.mode.upper()} not available")
         return stop
 
     def _doorbell(self, script: Script | None, started: bool) -> None:

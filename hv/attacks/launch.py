@@ -1,10 +1,16 @@
-"""A measured SEV launch the hypervisor runs itself, so it can cheat in the parts it controls.
+"""A measured launch the hypervisor runs itself, so it can cheat in the parts it controls.
 
 hv.vmm's launch is honest. The launch attacks (A13, A15) need the same PSP command sequence with
 the hypervisor's freedom kept in: where each piece of the image lands and in which order
 LAUNCH_UPDATE_DATA sees it, what it writes outside the measured flow, the entry registers. The
 guest owner is played honestly and separately: it built the session, holds TEK/TIK, knows the
 genuine image, and injects the secret only when the measurement proves that image.
+
+Under SEV-SNP the hypervisor's freedom is smaller: SNP_LAUNCH_UPDATE measures each 4 KiB page
+as it lies in memory, with its GPA and page type, so all it can choose is which pages (and which
+contents) it hands the PSP: `snp_launch_with` runs hv.vmm's launch over a list of pages the attack
+rewrote. The owner (hv.vmm's, honest) then checks the guest's attestation report against the
+genuine image before it releases the secret.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from hv.kvm.sev import SevDevice, SevGuest
 from hv.owner import respond
 from sevwire import build_session
 
-__all__ = ["LaunchReport", "Placer", "honest_placer", "measured_launch"]
+__all__ = ["LaunchReport", "Placer", "SnpPages", "honest_placer", "measured_launch", "snp_launch_with"]
 
 Placer = Callable[[Lab, SevGuest, list[tuple[int, bytes]]], None]
+SnpPages = list[tuple[int, bytes, int]]  # (GPA, 4 KiB contents, SNP page type), launch order
 
 
 def honest_placer(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> None:
@@ -79,3 +86,12 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     lab.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
     return LaunchReport(measurement, digest, injected,
                         "injected the secret" if injected else f"refused: {answer['refuse']}")
+
+
+def snp_launch_with(lab: Lab, rewrite: Callable[[SnpPages], SnpPages]) -> None:
+    """hv.vmm's SNP launch of `lab`'s guest, with the pages SNP_LAUNCH_UPDATE sees replaced by
+    `rewrite(pages)` (the genuine pages in launch order, the VMSA last)."""
+    if lab.mode != "sev-snp":
+        raise ModeUnavailable(f"the lab's SNP launch drives SEV-SNP, not {lab.mode}")
+    lab.vmm.load(snp_pages=rewrite)
+

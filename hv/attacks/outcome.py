@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 __all__ = ["MODES", "OUTCOMES", "ModeUnavailable", "Outcome"]
 
-MODES = ("plain", "sev", "sev-es")
+MODES = ("plain", "sev", "sev-es", "sev-snp")
 OUTCOMES = ("succeeded", "failed", "n/a")
 
 

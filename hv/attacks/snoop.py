@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 def snoop(mode: str, look: Callable[[Lab], T], *, tsme: bool = False,
-          secret: bytes | None = None) -> tuple[T, Lab, bytes]:
+          secret: bytes | None = None, policy: int | None = None) -> tuple[T, Lab, bytes]:
     """Boot `secret` in `mode`, call `look(lab)` at round 32, let the guest finish.
     Returns (what look returned, the finished lab, the secret)."""
     secret = fresh_secret() if secret is None else secret
@@ -33,7 +33,7 @@ def snoop(mode: str, look: Callable[[Lab], T], *, tsme: bool = False,
         if isinstance(e, K.Io) and e.port == POST_PORT and not e.is_in and e.data == SNOOP_ROUND and not seen:
             seen.append(look(lab))
 
-    lab = Lab("secret", mode, secret=secret, tsme=tsme, tweak=TweakMode.XEX_RANDOM)
+    lab = Lab("secret", mode, secret=secret, tsme=tsme, tweak=TweakMode.XEX_RANDOM, policy=policy)
     try:
         lab.launch()
         stop = lab.run(on_exit=on_exit)

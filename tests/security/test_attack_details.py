@@ -8,7 +8,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from hv.attacks import a01_dump, a02_cold_boot, a09_sevurity, a14_page_faults
+from hv.attacks import (a01_dump, a02_cold_boot, a05_replay, a07_severed, a09_sevurity, a13_undeserved,
+                        a14_page_faults, a15_launch_injection, a16_debug_policy)
 from hv.attacks.cli import attack
 from hv.attacks.demo import demo
 from hv.attacks.tweak_solver import Unsolvable, recover_constants
@@ -84,3 +85,34 @@ def test_demo_explains_itself():
     assert "found the secret in plaintext" in r.output        # plain
     assert "no 16 bytes of the secret anywhere" in r.output     # SEV
     assert "shared marker is readable" in r.output              # the honest control
+    assert "[sev-snp] the guest's secret is" in r.output        # released after attestation
+    assert re.search(r"A07 SEVered \[sev-snp\]: failed", r.output), r.output
+    assert re.search(r"A14 page-fault controlled channel \[sev-snp\]: succeeded", r.output), r.output
+
+
+@pytest.mark.parametrize("attack", [a05_replay, a07_severed, a09_sevurity], ids=lambda a: a.ID)
+def test_snp_stops_the_integrity_attacks_in_the_rmp(attack):
+    """Scenario: under SEV-SNP the replay, the remap and the block move each fail, and it is the
+    reverse map table that stops them (a fault the evidence names), not some other breakage."""
+    out = attack.run("sev-snp")
+    assert out.outcome == "failed"
+    assert "RMP" in out.evidence, out.evidence
+
+
+def test_snp_launch_attacks_end_at_the_owner():
+    """Scenario: a permuted or extended SNP launch runs, but the owner sees the digest in the
+    report and releases nothing; the injected stub itself did run (the evidence says so)."""
+    permuted = a13_undeserved.run("sev-snp")
+    assert permuted.outcome == "failed" and "no secret" in permuted.evidence, permuted.evidence
+    injected = a15_launch_injection.run("sev-snp")
+    assert injected.outcome == "failed", injected.evidence
+    assert "write faulted" in injected.evidence and " ran and no secret reached it" in injected.evidence
+
+
+@pytest.mark.parametrize("mode,policy", [("sev", 0x0), ("sev-snp", 0x30000 | 1 << 19)])
+def test_debug_policy_abuse_works_when_the_owner_allows_debugging(mode, policy):
+    """Scenario: the same attack that fails under NODBG / DEBUG clear gets the secret when the
+    policy allows debugging (the control that shows the failure is the policy's doing)."""
+    out = a16_debug_policy.run(mode, policy=policy)
+    assert out.outcome == "succeeded", out.evidence
+

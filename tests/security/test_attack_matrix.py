@@ -13,21 +13,21 @@ pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 S, F, NA = "succeeded", "failed", "n/a"
 
-EXPECTED = {                # plain, sev, sev-es
-    "A01": (S, F, F),
-    "A02": (S, F, F),       # host without TSME; with TSME see test_attack_details
-    "A03": (S, F, F),
-    "A04": (S, S, F),
-    "A05": (S, S, S),
-    "A07": (S, S, S),
-    "A09": (NA, S, S),      # xex-linear part (Zen 1); xex-random see test_attack_details
-    "A11": (S, S, S),
-    "A13": (NA, S, S),
-    "A14": (S, S, S),
-    "A15": (S, F, F),
-    "A16": (NA, F, F),
+EXPECTED = {                # plain, sev, sev-es, sev-snp
+    "A01": (S, F, F, F),
+    "A02": (S, F, F, F),    # host without TSME; with TSME see test_attack_details
+    "A03": (S, F, F, F),
+    "A04": (S, S, F, F),
+    "A05": (S, S, S, F),    # SNP: the RMP refuses the hypervisor's write-back
+    "A07": (S, S, S, F),    # SNP: the remapped access is an RMP nested page fault
+    "A09": (NA, S, S, F),   # xex-linear part (Zen 1); xex-random see test_attack_details
+    "A11": (S, S, S, S),    # deterministic encryption: only ciphertext hiding would stop it
+    "A13": (NA, S, S, F),   # SNP: the page digest binds each page's GPA; the owner refuses
+    "A14": (S, S, S, S),    # no memory-encryption mode hides page-granular accesses
+    "A15": (S, F, F, F),
+    "A16": (NA, F, F, F),
 }
-MODES = ("plain", "sev", "sev-es")
+MODES = ("plain", "sev", "sev-es", "sev-snp")
 CELLS = [(a, m) for a in ATTACKS for m in MODES]
 
 
