@@ -87,25 +87,92 @@ uint32_t ghcb_call(volatile struct ghcb *g, uint64_t exit_code, uint64_t info_1,
     return result;
 }
 
-void snp_page_make_shared(void *page)
+static void pvalidate_rescind(void *page)
 {
-    if (sev_info()->mode != SEV_MODE_SEV_SNP)
-        return;
-
-    uint64_t gpa = pt_translate((uintptr_t)page);
     uint32_t ret;
 
     /* Rescind first: a page must never be validated while the hypervisor owns it, or the
      * hypervisor could hand it back later as if it were still the guest's. */
     __asm__ volatile(".byte 0xf2, 0x0f, 0x01, 0xff" /* PVALIDATE */
                      : "=a"(ret) : "a"((uintptr_t)page), "c"(0), "d"(0) : "memory", "cc");
-    if (ret != 0 || gpa == (uint64_t)-1)
+    if (ret != 0)
         ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC);
+}
 
-    uint64_t resp = ghcb_msr_call((gpa & PTE_ADDR_MASK) | GHCB_PSC_OP_SHARED << 52 | GHCB_MSR_PSC_REQ);
+static void psc_msr(uint64_t gpa, uint64_t op)
+{
+    uint64_t resp = ghcb_msr_call((gpa & PTE_ADDR_MASK) | op << 52 | GHCB_MSR_PSC_REQ);
 
     if ((resp & GHCB_MSR_INFO_MASK) != GHCB_MSR_PSC_RESP || (resp >> 32) != 0)
         ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC);
+}
+
+/* One Page State Change NAE for the n (<= PSC_MAX_ENTRIES) entries already in the buffer,
+ * repeated while the hypervisor reports progress, as Linux's vmgexit_psc does. Every answer is
+ * checked: sw_exit_info_1 and _2 must be 0, the header's end_entry and reserved word unchanged,
+ * and cur_entry may only move forward. */
+static void psc_nae(volatile struct ghcb *g, volatile struct psc_desc *psc, unsigned n)
+{
+    unsigned cur = 0, end = n - 1;
+
+    psc->cur_entry = 0;
+    psc->end_entry = (uint16_t)end;
+    psc->reserved = 0;
+    while (cur <= end) {
+        ghcb_begin(g);
+        g->sw_scratch = (uint64_t)(uintptr_t)psc; /* identity-mapped: the VA is the GPA */
+        ghcb_set_valid(g, __builtin_offsetof(struct ghcb, sw_scratch));
+        if (ghcb_call(g, SVM_VMGEXIT_PSC, 0, 0) != 0 || g->sw_exit_info_2 != 0)
+            ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC_NAE);
+
+        unsigned now = psc->cur_entry;
+
+        if (psc->end_entry != end || psc->reserved != 0 || now < cur)
+            ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC_NAE);
+        cur = now;
+    }
+}
+
+void snp_pages_make_shared(void *first, unsigned long npages)
+{
+    if (sev_info()->mode != SEV_MODE_SEV_SNP)
+        return;
+
+    uint8_t *base = first;
+
+    for (unsigned long i = 0; i < npages; i++) {
+        if (pt_translate((uintptr_t)(base + i * PAGE_SIZE)) == (uint64_t)-1)
+            ghcb_terminate(GHCB_TERM_SET_HVLIB, HVLIB_TERM_PSC);
+    }
+    for (unsigned long i = 0; i < npages; i++)
+        pvalidate_rescind(base + i * PAGE_SIZE);
+
+    volatile struct ghcb *g = ghcb_ready;
+
+    if (!g) { /* before the GHCB exists (the GHCB page itself): the MSR protocol */
+        for (unsigned long i = 0; i < npages; i++)
+            psc_msr(pt_translate((uintptr_t)(base + i * PAGE_SIZE)), GHCB_PSC_OP_SHARED);
+        return;
+    }
+
+    volatile struct psc_desc *psc = (volatile struct psc_desc *)g->shared_buffer;
+
+    for (unsigned long done = 0; done < npages;) {
+        unsigned n = npages - done > PSC_MAX_ENTRIES ? PSC_MAX_ENTRIES : (unsigned)(npages - done);
+
+        for (unsigned i = 0; i < n; i++) {
+            uint64_t gpa = pt_translate((uintptr_t)(base + (done + i) * PAGE_SIZE));
+
+            psc->entries[i] = (gpa & PSC_ENTRY_GFN_MASK) | GHCB_PSC_OP_SHARED << PSC_ENTRY_OP_SHIFT;
+        }
+        psc_nae(g, psc, n);
+        done += n;
+    }
+}
+
+void snp_page_make_shared(void *page)
+{
+    snp_pages_make_shared(page, 1);
 }
 
 void ghcb_init(void)

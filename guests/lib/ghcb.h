@@ -26,6 +26,7 @@
 #define GHCB_MSR_REG_GPA_RESP   0x013
 #define GHCB_MSR_PSC_REQ        0x014  /* SEV-SNP page state change: GFN [51:12], op [55:52] */
 #define GHCB_MSR_PSC_RESP       0x015  /* error code in [63:32], 0 = done */
+#define GHCB_PSC_OP_PRIVATE     1ull
 #define GHCB_PSC_OP_SHARED      2ull
 #define GHCB_MSR_TERM_REQ       0x100
 
@@ -37,6 +38,7 @@
 #define SVM_EXIT_MSR            0x7c
 #define SVM_EXIT_VMMCALL        0x81
 #define SVM_EXIT_NPF_UNVALIDATED 0x404 /* SEV-SNP #VC: access to a page not validated */
+#define SVM_VMGEXIT_PSC         0x80000010ull /* SEV-SNP page state change (NAE) */
 
 /* IOIO sw_exit_info_1, the SVM IOIO intercept format. */
 #define IOIO_TYPE_IN            (1u << 0)
@@ -56,6 +58,9 @@
 #define HVLIB_TERM_REGISTER     5  /* the hypervisor did not accept the GHCB's GPA */
 #define HVLIB_TERM_PSC          6  /* SEV-SNP: a page could not be made shared */
 #define HVLIB_TERM_UNVALIDATED  7  /* SEV-SNP: #VC on a page not validated (moved or replayed) */
+#define HVLIB_TERM_PSC_NAE      8  /* SEV-SNP: a page state change NAE failed (sw_exit_info_2 not
+                                    * 0, an exception to inject, progress going backwards, the
+                                    * header's end_entry or reserved word changed) */
 
 struct ghcb {
     uint8_t  reserved_0[0x0cb];
@@ -81,9 +86,27 @@ struct ghcb {
     uint32_t ghcb_usage;            /* 0xffc */
 } __attribute__((packed));
 
+/* The Page State Change NAE's buffer (sw_scratch), here always the GHCB's shared buffer: a header
+ * and at most 253 entries. The hypervisor advances cur_entry past each finished entry and counts
+ * an entry's finished 4 KiB pages in its cur_page; the guest repeats the VMGEXIT while
+ * cur_entry <= end_entry. */
+#define PSC_MAX_ENTRIES         253
+#define PSC_ENTRY_GFN_MASK      0x000ffffffffff000ull /* gfn [51:12], i.e. the page's GPA */
+#define PSC_ENTRY_OP_SHIFT      52                    /* op [55:52]: 1 private, 2 shared */
+#define PSC_ENTRY_2M            (1ull << 56)          /* pagesize [56]: 2 MiB */
+#define PSC_ENTRY_CUR_PAGE      0xfffull              /* cur_page [11:0] */
+
+struct psc_desc {
+    uint16_t cur_entry;
+    uint16_t end_entry;
+    uint32_t reserved;
+    uint64_t entries[PSC_MAX_ENTRIES];
+} __attribute__((packed));
+
 _Static_assert(sizeof(struct ghcb) == 4096, "GHCB layout");
 _Static_assert(__builtin_offsetof(struct ghcb, sw_exit_code) == 0x390, "GHCB layout");
 _Static_assert(__builtin_offsetof(struct ghcb, protocol_version) == 0xffa, "GHCB layout");
+_Static_assert(sizeof(struct psc_desc) == sizeof(((struct ghcb *)0)->shared_buffer), "PSC buffer");
 
 /* Set up the GHCB page (shared), negotiate the protocol and register the page with the
  * hypervisor. hv_lib_init calls it when SEV_STATUS reports SEV-ES; terminates on failure. */
@@ -112,9 +135,16 @@ uint32_t ghcb_msr_cpuid(uint32_t fn, unsigned reg);
 /* Ask the hypervisor to end the guest; does not return. */
 __attribute__((noreturn)) void ghcb_terminate(unsigned set, unsigned reason);
 
-/* SEV-SNP: hand one validated 4 KiB page to the hypervisor (rescind it with PVALIDATE, then a
- * page-state change to shared over the GHCB MSR protocol). The caller then clears its C-bit.
- * Nothing in other modes. */
+/* SEV-SNP: hand npages validated 4 KiB pages (each mapped by its own entry; they need not be
+ * physically contiguous) to the hypervisor. Each is rescinded with PVALIDATE first, then the
+ * pages change state to shared: once the GHCB is set up with one Page State Change NAE
+ * (VMGEXIT 0x80000010, all pages in one buffer of at most 253 entries, repeated while the
+ * hypervisor reports progress), before that (the GHCB page itself) with the GHCB MSR protocol,
+ * one page at a time. The caller then clears their C-bits. Nothing in other modes.
+ * Terminates the guest on any failure (HVLIB_TERM_PSC, HVLIB_TERM_PSC_NAE). */
+void snp_pages_make_shared(void *first, unsigned long npages);
+
+/* snp_pages_make_shared for one page. */
 void snp_page_make_shared(void *page);
 
 #endif

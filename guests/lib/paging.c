@@ -91,12 +91,14 @@ void *shared_alloc(size_t npages)
 
     uint64_t cbit = sev_info()->cbit_mask;
 
+    for (size_t i = 0; i < npages; i++)
+        flush_page(first + i * PAGE_SIZE);
+    /* SEV-SNP: rescind every page, then one page-state change for all of them. */
+    snp_pages_make_shared(first, npages);
     for (size_t i = 0; i < npages; i++) {
         uint8_t *page = first + i * PAGE_SIZE;
         volatile uint64_t *pte = pt_walk((uintptr_t)page, NULL);
 
-        flush_page(page);
-        snp_page_make_shared(page);
         *pte &= ~cbit;
         invlpg(page);
         /* Through the new mapping the old contents read as ciphertext: clear them. */

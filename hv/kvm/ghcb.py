@@ -40,6 +40,7 @@ class SwExit:
     VMMCALL = 0x81
     MMIO_READ = 0x8000_0001
     MMIO_WRITE = 0x8000_0002
+    SNP_PSC = 0x8000_0010  # SEV-SNP page state change: sw_scratch -> the PSC buffer
     SNP_GUEST_REQUEST = 0x8000_0011
     HV_FEATURES = 0x8000_FFFD
     TERMINATE = 0x8000_FFFE
@@ -130,12 +131,16 @@ class Ghcb:
         self.page[off1:off1 + 8] = (info_1 & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
         self.page[off2:off2 + 8] = (info_2 & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
 
-    def scratch_range(self, length: int) -> int | None:
-        """Offset in the page of sw_scratch's `length` bytes, if they lie in the shared buffer
-        (the only scratch area hv accepts; KVM also allows up to 16 pages elsewhere)."""
-        if not self.valid("sw_scratch"):
-            return None
-        off = self.get("sw_scratch") - self.gpa
-        if SHARED_BUFFER <= off and off + length <= SHARED_BUFFER + SHARED_BUFFER_SIZE:
+    def scratch_range(self, length: int, scratch: int | None = None) -> int | None:
+        """Offset in the page of the `length` bytes at GPA `scratch` (default: sw_scratch, if it
+        is marked valid), if they lie in the shared buffer (the only scratch area hv accepts;
+        KVM also allows up to 16 pages elsewhere). Pass the value read before the valid bitmap
+        was cleared."""
+        if scratch is None:
+            if not self.valid("sw_scratch"):
+                return None
+            scratch = self.get("sw_scratch")
+        off = scratch - self.gpa
+        if length >= 0 and SHARED_BUFFER <= off and off + length <= SHARED_BUFFER + SHARED_BUFFER_SIZE:
             return off
         return None

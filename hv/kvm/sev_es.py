@@ -10,6 +10,8 @@ sw_exit_info_2) or, when it cannot be answered at all, a termination of the gues
 
 from __future__ import annotations
 
+import struct
+
 from hv.kvm import exits as K
 from hv.kvm.cpuid import cpuid_lookup
 from hv.kvm.ghcb import GHCB_ERR, GHCB_SIZE, Ghcb, MsrProto, SwExit, eventinj_exception
@@ -40,7 +42,7 @@ class EsExits:
         self.registered_gpa: int | None = None
         self._ghcb: Ghcb | None = None  # the request user space is completing
         self._scratch = 0  # offset of an MMIO request's data in the pending GHCB
-        self.stats = {"msr_protocol": 0, "ghcb": 0, "bad_requests": 0}
+        self.stats = {"msr_protocol": 0, "ghcb": 0, "bad_requests": 0, "psc": 0}
 
     @property
     def busy(self) -> bool:
@@ -91,6 +93,10 @@ class EsExits:
     def _ghcb_request(self, gpa: int) -> K.KvmExit | None:
         if gpa % GHCB_SIZE or not self._in_guest_memory(gpa):
             return K.SystemEvent(f"guest terminated: its GHCB GPA {gpa:#x} is not a page of guest memory")
+        if self.vm.type == "sev-snp" and self.vm.kvm.machine.rmpread(self.vm.gpa_to_spa(gpa)).assigned:
+            # A private GHCB (e.g. made private with a page-state change) cannot be answered:
+            # the hypervisor's writes to it fail.
+            return K.SystemEvent(f"guest terminated: its GHCB at GPA {gpa:#x} is not a shared page")
         self.stats["ghcb"] += 1
         ghcb = Ghcb(gpa, self.vm.read_gpa(gpa, GHCB_SIZE))
         try:
@@ -119,7 +125,7 @@ class EsExits:
             raise _Bad(GHCB_ERR.MISSING_INPUT)
         # Inputs are read once, then the bitmap is cleared: only outputs are valid on return.
         inputs = {n: g.get_valid(n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "cpl", "xcr0",
-                                                "sw_exit_info_1", "sw_exit_info_2")}
+                                                "sw_exit_info_1", "sw_exit_info_2", "sw_scratch")}
         g.clear_valid()
         g.answer(0, 0)
         if code == SwExit.CPUID:
@@ -165,13 +171,15 @@ class EsExits:
             gpa, length = _need(inputs, "sw_exit_info_1", "sw_exit_info_2")
             if not 1 <= length <= 8:
                 raise _Bad(GHCB_ERR.INVALID_INPUT)
-            off = g.scratch_range(length)
+            off = _scratch(g, inputs, length)
             if off is None:
                 raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
             self._scratch = off
             if code == SwExit.MMIO_WRITE:
                 return K.Mmio(gpa, length, True, int.from_bytes(g.page[off:off + length], "little"))
             return K.Mmio(gpa, length, False)
+        if code == SwExit.SNP_PSC and self.vm.type == "sev-snp":
+            return self._snp_psc(g, inputs)
         if code == SwExit.HV_FEATURES:
             g.answer(0, 0)
             return None
@@ -196,6 +204,24 @@ class EsExits:
         status, page = snp.guest_request(self.vm.read_gpa(req_gpa, GHCB_SIZE))
         self.vm.write_gpa(resp_gpa, page)
         g.answer(0, status & 0xFFFFFFFF)
+        return None
+
+    def _snp_psc(self, g: Ghcb, inputs: dict) -> None:
+        """SNP Page State Change (0x80000010): sw_scratch is the GPA of the PSC buffer, a header
+        and entries 0..end_entry, which must lie in the GHCB's shared buffer (else a bad
+        scratch area, as for MMIO). The result goes to sw_exit_info_2 (0 done; the PSC errors of
+        hv.kvm.sev_snp.page_state_change), the progress into the buffer's header and entries."""
+        from hv.kvm.sev_snp import PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES, page_state_change
+
+        off = _scratch(g, inputs, PSC_HEADER_SIZE)
+        if off is None:
+            raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
+        end = struct.unpack_from("<H", g.page, off + 2)[0]
+        size = PSC_HEADER_SIZE + PSC_ENTRY_SIZE * (end + 1)
+        if end < PSC_MAX_ENTRIES and _scratch(g, inputs, size) is None:
+            raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
+        self.stats["psc"] += 1
+        g.answer(0, page_state_change(self.vm, g.page, off, ghcb_gpa=g.gpa))
         return None
 
     # -- completion -----------------------------------------------------------------------------
@@ -223,6 +249,13 @@ class EsExits:
         # The fields the hypervisor answers in: the save area through the bitmap, and the
         # shared buffer (MMIO read data); the protocol words at the end are the guest's.
         self.vm.write_gpa(g.gpa, bytes(g.page[:0xFF0]))
+
+
+def _scratch(g: Ghcb, inputs: dict, length: int) -> int | None:
+    """Offset in the GHCB of `length` bytes at the request's sw_scratch, when it was given and
+    they lie in the shared buffer."""
+    scratch = inputs["sw_scratch"]
+    return None if scratch is None else g.scratch_range(length, scratch)
 
 
 def _need(inputs: dict, *names: str) -> tuple[int, ...]:

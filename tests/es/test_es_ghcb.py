@@ -92,3 +92,20 @@ def test_msr_protocol_answers(make_vmm):
     assert isinstance(vmm.vcpu.run(), K.Hlt)
     resp = vmm.vcpu._cpu.control.ghcb_msr
     assert resp & 0xFFF == 0x005 and (resp >> 32) & 0x3F == 47  # EBX[5:0] = C-bit position
+
+
+def test_mmio_write_takes_its_data_from_sw_scratch(make_vmm):
+    """Scenario: an MMIO write with its data in the shared buffer (the request written into the
+    GHCB page as the guest would): user space gets the GPA and the data. sw_scratch is read
+    before the valid bitmap is cleared, so a valid scratch area is accepted."""
+    vmm = make_vmm(guest(0), "sev-es")
+    page = bytearray(0x1000)
+    struct.pack_into("<QQQQ", page, 0x390, 0x80000002, 0xFED00000, 4, GHCB + 0x800)
+    page[0x3FE] = 0x3C  # sw_exit_code, info_1, info_2, sw_scratch valid
+    struct.pack_into("<I", page, 0x800, 0xCAFEF00D)
+    struct.pack_into("<H", page, 0xFFA, 2)
+    vmm.vm.write_gpa(GHCB, bytes(page))
+    es = vmm.vcpu.es
+    es.control.ghcb_msr = GHCB
+    e = es.vmgexit()
+    assert isinstance(e, K.Mmio) and (e.gpa, e.size, e.is_write, e.data) == (0xFED00000, 4, True, 0xCAFEF00D)
