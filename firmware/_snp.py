@@ -24,8 +24,14 @@ What SNP adds to SEV-ES, and where it is enforced here:
   refuses a TMR over a page the RMP has already given out (INVALID_PAGE_STATE,
   firmware/_platform_cmds.py).
 
+- SNP_LAUNCH_FINISH checks the guest owner's ID block when the hypervisor gives one: its launch
+  digest and policy must be the guest's, the ID key must have signed it and, with AUTH_KEY_EN,
+  the author key the ID key (ECDSA P-384/SHA-384). The report then carries the keys' digests,
+  the family and image IDs and the guest SVN, so the owner can accept any image its ID key
+  signed instead of one exact measurement.
+
 Not modelled (refused, never silently accepted): 2 MiB pages (INVALID_PAGE_SIZE), CPUID pages,
-ID blocks at LAUNCH_FINISH, migration agents (UNSUPPORTED).
+VCEK_DISABLED at LAUNCH_FINISH (there is no VLEK), migration agents (UNSUPPORTED).
 """
 
 from __future__ import annotations
@@ -34,10 +40,16 @@ import os
 from dataclasses import dataclass, field
 
 from sevwire import (
+    ID_AUTH_SIZE,
+    ID_BLOCK_SIZE,
+    ID_KEY_ALGO_ECDSA_P384_SHA384,
     SNP_POLICY_KNOWN,
+    SevWireError,
     SnpActivate,
     SnpDecommission,
     SnpGctxCreate,
+    SnpIdAuth,
+    SnpIdBlock,
     SnpLaunchFinish,
     SnpLaunchStart,
     SnpLaunchUpdate,
@@ -46,6 +58,8 @@ from sevwire import (
     SnpPolicy,
     Status,
     snp_extend,
+    snp_id_key_digest,
+    snp_id_verify,
 )
 
 from firmware._context import PspContext
@@ -82,6 +96,13 @@ class SnpGuest:
     msg_seqno: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     """Per-VMPCK message counters: a request must carry counter + 1 (SNP_GUEST_REQUEST)."""
     report_id: bytes = field(default_factory=lambda: os.urandom(32))
+    # From the ID block at SNP_LAUNCH_FINISH (zeros without one), for the report:
+    family_id: bytes = bytes(16)
+    image_id: bytes = bytes(16)
+    guest_svn: int = 0
+    id_key_digest: bytes = bytes(48)
+    author_key_digest: bytes = bytes(48)
+    author_key_en: bool = False
 
     def wipe(self) -> None:
         self.vek[:] = bytes(16)
@@ -255,11 +276,62 @@ def _seal_vmsa(ctx: PspContext, spa: int, page: bytes) -> bytes:
 
 
 def cmd_snp_launch_finish(ctx: PspContext, buf: SnpLaunchFinish) -> None:
+    """LAUNCH -> RUNNING, after checking the guest owner's ID block when one is given.
+
+    The checks run in the order of AMD's 1.55 firmware (`snp_mcmd_launch_finish`), and all of
+    them before anything changes: a refused finish leaves the guest in LAUNCH, and the
+    hypervisor may finish it again."""
+    if buf.flags & SnpLaunchFinish.RESERVED:
+        raise CommandError(Status.INVALID_PARAM, "SNP_LAUNCH_FINISH flag bits 63:3 are reserved")
     guest = _guest(ctx, buf.gctx_paddr, SNP_LAUNCH)
-    if buf.flags & 1 or buf.id_block_paddr or buf.id_auth_paddr:
-        raise CommandError(Status.UNSUPPORTED, "ID blocks are not supported")
+    if buf.vcek_disabled:
+        raise CommandError(Status.UNSUPPORTED, "VCEK_DISABLED needs a VLEK, which this platform "
+                                               "does not have")
+    if buf.auth_key_en and not buf.id_block_en:
+        # AMD's firmware would record AUTHOR_KEY_EN with a zero digest: a report claiming an
+        # author key nobody checked. Linux never sends it; refused here.
+        raise CommandError(Status.INVALID_PARAM, "AUTH_KEY_EN without ID_BLOCK_EN")
+    identity = _check_id_block(ctx, guest, buf) if buf.id_block_en else None
+    if identity is not None:
+        (guest.family_id, guest.image_id, guest.guest_svn, guest.id_key_digest,
+         guest.author_key_digest) = identity
+    guest.author_key_en = buf.auth_key_en
     guest.host_data = buf.host_data
     guest.state = SNP_RUNNING
+
+
+def _check_id_block(ctx: PspContext, guest: SnpGuest,
+                    buf: SnpLaunchFinish) -> tuple[bytes, bytes, int, bytes, bytes]:
+    """The ID block's checks (es-snp-reference 3.6); what the report will carry from it:
+    (family_id, image_id, guest_svn, ID_KEY_DIGEST, AUTHOR_KEY_DIGEST). Like AMD's firmware
+    this does not check the block's version field (the owner's tools write 1); the signature
+    covers it."""
+    block_raw = ctx.mem.read(buf.id_block_paddr, ID_BLOCK_SIZE)
+    auth_raw = ctx.mem.read(buf.id_auth_paddr, ID_AUTH_SIZE)
+    block, auth = SnpIdBlock.decode(block_raw), SnpIdAuth.decode(auth_raw)
+    if block.ld != guest.ld:
+        raise CommandError(Status.BAD_MEASUREMENT, "the ID block's launch digest is not the "
+                                                   "guest's")
+    if block.policy != guest.policy:
+        raise CommandError(Status.POLICY_FAILURE, f"the ID block's policy 0x{block.policy:x} is "
+                                                  f"not the guest's 0x{guest.policy:x}")
+    if auth.id_key_algo != ID_KEY_ALGO_ECDSA_P384_SHA384 or (
+            buf.auth_key_en and auth.auth_key_algo != ID_KEY_ALGO_ECDSA_P384_SHA384):
+        raise CommandError(Status.INVALID_PARAM, "ID and author keys must be ECDSA P-384 with "
+                                                 "SHA-384 (algorithm 1)")
+    try:
+        snp_id_verify(auth.id_key, auth.id_block_sig, block_raw)
+    except SevWireError as exc:
+        raise CommandError(Status.BAD_SIGNATURE, f"ID block signature: {exc}") from None
+    author_digest = bytes(48)
+    if buf.auth_key_en:
+        try:
+            snp_id_verify(auth.author_key, auth.id_key_sig, auth.id_key)
+        except SevWireError as exc:
+            raise CommandError(Status.BAD_SIGNATURE, f"ID key signature: {exc}") from None
+        author_digest = snp_id_key_digest(auth.author_key)
+    return (block.family_id, block.image_id, block.guest_svn, snp_id_key_digest(auth.id_key),
+            author_digest)
 
 
 def cmd_snp_decommission(ctx: PspContext, buf: SnpDecommission) -> None:

@@ -8,8 +8,10 @@ the response carries seqno + 1, and the counter then moves by two. Every AES-GCM
 used once per key.
 
 What goes into the report comes from the PSP's own state, never from the request: the policy
-and host_data given at launch, the SNP launch digest as measurement, the chip id, the TCB; the
-request contributes only report_data and the VMPL it asks for.
+and host_data given at launch, the SNP launch digest as measurement, the chip id, the TCB, and
+what a checked ID block gave at SNP_LAUNCH_FINISH (family and image ID, guest SVN, the ID and
+author key digests, AUTHOR_KEY_EN; zeros without one); the request contributes only
+report_data and the VMPL it asks for.
 
 Both pages are the hypervisor's (unassigned in the RMP) and outside the SEV-ES TMR
 (INVALID_ADDRESS, before the request is read): a TMR page is hypervisor-owned in the RMP, and a
@@ -42,6 +44,7 @@ __all__ = ["cmd_snp_guest_request"]
 PAGE = 0x1000
 SNP_BUILD = 25
 KEY_SEL_ANY, KEY_SEL_VCEK = 0, 1
+KEY_INFO_AUTHOR_KEY_EN = 1  # report key_info bit 0; signing_key [4:2] stays 0 (VCEK)
 
 
 def cmd_snp_guest_request(ctx: PspContext, buf: SnpGuestRequest) -> None:
@@ -92,4 +95,7 @@ def _report(ctx: PspContext, guest: SnpGuest, req: MsgReportReq) -> SnpReport:
         policy=guest.policy, report_data=req.report_data, measurement=guest.ld,
         chip_id=ctx.identity.chip.chip_id, current_tcb=SNP_TCB, host_data=guest.host_data,
         report_id=guest.report_id, vmpl=req.vmpl, platform_info=1 if PLATFORM_SMT else 0,
-        builds=build + build)
+        builds=build + build, family_id=guest.family_id, image_id=guest.image_id,
+        guest_svn=guest.guest_svn, id_key_digest=guest.id_key_digest,
+        author_key_digest=guest.author_key_digest,
+        key_info=KEY_INFO_AUTHOR_KEY_EN if guest.author_key_en else 0)

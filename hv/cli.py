@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
 
 from hv import __version__
 from hv.boot import ImageError, check_mem
@@ -112,6 +113,9 @@ psp_state_option = click.option(
               help="Command playing the guest owner, JSON on stdin and stdout: it answers the launch "
                    "measurement with a secret packet (SEV, SEV-ES) or the guest's attestation report "
                    "with the encrypted secret (SEV-SNP).")
+@click.option("--id-block", "id_block_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="SEV-SNP: the guest owner's id_block.bin and id_auth.bin (from `hv owner "
+                   "id-block`), checked by the PSP at SNP_LAUNCH_FINISH; a mismatch fails the launch.")
 @click.option("--gdb", default=None, metavar="tcp::PORT",
               help="Serve the GDB remote protocol on localhost:PORT (0: a free port, printed on "
                    "stderr). Private memory of an encrypted guest reads as plaintext only when "
@@ -122,8 +126,8 @@ psp_state_option = click.option(
 @click.option("--trace-insn", is_flag=True, help="Add every instruction to --trace (capstone; slow).")
 @psp_state_option
 def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet, as_json,
-        dump_dram, secret_file, session_dir, owner_exec, gdb, gdb_wait, trace_file, trace_insn,
-        psp_state):
+        dump_dram, secret_file, session_dir, owner_exec, id_block_dir, gdb, gdb_wait, trace_file,
+        trace_insn, psp_state):
     """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout."""
     _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
     data = Path(image).read_bytes()
@@ -135,11 +139,16 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
                                "blob (use --secret-file or --owner-exec)")
     if secret_file and owner_exec and mode == "sev-snp":
         raise click.UsageError("under --sev-snp give --secret-file or --owner-exec, not both")
+    id_block = id_auth = None
+    if id_block_dir:
+        if mode != "sev-snp":
+            raise click.UsageError("--id-block is for --sev-snp")
+        id_block, id_auth = _read_id_block(Path(id_block_dir))
     stream = None if (quiet or as_json) else _stdout_writer()
     config = VmmConfig(
         image=data, mem_size=mem, vm_type=mode or "plain", policy=policy, cbitpos=cbitpos,
         tweak=TweakMode(tweak), tsme=tsme, max_insns=max_insns, timeout=timeout, secret=secret,
-        session_dir=session_dir, owner_exec=owner_exec,
+        session_dir=session_dir, owner_exec=owner_exec, id_block=id_block, id_auth=id_auth,
         psp_state=psp_state or (default_psp_state() if mode else None),
         serial_out=stream, image_name=Path(image).name)
     if config.psp_state:
@@ -153,6 +162,22 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     sys.exit(result.exit_code)
+
+
+def _read_id_block(directory: Path) -> tuple[bytes, bytes]:
+    """id_block.bin (0x60 bytes) and id_auth.bin (4 KiB) from DIR, exactly those sizes."""
+    out = []
+    for name, size in (("id_block.bin", ID_BLOCK_SIZE), ("id_auth.bin", ID_AUTH_SIZE)):
+        path = directory / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise click.BadParameter(f"{path}: {e.strerror}", param_hint="--id-block") from None
+        if len(data) != size:
+            raise click.BadParameter(f"{path}: expected {size} bytes, got {len(data)}",
+                                     param_hint="--id-block")
+        out.append(data)
+    return out[0], out[1]
 
 
 def _check_debug_options(gdb, gdb_wait, trace_file, trace_insn) -> None:

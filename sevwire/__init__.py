@@ -138,6 +138,23 @@ from sevwire._snp import (
     snp_extend,
     snp_page_info,
 )
+from sevwire._snp_id import (
+    ID_AUTH_SIZE,
+    ID_BLOCK_SIZE,
+    ID_BLOCK_VERSION,
+    ID_KEY_ALGO_ECDSA_P384_SHA384,
+    ID_KEY_CURVE_P384,
+    ID_KEY_SIZE,
+    ID_SIG_SIZE,
+    SnpIdAuth,
+    SnpIdBlock,
+    make_snp_id_auth,
+    snp_id_key,
+    snp_id_key_digest,
+    snp_id_sign,
+    snp_id_verify,
+    snp_public_key,
+)
 from sevwire._snp_guest import (
     MSG_HDR_SIZE,
     MSG_REPORT_REQ_SIZE,
@@ -181,6 +198,11 @@ __all__ = [
     "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
     "SnpPolicy", "snp_extend", "snp_page_info", "SnpGuestRequest", "SnpDbgDecrypt", "SnpDbgEncrypt",
     "SnpPageReclaim",
+    # SNP ID block and ID authentication structure (SNP_LAUNCH_FINISH)
+    "ID_AUTH_SIZE", "ID_BLOCK_SIZE", "ID_BLOCK_VERSION", "ID_KEY_ALGO_ECDSA_P384_SHA384",
+    "ID_KEY_CURVE_P384", "ID_KEY_SIZE", "ID_SIG_SIZE", "SnpIdAuth", "SnpIdBlock",
+    "make_snp_id_auth", "snp_id_key", "snp_id_key_digest", "snp_id_sign", "snp_id_verify",
+    "snp_public_key",
     # SNP guest messages and the attestation report
     "MSG_HDR_SIZE", "MSG_REPORT_REQ_SIZE", "MSG_REPORT_RSP_SIZE", "MsgType", "SnpMsgHeader",
     "MsgReportReq", "MsgReportRsp", "GuestMessageError", "seal_guest_message",

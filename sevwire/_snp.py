@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import hashlib
 import struct
+from typing import ClassVar
 
 from sevwire._buffers import CommandBuffer
 
@@ -124,15 +125,40 @@ class SnpLaunchUpdate(CommandBuffer):
 
 @dataclasses.dataclass(frozen=True)
 class SnpLaunchFinish(CommandBuffer):
-    """SNP_LAUNCH_FINISH: ID block (unsupported here), and 32 bytes of host data."""
+    """SNP_LAUNCH_FINISH (Linux `sev_data_snp_launch_finish`, AMD `snp_mcmd_launch_finish_t`):
+    the guest context, the addresses of the ID block (0x60 bytes) and of the ID authentication
+    structure (4 KiB), a u64 of flags (id_block_en [0], auth_key_en [1], vcek_disabled [2];
+    bits 63:3 reserved, must be zero) and 32 bytes of host data."""
 
     FORMAT = "<QQQQ32s"
     SPEC_SIZE = 0x40
     gctx_paddr: int = 0
     id_block_paddr: int = 0
     id_auth_paddr: int = 0
-    flags: int = 0  # id_block_en [0], auth_key_en [1], vcek_disabled [2]
+    flags: int = 0
     host_data: bytes = bytes(32)
+
+    ID_BLOCK_EN: ClassVar[int] = 1 << 0
+    AUTH_KEY_EN: ClassVar[int] = 1 << 1
+    VCEK_DISABLED: ClassVar[int] = 1 << 2
+    RESERVED: ClassVar[int] = ~0x7 & 0xFFFF_FFFF_FFFF_FFFF
+
+    @staticmethod
+    def make_flags(id_block: bool = False, auth_key: bool = False,
+                   vcek_disabled: bool = False) -> int:
+        return (1 if id_block else 0) | (2 if auth_key else 0) | (4 if vcek_disabled else 0)
+
+    @property
+    def id_block_en(self) -> bool:
+        return bool(self.flags & self.ID_BLOCK_EN)
+
+    @property
+    def auth_key_en(self) -> bool:
+        return bool(self.flags & self.AUTH_KEY_EN)
+
+    @property
+    def vcek_disabled(self) -> bool:
+        return bool(self.flags & self.VCEK_DISABLED)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,8 @@ unvalidated (SNP_PAGE_RECLAIM): the guest must PVALIDATE it again to use the new
 
 from __future__ import annotations
 
+import struct
+
 from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDbgDecrypt, SnpDbgEncrypt,
                      SnpDecommission, SnpGctxCreate, SnpGuestRequest, SnpLaunchFinish,
                      SnpLaunchStart, SnpLaunchUpdate, SnpPageReclaim, SnpPageType, Status)
@@ -23,7 +25,8 @@ from hv.hw.rmp import RmpEntry
 from hv.kvm.kvm import KvmError
 from hv.kvm.sev import FirmwareError, SevDevice
 
-__all__ = ["RmpUpdateError", "SnpGuest", "rmp_make_private", "rmp_make_shared", "snp_init"]
+__all__ = ["RmpUpdateError", "SnpGuest", "page_state_change", "page_state_change_msr",
+           "psc_convert_page", "rmp_make_private", "rmp_make_shared", "snp_init"]
 
 _PAGE = 0x1000
 
@@ -94,9 +97,37 @@ class SnpGuest:
         for off in range(0, length, _PAGE):
             self.launch_update(gpa + off, page_type)
 
-    def launch_finish(self, host_data: bytes = bytes(32)) -> None:
-        self.dev.issue(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(gctx_paddr=self.gctx,
-                                                              host_data=host_data))
+    def launch_finish(self, host_data: bytes = bytes(32), id_block: bytes | None = None,
+                      id_auth: bytes | None = None, auth_key_en: bool = False) -> None:
+        """SNP_LAUNCH_FINISH; with the guest owner's ID block (0x60 bytes) and ID authentication
+        structure (4 KiB) the PSP checks them first (FirmwareError BAD_MEASUREMENT,
+        POLICY_FAILURE, BAD_SIGNATURE...: the guest then stays in LAUNCH). As KVM does, both are
+        copied into hypervisor pages for the PSP to read; `auth_key_en` says the structure
+        carries an author key."""
+        from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
+
+        if id_block is None:
+            if id_auth is not None or auth_key_en:
+                raise KvmError("an ID authentication structure needs an ID block")
+            self.dev.issue(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(gctx_paddr=self.gctx,
+                                                                  host_data=host_data))
+            return
+        if len(id_block) != ID_BLOCK_SIZE or id_auth is None or len(id_auth) != ID_AUTH_SIZE:
+            raise KvmError(f"the ID block is {ID_BLOCK_SIZE} bytes and its authentication "
+                           f"structure {ID_AUTH_SIZE}")
+        host = self.machine.host
+        block_spa, auth_spa = self.vm.kvm.alloc(_PAGE), self.vm.kvm.alloc(_PAGE)
+        try:
+            host.write(block_spa, bytes(id_block).ljust(_PAGE, b"\0"))
+            host.write(auth_spa, bytes(id_auth))
+            self.dev.issue(Cmd.SNP_LAUNCH_FINISH, SnpLaunchFinish(
+                gctx_paddr=self.gctx, id_block_paddr=block_spa, id_auth_paddr=auth_spa,
+                flags=SnpLaunchFinish.make_flags(id_block=True, auth_key=auth_key_en),
+                host_data=host_data))
+        finally:
+            for spa in (block_spa, auth_spa):
+                host.write(spa, bytes(_PAGE))
+                self.vm.kvm.free(spa, _PAGE)
 
     def guest_request(self, request: bytes) -> tuple[int, bytes]:
         """SNP_GUEST_REQUEST for one guest message (the GHCB exit 0x80000011): copy the
@@ -213,24 +244,111 @@ def _page_pieces(gpa: int, length: int):
         page += _PAGE
 
 
-PSC_PRIVATE, PSC_SHARED = 1, 2
-PSC_ERR_BAD = 1  # response error: a GFN outside guest memory or an unknown operation
+PSC_PRIVATE, PSC_SHARED, PSC_PSMASH, PSC_UNSMASH = 1, 2, 3, 4
+PSC_ERR_BAD = 1  # MSR protocol response error: a GFN outside guest memory or an unknown operation
 
 
-def page_state_change_msr(vm, msr: int) -> int:
-    """The GHCB MSR protocol's page state change (0x014) for one 4 KiB page: RMPUPDATE it to
-    shared (hypervisor-owned) or private (assigned to the guest, not validated: the guest
-    PVALIDATEs it after the change). Returns the 0x015 response."""
-    gpa = msr & 0x000F_FFFF_FFFF_F000
-    op = (msr >> 52) & 0xF
+def psc_convert_page(vm, gpa: int, op: int) -> bool:
+    """One 4 KiB page-state change, the part the GHCB MSR protocol (0x014) and the Page State
+    Change NAE (0x80000010) share: RMPUPDATE the page at `gpa` to shared (hypervisor-owned;
+    its contents stay ciphertext) or to private (assigned to the guest at `gpa`, not
+    validated: the guest PVALIDATEs it after the change). The nested page table needs no
+    change: it maps the GPA to the same host page either way, and which view the guest uses
+    is its own page tables' C-bit. False, with nothing changed, when `gpa` is no page of
+    guest memory, `op` is neither, or RMPUPDATE refuses (an immutable page)."""
+    if gpa % _PAGE or op not in (PSC_PRIVATE, PSC_SHARED):
+        return False
     try:
         spa = vm.gpa_to_spa(gpa)
         if op == PSC_SHARED:
             rmp_make_shared(vm.kvm.machine, spa)
-        elif op == PSC_PRIVATE:
-            rmp_make_private(vm.kvm.machine, spa, vm.asid, gpa)
         else:
-            return PSC_ERR_BAD << 32 | 0x015
+            rmp_make_private(vm.kvm.machine, spa, vm.asid, gpa)
     except KvmError:
+        return False
+    return True
+
+
+def page_state_change_msr(vm, msr: int) -> int:
+    """The GHCB MSR protocol's page state change (0x014) for one 4 KiB page (GFN [51:12],
+    operation [55:52]). Returns the 0x015 response: error code [63:32], 0 = done."""
+    gpa = msr & 0x000F_FFFF_FFFF_F000
+    op = (msr >> 52) & 0xF
+    if not psc_convert_page(vm, gpa, op):
         return PSC_ERR_BAD << 32 | 0x015
     return 0x015
+
+
+# -- the Page State Change NAE event (VMGEXIT 0x80000010) ------------------------------------------
+PSC_HEADER_SIZE = 8  # {u16 cur_entry; u16 end_entry; u32 reserved}
+PSC_ENTRY_SIZE = 8
+PSC_MAX_ENTRIES = 253  # header + 253 entries fill the GHCB's 2032-byte shared buffer
+PSC_OK = 0
+PSC_ERR_INVALID_HDR = 1 << 32 | 1
+PSC_ERR_INVALID_ENTRY = 1 << 32 | 2
+PSC_ERR_GENERIC = 0x100 << 32
+
+_ENTRY_CUR_PAGE = 0xFFF  # [11:0] pages of the entry already done
+_ENTRY_GFN_SHIFT, _ENTRY_GFN_MASK = 12, (1 << 40) - 1  # [51:12]
+_ENTRY_OP_SHIFT = 52  # [55:52]
+_ENTRY_2M = 1 << 56  # [56] pagesize
+_ENTRY_RESERVED = ~((1 << 57) - 1) & 0xFFFF_FFFF_FFFF_FFFF  # [63:57]
+
+
+def page_state_change(vm, buf: bytearray, off: int, ghcb_gpa: int | None = None) -> int:
+    """The GHCB Page State Change NAE (0x80000010) on the PSC buffer at buf[off:], a copy of
+    guest memory the caller has checked holds the header and entries 0..end_entry; the header
+    and entries are updated in `buf` as KVM updates the guest's buffer. Returns sw_exit_info_2.
+
+    Entries cur_entry..end_entry are processed in order. For each: cur_page (the pages of the
+    entry already done) and the GFN are checked, then the remaining 4 KiB pages are converted
+    one RMPUPDATE at a time (a 2 MiB entry, pagesize = 1, is done as 512 4 KiB conversions: the
+    RMP has 4 KiB entries only), cur_page counts them, and cur_entry moves past the entry when
+    it is finished. PSMASH (3) and UNSMASH (4) are finished at once without doing anything, as
+    in KVM (there are no 2 MiB RMP entries to smash). Processing stops at the first entry that
+    cannot be done, with cur_entry on it: cur_page > the entry's pages, a GFN not aligned to
+    its size, an unknown operation or reserved bits 63:57 set are a bad entry; a range not
+    wholly in guest memory (checked before any of its pages is touched), the GHCB's own page
+    made private (the answer could not be written) or an RMPUPDATE refused are the generic
+    error. A header with end_entry >= 253 or its reserved word set is a bad header and nothing
+    is done; cur_entry > end_entry leaves nothing to do (KVM answers 0)."""
+    cur, end, reserved = struct.unpack_from("<HHI", buf, off)
+    if end >= PSC_MAX_ENTRIES or reserved:
+        return PSC_ERR_INVALID_HDR
+    while cur <= end:
+        at = off + PSC_HEADER_SIZE + PSC_ENTRY_SIZE * cur
+        entry = int.from_bytes(buf[at:at + PSC_ENTRY_SIZE], "little")
+        done = entry & _ENTRY_CUR_PAGE
+        gfn = (entry >> _ENTRY_GFN_SHIFT) & _ENTRY_GFN_MASK
+        op = (entry >> _ENTRY_OP_SHIFT) & 0xF
+        npages = 512 if entry & _ENTRY_2M else 1
+        if (entry & _ENTRY_RESERVED or done > npages or gfn % npages
+                or op not in (PSC_PRIVATE, PSC_SHARED, PSC_PSMASH, PSC_UNSMASH)):
+            return PSC_ERR_INVALID_ENTRY
+        if op in (PSC_PRIVATE, PSC_SHARED) and done < npages:
+            first, last = (gfn + done) << 12, (gfn + npages - 1) << 12
+            if not _in_guest_memory(vm, first, last + _PAGE):
+                return PSC_ERR_GENERIC
+            if (op == PSC_PRIVATE and ghcb_gpa is not None
+                    and first <= ghcb_gpa <= last):
+                return PSC_ERR_GENERIC
+            while done < npages:
+                if not psc_convert_page(vm, (gfn + done) << 12, op):
+                    return PSC_ERR_GENERIC
+                done += 1
+                entry = (entry & ~_ENTRY_CUR_PAGE) | done
+                buf[at:at + PSC_ENTRY_SIZE] = entry.to_bytes(PSC_ENTRY_SIZE, "little")
+        else:  # PSMASH / UNSMASH, or an entry already finished: nothing to do
+            entry = (entry & ~_ENTRY_CUR_PAGE) | npages
+            buf[at:at + PSC_ENTRY_SIZE] = entry.to_bytes(PSC_ENTRY_SIZE, "little")
+        cur += 1
+        struct.pack_into("<H", buf, off, cur)
+    return PSC_OK
+
+
+def _in_guest_memory(vm, start: int, end: int) -> bool:
+    """[start, end) lies wholly in guest memory (across adjacent slots too)."""
+    try:
+        return sum(n for _spa, n in vm.pieces(start, end - start)) == end - start
+    except KvmError:
+        return False

@@ -1,5 +1,6 @@
 """The guest owner's offline tools (trusted domain): chain checks, launch session, expected
-measurement, LAUNCH_SECRET packets, SEV-SNP report checks and secret release, from files alone.
+measurement, LAUNCH_SECRET packets, SEV-SNP report checks, ID blocks and secret release, from
+files alone.
 Never imports the VMM, the hypervisor, the hardware model or the firmware; the wire formats come
 from `sevwire`, the launch layout from the pure `hv.boot`.
 
@@ -10,11 +11,14 @@ SEV-ES launches and `release_secret` for SEV-SNP guests (both behind `python -m 
 from hv.owner._chain import CHAIN_FILES, ChainReport, Link, verify_chain
 from hv.owner._digest import ImageDigest, image_digest
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
+from hv.owner._id_block import IdBlockFiles, make_id_block
 from hv.owner._release import RELEASE_ANSWER_FIELDS, SNP_MAX_SECRET, release_key, release_secret
 from hv.owner._respond import MAX_SECRET, REQUEST_FIELDS, respond
 from hv.owner._snp_report import ReportCheck, SnpChain, read_snp_chain, verify_snp_report_chain
 
 __all__ = [
+    "make_id_block",
+    "IdBlockFiles",
     "respond",
     "release_secret",
     "release_key",

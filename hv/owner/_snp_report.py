@@ -9,6 +9,8 @@ is the chain of checks, each of which stops a different lie:
   at that TCB, not another chip's or an older firmware's.
 - measurement, policy, report_data: the guest is the image the owner expects, launched with the
   expected policy, and the report answers the owner's (or the guest's) fresh nonce.
+- ID key and author key digests, family and image ID, guest SVN: the guest was launched with an
+  ID block signed by the owner's key (the PSP checked the signatures at SNP_LAUNCH_FINISH).
 Checks run in that order and stop at the first failure, whose reason is the one line printed.
 `hv owner verify-report` and the SNP secret release (`release_secret`, `python -m hv.owner.exec
 --snp`) both run them here, on a report file or bytes and on a chain directory or certificates
@@ -144,7 +146,10 @@ def _fail(name: str, reason: str) -> OwnerCheckFailed:
 def verify_snp_report_chain(report: bytes | str | os.PathLike,
                             chain: str | os.PathLike | Mapping[str, bytes] | SnpChain, *,
                             measurement: bytes | None = None, policy: int | None = None,
-                            report_data: bytes | None = None) -> ReportCheck:
+                            report_data: bytes | None = None, id_key_digest: bytes | None = None,
+                            author_key_digest: bytes | None = None,
+                            family_id: bytes | None = None, image_id: bytes | None = None,
+                            guest_svn: int | None = None) -> ReportCheck:
     """Run every check; OwnerCheckFailed (exit 1) naming the first that fails, OwnerInputError
     (exit 2) if a file or value is unusable.
 
@@ -220,4 +225,40 @@ def verify_snp_report_chain(report: bytes | str | os.PathLike,
         if report.report_data != report_data:
             raise _fail("report_data", "the report does not carry the expected report_data")
         passed.append("report_data")
+    _check_identity(report, passed, id_key_digest, author_key_digest, family_id, image_id,
+                    guest_svn)
     return ReportCheck(report, tuple(passed))
+
+
+def _check_identity(report: sevwire.SnpReport, passed: list[str], id_key_digest: bytes | None,
+                    author_key_digest: bytes | None, family_id: bytes | None,
+                    image_id: bytes | None, guest_svn: int | None) -> None:
+    """What the ID block gave the guest at SNP_LAUNCH_FINISH: the PSP checked the signatures
+    then, so the digests in a VCEK-signed report name the keys that signed the launch."""
+    zero = bytes(48)
+    if id_key_digest is not None:
+        if report.id_key_digest == zero:
+            raise _fail("id key", "the guest was launched without an ID block")
+        if report.id_key_digest != id_key_digest:
+            raise _fail("id key", f"ID_KEY_DIGEST {report.id_key_digest.hex()} is not the "
+                                  f"expected key's {id_key_digest.hex()}")
+        passed.append("id key")
+    if author_key_digest is not None:
+        if not report.key_info & 1 or report.author_key_digest == zero:
+            raise _fail("author key", "the guest was launched without an author key")
+        if report.author_key_digest != author_key_digest:
+            raise _fail("author key", f"AUTHOR_KEY_DIGEST {report.author_key_digest.hex()} is "
+                                      f"not the expected key's {author_key_digest.hex()}")
+        passed.append("author key")
+    if family_id is not None:
+        if report.family_id != family_id:
+            raise _fail("family_id", f"{report.family_id.hex()} is not the expected {family_id.hex()}")
+        passed.append("family_id")
+    if image_id is not None:
+        if report.image_id != image_id:
+            raise _fail("image_id", f"{report.image_id.hex()} is not the expected {image_id.hex()}")
+        passed.append("image_id")
+    if guest_svn is not None:
+        if report.guest_svn != guest_svn:
+            raise _fail("guest_svn", f"{report.guest_svn} is not the expected {guest_svn}")
+        passed.append("guest_svn")

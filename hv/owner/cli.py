@@ -6,6 +6,7 @@ measure       the expected launch digest of an image
 verify        recompute a reported launch measurement and compare
 secret        package a LAUNCH_SECRET for a verified launch
 verify-report check an SEV-SNP attestation report against VCEK <- ASK <- ARK and expectations
+id-block      sign an SEV-SNP ID block for an image (checked by the PSP at SNP_LAUNCH_FINISH)
 
 Exit status: 0 success, 1 a check failed, 2 bad input (one line on stderr). Every command takes
 --json for machine-readable output on stdout.
@@ -21,6 +22,7 @@ import sevwire
 from hv.owner._chain import verify_chain
 from hv.owner._digest import image_digest, snp_measurement, snp_pages
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
+from hv.owner._id_block import key_digest, make_id_block, read_p384_key
 from hv.owner._inputs import (
     DEFAULT_CBITPOS,
     DEFAULT_MEM,
@@ -78,7 +80,8 @@ cbitpos_option = click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default
 
 @click.group(cls=_OwnerGroup)
 def owner() -> None:
-    """Guest owner tools: certificate chain, launch session, measurement and secret (offline)."""
+    """Guest owner tools: certificate chain, launch session, measurement, secret, SNP reports and
+    ID blocks (offline)."""
 
 
 @owner.command("verify-chain")
@@ -222,14 +225,24 @@ def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, a
 @click.option("--measurement", default=None, help="Or: the expected measurement (48 bytes, hex).")
 @click.option("--policy", "snp_policy", default=None, help="Expected SNP guest policy (e.g. 0x30000).")
 @click.option("--report-data", "report_data", default=None, help="Expected report_data (64 bytes, hex).")
+@click.option("--id-key", "id_key", default=None, type=click.Path(dir_okay=False),
+              help="Expect an ID block signed by this P-384 key (PEM, public or private): "
+                   "checks ID_KEY_DIGEST.")
+@click.option("--author-key", "author_key", default=None, type=click.Path(dir_okay=False),
+              help="Expect this author key (PEM) to have signed the ID key: checks AUTHOR_KEY_DIGEST.")
+@click.option("--family-id", "family_id", default=None, help="Expected family_id (16 bytes, hex).")
+@click.option("--image-id", "image_id", default=None, help="Expected image_id (16 bytes, hex).")
+@click.option("--svn", "svn", default=None, help="Expected guest SVN of the ID block (u32).")
 @mem_option
 @cbitpos_option
 @json_option
 def verify_report_cmd(report: str, chain_dir: str, image: str | None, measurement: str | None,
-                      snp_policy: str | None, report_data: str | None, mem: str, cbitpos: int,
-                      as_json: bool) -> None:
+                      snp_policy: str | None, report_data: str | None, id_key: str | None,
+                      author_key: str | None, family_id: str | None, image_id: str | None,
+                      svn: str | None, mem: str, cbitpos: int, as_json: bool) -> None:
     """Verify an SEV-SNP attestation REPORT (1184 bytes, raw or hex): VCEK <- ASK <- ARK, the
-    VCEK's signature, and the expected measurement, policy and report_data; exit 1 on failure."""
+    VCEK's signature, and the expected measurement, policy and report_data, and with an ID block
+    the ID and author keys, family and image ID and guest SVN; exit 1 on failure."""
     if image is not None and measurement is not None:
         raise OwnerInputError("give at most one of --image and --measurement")
     expected = parse_hex(measurement, 48, "--measurement") if measurement is not None else None
@@ -237,14 +250,68 @@ def verify_report_cmd(report: str, chain_dir: str, image: str | None, measuremen
         expected = snp_measurement(read_file(image, "image"), parse_size(mem), cbitpos)
     pol = parse_int(snp_policy, "--policy", 64) if snp_policy is not None else None
     rdata = parse_hex(report_data, 64, "--report-data") if report_data is not None else None
-    result = verify_snp_report_chain(report, chain_dir, measurement=expected, policy=pol,
-                                     report_data=rdata)
+    id_digest = key_digest(read_p384_key(id_key, "--id-key")) if id_key is not None else None
+    author_digest = (key_digest(read_p384_key(author_key, "--author-key"))
+                     if author_key is not None else None)
+    result = verify_snp_report_chain(
+        report, chain_dir, measurement=expected, policy=pol, report_data=rdata,
+        id_key_digest=id_digest, author_key_digest=author_digest,
+        family_id=parse_hex(family_id, 16, "--family-id") if family_id is not None else None,
+        image_id=parse_hex(image_id, 16, "--image-id") if image_id is not None else None,
+        guest_svn=parse_int(svn, "--svn", 32) if svn is not None else None)
     rep = result.report
     _emit(as_json, {"ok": True, "checks": list(result.passed), "measurement": rep.measurement.hex(),
                     "policy": rep.policy, "report_data": rep.report_data.hex(),
-                    "chip_id": rep.chip_id.hex(), "reported_tcb": rep.reported_tcb},
+                    "chip_id": rep.chip_id.hex(), "reported_tcb": rep.reported_tcb,
+                    "id_key_digest": rep.id_key_digest.hex(),
+                    "author_key_digest": rep.author_key_digest.hex(),
+                    "family_id": rep.family_id.hex(), "image_id": rep.image_id.hex(),
+                    "guest_svn": rep.guest_svn},
           [f"PASS  {name}" for name in result.passed]
           + [f"measurement {rep.measurement.hex()}", f"report_data {rep.report_data.hex()}"])
+
+
+@owner.command("id-block")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--id-key", "id_key", required=True, type=click.Path(dir_okay=False),
+              help="The ID key: an unencrypted ECDSA P-384 private key (PEM or DER).")
+@click.option("--author-key", "author_key", default=None, type=click.Path(dir_okay=False),
+              help="An author key (P-384 private key) that signs the ID key.")
+@click.option("--family-id", "family_id", default="00" * 16, show_default=True,
+              help="family_id (16 bytes, hex), copied into the report.")
+@click.option("--image-id", "image_id", default="00" * 16, show_default=True,
+              help="image_id (16 bytes, hex), copied into the report.")
+@click.option("--svn", "svn", default="0", show_default=True, help="The guest SVN (u32).")
+@click.option("--policy", "snp_policy", default=hex(sevwire.SNP_POLICY_DEFAULT), show_default=True,
+              help="The SNP guest policy the guest is launched with (`hv run --policy`).")
+@mem_option
+@cbitpos_option
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for id_block.bin (96 B) and id_auth.bin (4096 B).")
+@json_option
+def id_block_cmd(image: str, id_key: str, author_key: str | None, family_id: str, image_id: str,
+                 svn: str, snp_policy: str, mem: str, cbitpos: int, out_dir: str,
+                 as_json: bool) -> None:
+    """Sign an SEV-SNP ID block for IMAGE: its launch digest (as `measure --snp`), the policy,
+    family and image ID and SVN, signed with the ID key (and the ID key with the author key).
+    Pass the output directory to `hv run --sev-snp --id-block DIR`: the PSP refuses the launch
+    unless the digest and policy are the guest's and the signatures hold."""
+    fam = parse_hex(family_id, 16, "--family-id")
+    img = parse_hex(image_id, 16, "--image-id")
+    guest_svn = parse_int(svn, "--svn", 32)
+    pol = parse_int(snp_policy, "--policy", 64)
+    idk = read_p384_key(id_key, "--id-key", private=True)
+    authk = read_p384_key(author_key, "--author-key", private=True) if author_key is not None else None
+    files = make_id_block(read_file(image, "image"), parse_size(mem), cbitpos, pol, idk, authk,
+                          family_id=fam, image_id=img, guest_svn=guest_svn)
+    written = write_outputs(out_dir, {"id_block.bin": files.id_block, "id_auth.bin": files.id_auth})
+    author = files.author_key_digest.hex() if files.author_key_digest else None
+    _emit(as_json, {"files": written, "digest": files.ld.hex(), "policy": pol,
+                    "family_id": fam.hex(), "image_id": img.hex(), "guest_svn": guest_svn,
+                    "id_key_digest": files.id_key_digest.hex(), "author_key_digest": author},
+          [f"launch digest {files.ld.hex()}", f"id key digest {files.id_key_digest.hex()}"]
+          + ([f"author key digest {author}"] if author else [])
+          + [f"wrote {path}" for path in written])
 
 
 def main() -> None:  # pragma: no cover - convenience for `python -m hv.owner.cli`

@@ -10,8 +10,11 @@ the launched pages are validated.
 4. The rest of guest memory is RMPUPDATEd to assigned-but-not-validated, except the boot
    information page, which stays hypervisor-owned because the hypervisor writes it (shared).
    The guest PVALIDATEs its memory at boot (guests/lib/start.S) and turns the pages it shares
-   (its GHCB, shared_alloc pages) back over with a page-state change (GHCB MSR protocol 0x014).
-5. SNP_LAUNCH_FINISH.
+   back over to the hypervisor with page-state changes: its GHCB through the GHCB MSR protocol
+   (0x014), shared_alloc pages through the page-state-change NAE (0x80000010).
+5. SNP_LAUNCH_FINISH, with the guest owner's ID block and ID authentication structure when
+   `hv run --id-block DIR` gave them (`hv owner id-block` makes them): the PSP refuses the launch
+   unless the owner's ID key signed a block naming this launch digest and policy.
 
 Assigning everything up front (rather than leaving pages hypervisor-owned until the guest asks
 for them) keeps the guest's boot to one PVALIDATE per page and no exits, and leaves nothing the
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sevwire import INITIAL_VMSA_GPA, SnpPageType
+from sevwire import INITIAL_VMSA_GPA, SnpIdAuth, SnpPageType
 
 from hv import boot
 from hv.kvm.sev import SevDevice
@@ -71,12 +74,24 @@ def snp_launch(vmm, dev: SevDevice, rewrite: Callable[[Pages], Pages] | None = N
             gpa = s.gpa + off
             if gpa not in launched and gpa != boot.BOOT_INFO_GPA:
                 rmp_make_private(machine, s.spa + off, vm.asid, gpa)
-    guest.launch_finish()
+    author_key = False
+    if cfg.id_block is not None:
+        author_key = _has_author_key(cfg.id_auth)
+        guest.launch_finish(id_block=cfg.id_block, id_auth=cfg.id_auth, auth_key_en=author_key)
+    else:
+        guest.launch_finish()
     digest = boot.snp_pages_digest(pages)  # what the PSP measured
     vmm.launch_info = {"mode": vm.type, "asid": vm.asid, "policy": guest.policy,
                        "digest": digest.hex(), "pages_launched": len(launched) + 1,
-                       "secret_injected": False}
+                       "secret_injected": False, "id_block": cfg.id_block is not None,
+                       "author_key": author_key}
     return guest
+
+
+def _has_author_key(id_auth: bytes | None) -> bool:
+    """AUTH_KEY_EN: the ID authentication structure carries an author key (`hv owner id-block
+    --author-key` fills the field; without one it stays zero)."""
+    return id_auth is not None and any(SnpIdAuth.decode(id_auth).author_key)
 
 
 def snp_reclaim(vm, guest: SnpGuest) -> None:

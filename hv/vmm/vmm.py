@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
+
 from hv import boot
 from hv.hw.machine import TweakMode
 from hv.hw.machine import Machine, MachineConfig
@@ -63,6 +65,8 @@ class VmmConfig:
     secret: bytes | None = None          # SEV-SNP: released after attestation (port 0x502)
     session_dir: str | None = None       # owner's launch_blob.bin + godh.cert (not SEV-SNP)
     owner_exec: str | None = None        # command answering the measurement (SEV-SNP: the report)
+    id_block: bytes | None = None        # SEV-SNP: the owner's ID block and ID authentication
+    id_auth: bytes | None = None         # structure, checked at SNP_LAUNCH_FINISH
     psp_state: str | None = None
     serial_out: Callable[[bytes], None] | None = None
     image_name: str = "guest"
@@ -142,6 +146,14 @@ class Vmm:
         self._snp_dev = None
         self._release_certs: dict[str, bytes] | None = None
         self._release_expected: bytes | None = None
+        if (config.id_block is None) != (config.id_auth is None):
+            raise LaunchError("an ID block and its ID authentication structure go together")
+        if config.id_block is not None:
+            if config.vm_type != "sev-snp":
+                raise LaunchError("an ID block is for SEV-SNP launches")
+            if len(config.id_block) != ID_BLOCK_SIZE or len(config.id_auth) != ID_AUTH_SIZE:
+                raise LaunchError(f"the ID block is {ID_BLOCK_SIZE} bytes and the ID "
+                                  f"authentication structure {ID_AUTH_SIZE}")
         if config.vm_type == "sev-snp":
             if config.session_dir is not None:
                 raise LaunchError("--session is for SEV and SEV-ES launches: SEV-SNP has no launch "
