@@ -47,7 +47,7 @@ def release_key(shared: bytes, guest_pub: bytes, owner_pub: bytes) -> bytes:
 
 def release_secret(report: bytes, chain: str | os.PathLike | Mapping[str, bytes] | SnpChain,
                    expected_measurement: bytes, secret: bytes, *,
-                   expected_policy: int | None = None) -> dict:
+                   expected_policy: int | None = None, id_key_digest: bytes | None = None) -> dict:
     """{"owner_pub", "iv", "ciphertext", "tag"} (hex) encrypting `secret` to the X25519 key in
     the report's report_data, or {"refuse": one-line reason}.
 
@@ -56,7 +56,8 @@ def release_secret(report: bytes, chain: str | os.PathLike | Mapping[str, bytes]
     The report must verify against the chain, carry `expected_measurement` (48 bytes: `hv owner
     measure --snp`) and, when given, `expected_policy`, and have report_data[32:64] zero. Unusable
     input (a report of the wrong size, an unreadable certificate, a secret outside 1..4096 bytes)
-    raises OwnerInputError."""
+    raises OwnerInputError. With `id_key_digest` (SHA-384 of the owner's ID key structure) the
+    guest must also have been launched with an ID block signed by that key."""
     if not isinstance(report, (bytes, bytearray, memoryview)):
         raise OwnerInputError("report must be bytes")
     report = bytes(report)
@@ -72,7 +73,7 @@ def release_secret(report: bytes, chain: str | os.PathLike | Mapping[str, bytes]
         raise OwnerInputError("expected policy must be a 64-bit unsigned integer")
     try:
         check = verify_snp_report_chain(report, chain, measurement=bytes(expected_measurement),
-                                        policy=expected_policy)
+                                        policy=expected_policy, id_key_digest=id_key_digest)
     except OwnerCheckFailed as exc:
         return {"refuse": str(exc)}
     report_data = check.report.report_data

@@ -213,14 +213,8 @@ def verify_snp_report_chain(report: bytes | str | os.PathLike,
                                              f"VCEK's {spl}")
 
     step("VCEK matches chip and TCB", chip_and_tcb)
-    if measurement is not None:
-        if report.measurement != measurement:
-            raise _fail("measurement", f"{report.measurement.hex()} is not the expected {measurement.hex()}")
-        passed.append("measurement")
-    if policy is not None:
-        if report.policy != policy:
-            raise _fail("policy", f"0x{report.policy:x} is not the expected 0x{policy:x}")
-        passed.append("policy")
+    _expect(passed, "measurement", report.measurement, measurement)
+    _expect(passed, "policy", report.policy, policy, show=lambda v: f"0x{v:x}")
     if report_data is not None:
         if report.report_data != report_data:
             raise _fail("report_data", "the report does not carry the expected report_data")
@@ -250,15 +244,15 @@ def _check_identity(report: sevwire.SnpReport, passed: list[str], id_key_digest:
             raise _fail("author key", f"AUTHOR_KEY_DIGEST {report.author_key_digest.hex()} is "
                                       f"not the expected key's {author_key_digest.hex()}")
         passed.append("author key")
-    if family_id is not None:
-        if report.family_id != family_id:
-            raise _fail("family_id", f"{report.family_id.hex()} is not the expected {family_id.hex()}")
-        passed.append("family_id")
-    if image_id is not None:
-        if report.image_id != image_id:
-            raise _fail("image_id", f"{report.image_id.hex()} is not the expected {image_id.hex()}")
-        passed.append("image_id")
-    if guest_svn is not None:
-        if report.guest_svn != guest_svn:
-            raise _fail("guest_svn", f"{report.guest_svn} is not the expected {guest_svn}")
-        passed.append("guest_svn")
+    _expect(passed, "family_id", report.family_id, family_id)
+    _expect(passed, "image_id", report.image_id, image_id)
+    _expect(passed, "guest_svn", report.guest_svn, guest_svn, show=str)
+
+
+def _expect(passed: list[str], name: str, got, want, show=lambda v: v.hex()) -> None:
+    """One report field against the owner's expectation (None: not checked)."""
+    if want is None:
+        return
+    if got != want:
+        raise _fail(name, f"{show(got)} is not the expected {show(want)}")
+    passed.append(name)

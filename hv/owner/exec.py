@@ -5,10 +5,12 @@ stdin, {"measurement": hex32, "mnonce": hex16, "api_major": int, "api_minor": in
 "policy": int}, and answers with a LAUNCH_SECRET packet {"header": hex52, "data": hex} for the
 expected launch (`respond`). The expected digest comes from --image (via hv.boot) or --digest.
 
-SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]`): reads
+SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]
+[--id-key PEM]`): reads
 one JSON request {"report": hex} (the guest's 1184-byte attestation report) and, when the report
 verifies against ark.cert, ask.cert and vcek.der in DIR (`hv psp export`) and carries the
-expected measurement (from --image via hv.boot, or --measurement: 48 bytes) and policy, answers
+expected measurement (from --image via hv.boot, or --measurement: 48 bytes), policy and (with
+--id-key) the owner's ID key from the ID block checked at SNP_LAUNCH_FINISH, answers
 {"owner_pub": hex32, "iv": hex12, "ciphertext": hex, "tag": hex16}: the secret encrypted to the
 X25519 key in the report's report_data (`release_secret`, docs/guest-abi.md).
 
@@ -27,6 +29,7 @@ import click
 import sevwire
 from hv.owner._digest import image_digest, snp_measurement
 from hv.owner._errors import OwnerError, OwnerInputError
+from hv.owner._id_block import key_digest, read_p384_key
 from hv.owner._inputs import DEFAULT_CBITPOS, DEFAULT_MEM, parse_hex, parse_int, parse_size, read_file, read_tk
 from hv.owner._release import SNP_MAX_SECRET, release_secret
 from hv.owner._respond import respond
@@ -64,15 +67,20 @@ def parse_snp_request(request: object) -> bytes:
 @click.option("--mem", default=str(DEFAULT_MEM >> 20) + "M", show_default=True, help="Guest memory size.")
 @click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int, help="C-bit position.")
 @click.option("--policy", default=None, help="Refuse guests launched under any other policy.")
+@click.option("--id-key", "id_key", default=None, type=click.Path(dir_okay=False),
+              help="(--snp) Refuse guests not launched with an ID block signed by this P-384 key (PEM).")
 def main(snp: bool, tk_path: str | None, chain_dir: str | None, image: str | None, digest: str | None,
-         measurement: str | None, secret_path: str, mem: str, cbitpos: int, policy: str | None) -> None:
+         measurement: str | None, secret_path: str, mem: str, cbitpos: int, policy: str | None,
+         id_key: str | None) -> None:
     """Answer one request on stdin (a launch measurement, or with --snp an attestation report)
     with the secret for the expected guest, or a refusal."""
     try:
         if snp:
             answer_request = _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
-                                       cbitpos, policy)
+                                       cbitpos, policy, id_key)
         else:
+            if id_key is not None:
+                raise OwnerInputError("--id-key checks SEV-SNP reports: add --snp")
             answer_request = _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
                                        cbitpos, policy)
     except (OwnerError, sevwire.SevWireError) as exc:
@@ -104,7 +112,7 @@ def _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, 
                                    expected_policy=expected_policy)
 
 
-def _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy):
+def _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy, id_key):
     if tk_path is not None or digest is not None:
         raise OwnerInputError("--tk and --digest are for SEV launches; with --snp give --chain and "
                               "--image or --measurement")
@@ -122,8 +130,9 @@ def _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, 
         expected = parse_hex(measurement, 48, "--measurement")
     else:
         expected = snp_measurement(read_file(image, "image"), parse_size(mem), cbitpos)
+    id_digest = key_digest(read_p384_key(id_key, "--id-key")) if id_key is not None else None
     return lambda request: release_secret(parse_snp_request(request), chain, expected, secret,
-                                          expected_policy=expected_policy)
+                                          expected_policy=expected_policy, id_key_digest=id_digest)
 
 
 if __name__ == "__main__":

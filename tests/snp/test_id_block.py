@@ -5,8 +5,10 @@ SNP_LAUNCH_FINISH, and the owner accepts the guest's report only for its own key
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,35 @@ def test_bad_id_block_directories_are_usage_errors(runner, guests, tmp_path):
     assert r.exit_code == 2 and "expected 4096 bytes" in r.output, r.output
     r = runner.invoke(main, ["run", str(image), "--sev-es", "--id-block", str(d)])
     assert r.exit_code == 2 and "--sev-snp" in r.output, r.output
+
+
+def test_owner_exec_releases_only_to_a_guest_launched_with_its_id_key(runner, guests, owner_keys, tmp_path):
+    """Scenario: the owner's release also demands its own ID key in the report (`python -m
+    hv.owner.exec --snp --id-key`): the guest launched with that key's ID block gets the secret;
+    launched with another owner's block, or with none, it is refused."""
+    root = Path(__file__).resolve().parents[2]
+    image = guests / "secret.img"
+    shutil.copy(GUESTS / "secret.img", image)
+    secret = tmp_path / "s.bin"
+    secret.write_bytes(b"released only to the id key's guests")
+    chain = tmp_path / "certs"
+    assert runner.invoke(main, ["psp", "export", "-o", str(chain)]).exit_code == 0
+    owner = " ".join([sys.executable, "-m", "hv.owner.exec", "--snp", "--chain", str(chain), "--image",
+                      str(image), "--secret", str(secret), "--id-key", str(owner_keys["id"])])
+    want = f"secret-sha256: {hashlib.sha256(secret.read_bytes()).hexdigest()}"
+    for key, ok in (("id", True), ("other", False), (None, False)):
+        args = ["run", str(image), "--sev-snp", "--owner-exec", owner, "-q", "--json"]
+        if key is not None:
+            ib = tmp_path / f"ib-{key}"
+            r = runner.invoke(main, ["owner", "id-block", str(image), "--id-key", str(owner_keys[key]),
+                                     "-o", str(ib)])
+            assert r.exit_code == 0, r.output
+            args += ["--id-block", str(ib)]
+        env = {"PYTHONPATH": str(root)}
+        r = runner.invoke(main, args, env=env, catch_exceptions=False)
+        serial = json.loads(r.stdout)["serial"]
+        if ok:
+            assert r.exit_code == 0 and want in serial, serial
+        else:
+            assert r.exit_code == 3, serial
+            assert "no secret: the owner refused: report REJECTED at id key" in serial, serial
