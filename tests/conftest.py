@@ -11,3 +11,25 @@ def psp_state(tmp_path_factory):
     path = tmp_path_factory.mktemp("psp") / "psp-state.json"
     Machine(MachineConfig(dram_size=4 << 20, psp_state=str(path))).psp.firmware  # noqa: B018
     return str(path)
+
+
+# The run ends with os._exit once pytest has reported: the interpreter's own teardown frees the
+# remaining Unicorn instances and the host buffers they map in an arbitrary order, which has been
+# seen to crash the process after a fully passed run (status 139 instead of 0). Tests never depend
+# on that teardown; the status pytest computed is the one the process exits with.
+_exit_status = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    import os
+    import sys
+
+    if "status" in _exit_status and not hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status["status"])
