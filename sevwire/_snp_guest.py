@@ -3,8 +3,10 @@ VMPCK, MSG_REPORT_REQ and MSG_REPORT_RSP.
 
 The guest and the PSP share the four VMPCKs of the secrets page and nothing else; the hypervisor
 only carries the message. So everything that matters is authenticated: header bytes 0x30-0x5F
-(algorithm, type, size, VMPCK index) are the AAD and the payload is the ciphertext, the tag sits
-in the first 16 bytes of authtag. The IV is the sequence number (LE) then four zero bytes, which
+(algorithm, type, size, VMPCK index and the reserved bytes between them) are the AAD and the
+payload is the ciphertext, the tag sits in the first 16 bytes of authtag. The reserved bytes are
+kept as received, so a decoded header encodes back to the same bytes and the AAD is exactly what
+was sent: a hypervisor that changes a reserved byte in transit breaks the tag. The IV is the sequence number (LE) then four zero bytes, which
 is why both sides refuse a sequence number they have seen: a replay would reuse an IV.
 """
 
@@ -29,7 +31,7 @@ MSG_HDR_SIZE = 0x60
 MSG_REPORT_REQ_SIZE = 0x60
 MSG_REPORT_RSP_SIZE = 0x4C0
 AEAD_AES_256_GCM = 1
-_HDR = struct.Struct("<32sQ8xBBHBBH4xB35x")
+_HDR = struct.Struct("<32sQ8xBBHBBH4sB35s")
 _PAGE = 0x1000
 
 
@@ -61,11 +63,20 @@ class SnpMsgHeader:
     hdr_sz: int = MSG_HDR_SIZE
     msg_version: int = 1
     authtag: bytes = bytes(32)
+    rsvd_38: bytes = bytes(4)
+    """Reserved bytes 0x38-0x3B, as received (zero in a header we build)."""
+    rsvd_3d: bytes = bytes(35)
+    """Reserved bytes 0x3D-0x5F, as received."""
 
     def encode(self) -> bytes:
+        # struct's "Ns" pads or cuts silently; a reserved field of the wrong size is a bug here.
+        tag = require_bytes(self.authtag, 32, "authtag")
+        rsvd_38 = require_bytes(self.rsvd_38, 4, "reserved bytes 0x38-0x3B")
+        rsvd_3d = require_bytes(self.rsvd_3d, 35, "reserved bytes 0x3D-0x5F")
         try:
-            return _HDR.pack(self.authtag, self.msg_seqno, self.algo, self.hdr_version, self.hdr_sz,
-                             self.msg_type, self.msg_version, self.msg_sz, self.msg_vmpck)
+            return _HDR.pack(tag, self.msg_seqno, self.algo, self.hdr_version, self.hdr_sz,
+                             self.msg_type, self.msg_version, self.msg_sz, rsvd_38, self.msg_vmpck,
+                             rsvd_3d)
         except struct.error as exc:
             raise FormatError(f"guest message header field out of range ({exc})") from None
 
@@ -73,11 +84,13 @@ class SnpMsgHeader:
     def decode(cls, buf: bytes) -> SnpMsgHeader:
         if len(buf) < MSG_HDR_SIZE:
             raise BufferLengthError(f"guest message header: need {MSG_HDR_SIZE} bytes, got {len(buf)}")
-        tag, seq, algo, hver, hsz, mtype, mver, msz, vmpck = _HDR.unpack_from(bytes(buf[:MSG_HDR_SIZE]))
-        return cls(seq, mtype, msz, vmpck, algo, hver, hsz, mver, tag)
+        tag, seq, algo, hver, hsz, mtype, mver, msz, rsvd_38, vmpck, rsvd_3d = _HDR.unpack_from(
+            bytes(buf[:MSG_HDR_SIZE]))
+        return cls(seq, mtype, msz, vmpck, algo, hver, hsz, mver, tag, rsvd_38, rsvd_3d)
 
     def aad(self) -> bytes:
-        """Header bytes 0x30-0x5F: everything but the tag and the sequence number (the IV)."""
+        """Header bytes 0x30-0x5F, reserved bytes included: everything but the tag and the
+        sequence number (the IV). For a decoded header these are the bytes received."""
         return self.encode()[0x30:MSG_HDR_SIZE]
 
     def check(self) -> None:
