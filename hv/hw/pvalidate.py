@@ -1,9 +1,9 @@
 """PVALIDATE (F2 0F 01 FF): an SEV-SNP guest validates or rescinds one of its pages.
 
 RAX = the guest-virtual address, RCX = page size (0 = 4K, 1 = 2M), RDX = 1 validate / 0 rescind.
-EAX returns 0, FAIL_INPUT or FAIL_SIZEMISMATCH; CF = 1 when the validated bit did not change
-(the guest's way to notice a page validated twice, i.e. a page the hypervisor remapped onto one
-it had validated before).
+EAX returns 0, FAIL_INPUT or FAIL_SIZEMISMATCH, zero-extended into RAX like any 32-bit result in
+64-bit mode; CF = 1 when the validated bit did not change (the guest's way to notice a page
+validated twice, i.e. a page the hypervisor remapped onto one it had validated before).
 
 The CPU translates RAX through the guest's own tables (the hypervisor cannot choose the page),
 then checks the RMP entry exactly as for an access: another ASID or GPA is a nested page fault
@@ -62,6 +62,6 @@ def pvalidate(mmu: SnpMmu, read: Callable[[int], int], write: Callable[[int, int
     rflags = read(X.UC_X86_REG_RFLAGS)
     rflags = (rflags & ~_CF) | (_CF if status == 0 and not changed else 0)
     write(X.UC_X86_REG_RFLAGS, rflags)
-    write(X.UC_X86_REG_RAX, (read(X.UC_X86_REG_RAX) & ~0xFFFFFFFF) | status)
+    write(X.UC_X86_REG_RAX, status)
     write(X.UC_X86_REG_RIP, addr + length)
     return None
