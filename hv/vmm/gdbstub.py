@@ -14,11 +14,17 @@ Breakpoints (Z0/Z1) are vCPU code hooks at guest-virtual addresses, never 0xCC b
 guest's memory and its launch measurement stay untouched. A single step (s) is a hook on every
 instruction that stops at the first instruction boundary at another address than the one the
 step started from (so `jmp .` steps forever, and a `rep` string instruction steps whole).
+
+Bounds. The debugger is a local client, but nothing it sends may grow hv without limit: a packet
+is at most PacketSize (advertised in qSupported) payload bytes, at most _MAX_QUEUED packets wait
+for the VMM's thread, and the bytes are scanned once each. A client that breaks a bound is
+disconnected with one warning and treated as a debugger that went away: the guest runs on.
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import socket
 import threading
 from typing import Callable
@@ -26,10 +32,13 @@ from typing import Callable
 from hv.kvm import exits as K
 from hv.vmm.debugview import REGISTERS, DebugView
 
-__all__ = ["DebuggerKilled", "GdbError", "GdbStub", "parse_gdb_address"]
+__all__ = ["DebuggerKilled", "GdbError", "GdbStub", "PacketReader", "ProtocolAbuse", "parse_gdb_address"]
 
 _SIGINT, _SIGTRAP = 2, 5
-_MAX_PACKET = 0x4000
+_MAX_PACKET = 0x4000   # payload bytes between '$' and '#': what qSupported's PacketSize says
+_MAX_QUEUED = 64       # packets waiting to be answered; gdb sends one and waits for its reply
+_RECV = 0x10000
+_FRAME_START = re.compile(rb"[$\x03]")  # outside a packet only these two bytes mean anything
 _SEGMENTS = {"cs", "ss", "ds", "es", "fs", "gs"}
 # GDB's i386:x86-64 core registers after the 24 in REGISTERS: st0-7 (10 bytes), fctrl..fop (4).
 # hv does not model the x87 unit for a debugger; they are reported unavailable ('x').
@@ -90,48 +99,110 @@ def _le_hex(value: int, width: int) -> str:
     return (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little").hex()
 
 
+class ProtocolAbuse(Exception):
+    """The debugger broke one of the stub's bounds (docs/debugging.md)."""
+
+
+class PacketReader:
+    """Remote-protocol framing, fed with bytes as they arrive, in time linear in their number.
+
+    Yields ("interrupt", b"", b"") for a Ctrl-C byte outside a packet and ("packet", payload,
+    checksum) for `$payload#cs`; '+', '-' and stray bytes between packets are dropped. Only the
+    packet being read is kept, so memory stays within PacketSize; ProtocolAbuse past it."""
+
+    def __init__(self, max_payload: int = _MAX_PACKET):
+        self._max = max_payload
+        self._payload = bytearray()
+        self._check = bytearray()
+        self._state = "idle"   # idle -> payload ('$' seen) -> checksum ('#' seen) -> idle
+
+    def feed(self, data: bytes):
+        i, n = 0, len(data)
+        while i < n:
+            if self._state == "idle":
+                m = _FRAME_START.search(data, i)
+                if m is None:
+                    return
+                i = m.end()
+                if m.group() == b"\x03":
+                    yield "interrupt", b"", b""
+                else:
+                    self._payload.clear()
+                    self._state = "payload"
+            elif self._state == "payload":
+                end = data.find(b"#", i)
+                stop = n if end < 0 else end
+                if len(self._payload) + stop - i > self._max:
+                    raise ProtocolAbuse(f"a packet longer than PacketSize ({self._max} bytes)")
+                self._payload += data[i:stop]
+                if end < 0:
+                    return
+                i = end + 1
+                self._check.clear()
+                self._state = "checksum"
+            else:
+                take = min(2 - len(self._check), n - i)
+                self._check += data[i:i + take]
+                i += take
+                if len(self._check) == 2:
+                    self._state = "idle"
+                    yield "packet", bytes(self._payload), bytes(self._check)
+
+
 class _Connection:
     """One debugger's socket: a reader thread turns bytes into packets and interrupts."""
 
     def __init__(self, sock: socket.socket, on_interrupt: Callable[[], None],
-                 on_closed: Callable[[], None]):
+                 on_closed: Callable[[], None], warn: Callable[[str], None]):
         self.sock = sock
+        # Unbounded as a type, bounded by _read: "closed" must always find room.
         self.inbox: queue.Queue[tuple[str, str]] = queue.Queue()
         self.acks = True
         self._on_interrupt = on_interrupt
         self._on_closed = on_closed
+        self._warn = warn
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        buf = b""
+        reader = PacketReader()
         while True:
             try:
-                data = self.sock.recv(4096)
+                data = self.sock.recv(_RECV)
             except OSError:
                 data = b""
+            if data:
+                try:
+                    self._dispatch(reader.feed(data))
+                except ProtocolAbuse as e:
+                    self._warn(f"warning: gdb stub: {e}: debugger disconnected")
+                    self._drop_queued()
+                    self.close()
+                    data = b""
             if not data:
                 self.inbox.put(("closed", ""))
                 self._on_closed()
                 return
-            buf += data
-            while buf:
-                c = buf[:1]
-                if c == b"\x03":
-                    buf = buf[1:]
-                    self._on_interrupt()
-                elif c == b"$":
-                    end = buf.find(b"#")
-                    if end < 0 or len(buf) < end + 3:
-                        break
-                    payload, check = buf[1:end], buf[end + 1:end + 3]
-                    buf = buf[end + 3:]
-                    if _checksum(payload) == check.lower() or not self.acks:
-                        self.inbox.put(("packet", payload.decode("latin-1")))
-                    else:
-                        self.send_raw(b"-")
-                else:
-                    buf = buf[1:]  # '+' and '-' acknowledgements, stray bytes
+
+    def _dispatch(self, frames) -> None:
+        for kind, payload, check in frames:
+            if kind == "interrupt":
+                self._on_interrupt()
+            elif _checksum(payload) == check.lower() or not self.acks:
+                if self.inbox.qsize() >= _MAX_QUEUED:
+                    raise ProtocolAbuse(f"more than {_MAX_QUEUED} packets sent without waiting "
+                                        "for replies")
+                self.inbox.put(("packet", payload.decode("latin-1")))
+            else:
+                self.send_raw(b"-")
+
+    def _drop_queued(self) -> None:
+        """A disconnected abuser's queued packets are not answered (nor obeyed)."""
+        try:
+            while True:
+                self.inbox.get_nowait()
+        except queue.Empty:
+            pass
 
     def send_raw(self, data: bytes) -> None:
         with self._lock:
@@ -164,6 +235,7 @@ class GdbStub:
         self.port = self._listener.getsockname()[1]
         self._vmm = vmm
         self._vcpu = vmm.vcpu
+        self._warn = warn
         self._view = DebugView(vmm, warn)
         self._conn: _Connection | None = None
         self._connected = threading.Event()
@@ -190,7 +262,8 @@ class GdbStub:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A debugger that goes away while the guest runs is detached at the next stop.
-            self._conn = _Connection(sock, self._interrupt, lambda: self._request_stop(_SIGTRAP))
+            self._conn = _Connection(sock, self._interrupt, lambda: self._request_stop(_SIGTRAP),
+                                     self._warn)
             if not self._waiting:
                 self._request_stop(_SIGTRAP)  # a running guest stops when a debugger attaches
             self._connected.set()
@@ -335,6 +408,8 @@ class GdbStub:
         return "OK" if self._view.set_registers(values) else "E01"
 
     def _read_register(self, n: int) -> str:
+        if n < 0:
+            return "E45"
         if n < len(REGISTERS):
             name = REGISTERS[n]
             return _le_hex(self._view.registers().get(name, 0), _WIDTH[name])
@@ -343,8 +418,10 @@ class GdbStub:
         return "E45"
 
     def _write_register(self, n: int, value: str) -> str:
-        if n >= len(REGISTERS):
+        if not 0 <= n < len(REGISTERS):
             return "E45"
+        if len(value) != 2 * _WIDTH[REGISTERS[n]]:
+            return "E01"  # gdb sends the register's whole width; anything else is malformed
         v = int.from_bytes(bytes.fromhex(value), "little")
         return "OK" if self._view.set_registers({REGISTERS[n]: v}) else "E01"
 
