@@ -81,7 +81,7 @@ class RunResult:
     exit_reason: str            # "exit", "hlt", "timeout", "budget", "shutdown", "terminated", "crash"
     exit_code: int              # hv's process status
     guest_exit_code: int | None
-    serial: str
+    serial: str                 # the last SERIAL_TAIL bytes of the console (all went to serial_out)
     exits: dict[str, int]
     tlb_fills: int
     pages_encrypted: int
@@ -91,6 +91,7 @@ class RunResult:
     message: str = ""
     launch: dict | None = None
     io_exits: dict[str, int] = field(default_factory=dict)
+    serial_dropped: int = 0     # console bytes older than the tail in `serial`
 
     def to_json(self) -> dict:
         out = {
@@ -98,6 +99,7 @@ class RunResult:
             "exit_code": self.exit_code,
             "guest_exit_code": self.guest_exit_code,
             "serial": self.serial,
+            "serial_dropped": self.serial_dropped,
             "exits": self.exits,
             "tlb_fills": self.tlb_fills,
             "pages_encrypted": self.pages_encrypted,
@@ -172,7 +174,6 @@ class Vmm:
         self.vcpu = self.vm.create_vcpu()
         if config.max_insns is not None:
             self.vcpu.enable_counting(config.max_insns)
-        self.serial = bytearray()
         self.uart = Uart16550(self._serial_out)
         self.debug_exit = DebugExit()
         self.post = PostCode()
@@ -189,8 +190,12 @@ class Vmm:
         self.launch_info: dict | None = None
         self.sev: SevGuest | None = None
 
+    @property
+    def serial(self) -> bytes:
+        """The guest's console output: its last SERIAL_TAIL bytes (hv.vmm.devices)."""
+        return self.uart.transmitted
+
     def _serial_out(self, b: bytes) -> None:
-        self.serial += b
         if self.config.serial_out is not None:
             self.config.serial_out(b)
 
@@ -397,7 +402,8 @@ class Vmm:
         stats = self.machine.stats()
         return RunResult(
             exit_reason=reason, exit_code=code, guest_exit_code=guest_code,
-            serial=self.serial.decode("utf-8", "replace"), exits=dict(self.vcpu.exit_counts),
+            serial=self.serial.decode("utf-8", "replace"), serial_dropped=self.uart.dropped,
+            exits=dict(self.vcpu.exit_counts),
             tlb_fills=self.vcpu.stats["tlb_fills"], pages_encrypted=stats["pages_encrypted"],
             pages_decrypted=stats["pages_decrypted"], instructions=self.vcpu.instructions,
             wall_time=time.perf_counter() - t0, message=message, launch=self.launch_info)
