@@ -12,7 +12,7 @@ API version: SEV API 0.24, build 15 (>= 0.17, so the measurement covers the
 API version and build: 0x04 || major || minor || build || policy || LD || MNONCE).
 """
 
-from firmware._errors import CommandError, FirmwareError, NvStoreError
+from firmware._errors import CommandError, FirmwareError, NvStoreError, NvWriteError
 from firmware._firmware import HANDLERS, Firmware, new_chip_identity
 from firmware._identity import ChipIdentity
 from firmware._context import API_MAJOR, API_MINOR, BUILD
@@ -26,6 +26,7 @@ __all__ = [
     "FirmwareError",
     "CommandError",
     "NvStoreError",
+    "NvWriteError",
     "PlatformPort",
     "PortError",
     "PortAddressError",

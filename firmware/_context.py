@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sevwire import PlatformState, Status
 
-from firmware._errors import CommandError
+from firmware._errors import CommandError, NvStoreError
 from firmware._guest import GuestTable
 from firmware._identity import PlatformIdentity
 from firmware._memory import Memory
@@ -78,15 +78,30 @@ class PspContext:
             )
 
     def change_identity(self, change: Callable[[], None]) -> None:
-        """Apply ``change`` to the owner identity and persist it; if the write fails the old
-        identity stays in force (memory and file agree, as after a failed flash write)."""
-        before = self.identity.owner
-        change()
-        try:
-            self.nvstore.save(self.identity)
-        except BaseException:
-            self.identity.owner = before
-            raise
+        """Apply ``change`` to the owner identity and persist it, as one read-modify-write
+        under the state file's lock: the owner part is re-read from the file first, so a change
+        another process made since this PSP booted is built on, never overwritten.  ``change``
+        must read ``self.identity`` when it runs (and make its ownership checks there).  If the
+        re-read or the write fails nothing changes (``NvStoreError``; memory and file agree, as
+        after a failed flash write)."""
+        with self.nvstore.locked():
+            self._reload_owner()
+            before = self.identity.owner
+            try:
+                change()
+                self.nvstore.save(self.identity)
+            except BaseException:
+                self.identity.owner = before
+                raise
+
+    def _reload_owner(self) -> None:
+        record = self.nvstore.load_record()
+        if record is None:
+            return  # in memory only, or the file is gone: the save writes this identity again
+        stored = PlatformIdentity.from_record(record, self.identity.api)
+        if stored.chip.chip_id != self.identity.chip.chip_id:
+            raise NvStoreError(f"PSP state file {self.nvstore.path} now holds another chip's identity")
+        self.identity.owner = stored.owner
 
     def update_working(self) -> None:
         """Move between INIT and WORKING after a guest context was created or removed."""

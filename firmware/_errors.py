@@ -6,14 +6,16 @@ returns (STYLE: exceptions carry their exit code and are converted in exactly on
 
 ``NvStoreError`` is the one error that leaves the firmware as an exception: a state file that
 cannot be read is a configuration problem of whoever constructs the machine, not something the
-hypervisor did through the mailbox, so it is raised by ``Firmware(...)`` itself.
+hypervisor did through the mailbox, so it is raised by ``Firmware(...)`` itself.  When a command
+that changes the platform's identity cannot read or write the file, the dispatcher answers with
+the error's ``status`` instead and keeps its text as a key-free diagnostic (``Firmware.nv_fault``).
 """
 
 from __future__ import annotations
 
 from sevwire import Status
 
-__all__ = ["FirmwareError", "CommandError", "NvStoreError"]
+__all__ = ["FirmwareError", "CommandError", "NvStoreError", "NvWriteError"]
 
 
 class FirmwareError(Exception):
@@ -43,3 +45,14 @@ class NvStoreError(FirmwareError):
     """
 
     status = Status.SECURE_DATA_INVALID
+
+
+class NvWriteError(NvStoreError):
+    """The state file could not be locked or written (read-only directory, full disk, ...).
+
+    Nothing changed: the file still holds the old state and the firmware keeps it in force.  A
+    command that hits this answers HWERROR_PLATFORM, the spec's status for a hardware condition
+    after which the parameter buffers are safe to reuse.
+    """
+
+    status = Status.HWERROR_PLATFORM

@@ -10,6 +10,9 @@ This is the one dispatcher and the one place errors become status codes:
   is read from and written back to the address the hypervisor names: firmware/_memory.py);
 - a ``CommandError`` (or a sevwire error, which carries its own status) becomes its status,
   after writing back the buffer it carries (INVALID_LEN answers with the needed lengths);
+- a command that changes the platform identity but cannot re-read or save the state file
+  (``NvStoreError``) changes nothing and answers the error's status (SECURE_DATA_INVALID,
+  HWERROR_PLATFORM); the reason is kept in ``nv_fault`` for the platform owner's tools;
 - anything else is a firmware bug: HWERROR_PLATFORM, logged, never raised to the hypervisor.
 Whatever the hypervisor writes, ``command`` returns an int.
 """
@@ -60,7 +63,7 @@ from sevwire import (
 
 from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_attest, _snp_debug
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
-from firmware._errors import CommandError
+from firmware._errors import CommandError, NvStoreError, NvWriteError
 from firmware._identity import ChipIdentity, PlatformIdentity
 from firmware._memory import U64_MAX, Memory
 from firmware._nvstore import NvStore
@@ -118,6 +121,13 @@ SNP_PLATFORM_STATUS, SNP_DF_FLUSH, SNP_INIT_EX, SNP_GUEST_STATUS, SNP_ACTIVATE_E
 SNP_PAGE_* swap/move/set-state commands, SNP_CONFIG, SNP_COMMIT, ...) are INVALID_COMMAND here."""
 
 
+def _cmd_name(cmd_id: int) -> str:
+    try:
+        return Cmd(cmd_id).name
+    except (ValueError, TypeError):
+        return f"command {cmd_id!r}"
+
+
 def new_chip_identity() -> ChipIdentity:
     """Manufacture an emulated chip (ARK, ASK, CEK, chip id).  Slow (two RSA-4096 keys): make
     one and pass it to every ``Firmware`` that has no state file yet, e.g. once per test run."""
@@ -138,15 +148,17 @@ class Firmware:
         if max_asid < 1 or not 1 <= min_sev <= max_asid + 1:
             raise ValueError(f"bad ASID ranges: max_asid={max_asid}, min_sev_asid={min_sev}")
         store = NvStore(nv_path)
-        record = store.load_record()
         api = (API_MAJOR, API_MINOR)
+        with store.locked():  # two machines booting on a new file make one identity, not two
+            record = store.load_record()
+            if record is None:
+                identity = PlatformIdentity.fresh(chip if chip is not None else new_chip_identity(), api)
+                store.save(identity)
         if record is not None:
             identity = PlatformIdentity.from_record(record, api)
-        else:
-            identity = PlatformIdentity.fresh(chip if chip is not None else new_chip_identity(), api)
-            store.save(identity)
         self._ctx = PspContext(port=port, mem=Memory(port), identity=identity, nvstore=store)
         self._busy = threading.Lock()  # the PSP runs one mailbox command at a time
+        self._nv_fault: str | None = None
 
     # -- key-free facts for diagnostics ----------------------------------------------------------
 
@@ -178,13 +190,27 @@ class Firmware:
         """The ASK-signed X.509 VCEK (DER) for the current TCB: what AMD's key server serves."""
         return vcek_cert_der(self._ctx.identity.chip)
 
+    @property
+    def nv_fault(self) -> str | None:
+        """Why the last command failed on the state file (it could not be read, locked or
+        written), or None.  The mailbox only says HWERROR_PLATFORM or SECURE_DATA_INVALID; this
+        is the firmware's own log line for the platform owner: a path and an OS error, no key."""
+        return self._nv_fault
+
     # -- the mailbox -----------------------------------------------------------------------------
 
     def command(self, cmd_id: int, buf_spa: int) -> int:
         """Run one mailbox command; returns the SEV_RET_* status.  Never raises."""
         try:
             with self._busy:
-                return int(self._run(cmd_id, buf_spa))
+                self._nv_fault = None
+                try:
+                    return int(self._run(cmd_id, buf_spa))
+                except NvStoreError as err:  # the change was not made: see PspContext.change_identity
+                    self._nv_fault = f"{_cmd_name(cmd_id)} did not take effect: {err}"
+                    if isinstance(err, NvWriteError):
+                        self._nv_fault += "; the old state is intact"
+                    return int(err.status)
         except Exception:  # the last line of defence: a firmware bug must not crash the machine
             log.exception("PSP firmware internal error in command %r", cmd_id)
             return int(Status.HWERROR_PLATFORM)

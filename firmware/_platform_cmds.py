@@ -165,7 +165,13 @@ def cmd_pek_cert_import(ctx: PspContext, buf: PekCertImport) -> None:
         raise CommandError(Status.INVALID_LEN, "PEK and OCA certificates are 2084 bytes each")
     pek = ctx.mem.read(buf.pek_paddr, SEV_CERT_SIZE)
     oca = ctx.mem.read(buf.oca_paddr, SEV_CERT_SIZE)
-    ctx.change_identity(lambda: ctx.identity.import_pek(pek, oca))
+
+    def take_ownership() -> None:
+        if ctx.identity.owner.externally_owned:  # again, on the state as re-read under the lock
+            raise CommandError(Status.ALREADY_OWNED, "platform is already externally owned")
+        ctx.identity.import_pek(pek, oca)
+
+    ctx.change_identity(take_ownership)
 
 
 def cmd_pdh_gen(ctx: PspContext, buf: None) -> None:

@@ -96,7 +96,9 @@ def test_state_file_is_private_and_written_atomically(mb, fw, nv_path):
     for _ in range(3):
         assert mb.status(Cmd.PDH_GEN) == Status.SUCCESS
     assert stat.S_IMODE(nv_path.stat().st_mode) == 0o600
-    assert [p.name for p in nv_path.parent.iterdir()] == [nv_path.name]  # no temporary files left
+    lock = nv_path.with_name(nv_path.name + ".lock")  # the lock file stays, empty
+    assert sorted(p.name for p in nv_path.parent.iterdir()) == [nv_path.name, lock.name]  # no temporaries
+    assert lock.stat().st_size == 0
     doc = json.loads(nv_path.read_text())
     assert doc["format"] == "hv-psp-nv" and doc["version"] == 1
 
