@@ -112,7 +112,9 @@ psp_state_option = click.option(
 @click.option("--owner-exec", default=None,
               help="Command playing the guest owner, JSON on stdin and stdout: it answers the launch "
                    "measurement with a secret packet (SEV, SEV-ES) or the guest's attestation report "
-                   "with the encrypted secret (SEV-SNP).")
+                   "with the encrypted secret (SEV-SNP). It gets what is left of --timeout (120 s "
+                   "without it) and at most 1 MiB of output; its answer counts only with exit status "
+                   "0, and its whole process group is killed when it is done.")
 @click.option("--id-block", "id_block_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="SEV-SNP: the guest owner's id_block.bin and id_auth.bin (from `hv owner "
                    "id-block`), checked by the PSP at SNP_LAUNCH_FINISH; a mismatch fails the launch.")

@@ -12,8 +12,6 @@ on port 0x502 (hv.vmm.secret_release), and the owner releases it to a key in the
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ from hv.kvm.sev import FirmwareError, SevDevice, SevGuest
 from hv.kvm.sev_snp import SnpGuest
 from hv.vmm.bus import Bus
 from hv.vmm.devices import DebugExit, PostCode, Uart16550
+from hv.vmm.owner_exec import OwnerExecError, run_owner
 from hv.vmm.report import crash_report
 from hv.vmm.secret_release import PORT as SECRET_RELEASE_PORT, SecretRelease
 from hv.vmm.snp_launch import snp_launch, snp_prepare, snp_reclaim
@@ -148,6 +147,7 @@ class Vmm:
         self._snp_dev = None
         self._release_certs: dict[str, bytes] | None = None
         self._release_expected: bytes | None = None
+        self._owner_clock = time.monotonic()  # what --owner-exec's share of --timeout counts from
         if (config.id_block is None) != (config.id_auth is None):
             raise LaunchError("an ID block and its ID authentication structure go together")
         if config.id_block is not None:
@@ -204,6 +204,7 @@ class Vmm:
         """Put the guest in memory: directly (plain) or through the measured SEV launch.
         `snp_pages` (SEV-SNP only) rewrites the launched pages: see snp_launch."""
         cfg = self.config
+        self._owner_clock = time.monotonic()
         flags = 0
         if not self.vm.encrypted:
             for gpa, data in boot.boot_page_tables(cfg.mem_size, None):
@@ -262,13 +263,24 @@ class Vmm:
 
         cfg = self.config
         if cfg.owner_exec is not None:
-            return _run_owner(cfg.owner_exec, {"report": report.hex()}, RELEASE_ANSWER_FIELDS)
+            return self._owner_exec({"report": report.hex()}, RELEASE_ANSWER_FIELDS)
         if self._release_certs is None or self.sev is None:
             raise LaunchError("the guest is not launched yet")
         if self._release_expected is None:
             self._release_expected = boot.snp_launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos)
         return release_secret(report, self._release_certs, self._release_expected, cfg.secret,
                               expected_policy=self.sev.policy)
+
+    def _owner_exec(self, request: dict, fields: tuple[str, ...]) -> dict:
+        """The --owner-exec command's answer (hv.vmm.owner_exec), in what is left of --timeout:
+        counted from the start of the launch under SEV and SEV-ES (the answer is part of it) and
+        of the run under SEV-SNP (the guest asks while it runs: the watchdog's clock)."""
+        cfg = self.config
+        left = None if cfg.timeout is None else cfg.timeout - (time.monotonic() - self._owner_clock)
+        try:
+            return run_owner(cfg.owner_exec, request, fields, left)
+        except OwnerExecError as e:
+            raise LaunchError(str(e)) from None
 
     def _record_release(self, outcome: dict) -> None:
         if self.launch_info is None or "secret_release" not in self.launch_info:
@@ -319,7 +331,7 @@ class Vmm:
             secret_len = 0
             answer = None
             if cfg.owner_exec is not None:
-                answer = _run_owner(cfg.owner_exec, request)
+                answer = self._owner_exec(request, ("header", "data"))
             elif cfg.secret is not None:
                 if tk is None:
                     raise LaunchError("--secret-file with --session needs --owner-exec: only the owner holds the transport keys")
@@ -349,6 +361,7 @@ class Vmm:
             self.load()
         cfg = self.config
         hook = cfg.on_exit
+        self._owner_clock = time.monotonic()
         watchdog = _Watchdog(self.vcpu, cfg.timeout) if cfg.timeout else None
         reason, code, guest_code, message = "crash", EXIT_CRASH, None, ""
         try:
@@ -445,25 +458,6 @@ def _read_session(directory: str) -> tuple[bytes, bytes]:
         raise LaunchError(f"session directory {directory}: godh.cert must be 2084 bytes and "
                           f"launch_blob.bin 128 bytes (got {len(godh)} and {len(blob)})")
     return godh, blob
-
-
-def _run_owner(command: str, request: dict, fields: tuple[str, ...] = ("header", "data")) -> dict:
-    """The --owner-exec seam: one JSON object in on stdin, one JSON object out on stdout, which
-    holds `fields` (the secret) or "refuse"."""
-    try:
-        p = subprocess.run(command, shell=True, input=json.dumps(request), capture_output=True,
-                           text=True, timeout=120)
-    except subprocess.TimeoutExpired as e:
-        raise LaunchError(f"--owner-exec did not answer within {e.timeout} s") from e
-    try:
-        answer = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LaunchError(f"--owner-exec gave no JSON answer (status {p.returncode}): {err}") from None
-    if not isinstance(answer, dict) or not ({"refuse"} <= answer.keys() or set(fields) <= answer.keys()):
-        shape = ", ".join(f'"{f}": ...' for f in fields)
-        raise LaunchError(f"--owner-exec answer must be {{{shape}}} or {{\"refuse\": ...}}")
-    return answer
 
 
 def secret_sha256(secret: bytes) -> str:
