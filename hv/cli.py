@@ -3,13 +3,17 @@
 Exit status of `hv run`: the guest's own exit code (port 0x501), or
   2    bad usage or a bad image          3    the launch failed (firmware error, owner refused)
   124  --timeout or --max-insns reached  125  the guest crashed (report on stderr)
+  130  interrupted (SIGINT, Ctrl-C)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -23,7 +27,7 @@ from hv.attacks.demo import demo
 from hv.owner.cli import owner
 from hv.vmm.okcheck import ok
 from hv.vmm.pspctl import psp
-from hv.vmm import EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
+from hv.vmm import EXIT_INTERRUPTED, EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
 from hv.sizes import parse_int, parse_size
 
 __all__ = ["main"]
@@ -39,6 +43,9 @@ class _HvGroup(click.Group):
         except LaunchError as e:
             click.echo(f"hv: launch failed: {e}", err=True)
             ctx.exit(EXIT_LAUNCH)
+        except KeyboardInterrupt:
+            click.echo("hv: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_HvGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +163,8 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     if config.psp_state:
         Path(config.psp_state).parent.mkdir(parents=True, exist_ok=True)
     vmm = Vmm(config)
-    result = _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file) else vmm.run()
+    with _sigint_stops(vmm):
+        result = _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file) else vmm.run()
     if dump_dram:
         Path(dump_dram).write_bytes(vmm.dump_guest_memory())
     if result.message:
@@ -278,6 +286,44 @@ def memmap(image, mem, mode, policy, timeout, output, psp_state):
         Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
         click.echo(f"memory map written to {output}")
     sys.exit(result.exit_code)
+
+
+@contextmanager
+def _sigint_stops(vmm):
+    """Ctrl-C ends the run with status 130, keeping what the guest wrote and the summary.
+
+    Python runs a signal handler only between bytecodes of the main thread, which sits inside
+    Unicorn's emu_start for as long as the guest computes; but the C-level handler writes the
+    signal's number to the wakeup fd at once, so a thread blocked on that pipe stops the vCPU.
+    Before and after the guest runs the main thread is Python: there Ctrl-C raises
+    KeyboardInterrupt as usual (never inside a Unicorn callback, which would swallow it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def on_sigint(signum, frame):
+        if not vmm.running:
+            raise KeyboardInterrupt
+
+    def watch() -> None:
+        while data := os.read(r, 64):
+            if signal.SIGINT in data:
+                vmm.interrupt()
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="hv-sigint", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, old_handler)
+        os.close(w)  # the watcher reads end-of-file and returns
+        watcher.join()
+        os.close(r)
 
 
 def _chain(hooks):

@@ -34,7 +34,8 @@ from hv.vmm.secret_release import PORT as SECRET_RELEASE_PORT, SecretRelease
 from hv.vmm.snp_launch import snp_launch, snp_prepare, snp_reclaim
 
 __all__ = [
-    "EXIT_CRASH", "EXIT_LAUNCH", "EXIT_TIMEOUT", "EXIT_USAGE", "LaunchError", "RunResult",
+    "EXIT_CRASH", "EXIT_INTERRUPTED", "EXIT_LAUNCH", "EXIT_TIMEOUT", "EXIT_USAGE", "LaunchError",
+    "RunResult",
     "Vmm", "VmmConfig",
 ]
 
@@ -42,6 +43,7 @@ EXIT_USAGE = 2
 EXIT_LAUNCH = 3
 EXIT_TIMEOUT = 124
 EXIT_CRASH = 125
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 DEFAULT_POLICY = 0x1  # NODBG: the guest owner must opt in to debugging
 
@@ -77,7 +79,7 @@ class VmmConfig:
 
 @dataclass
 class RunResult:
-    exit_reason: str            # "exit", "hlt", "timeout", "budget", "shutdown", "terminated", "crash"
+    exit_reason: str  # "exit", "hlt", "timeout", "budget", "interrupted", "shutdown", "terminated", "crash"
     exit_code: int              # hv's process status
     guest_exit_code: int | None
     serial: str                 # the last SERIAL_TAIL bytes of the console (all went to serial_out)
@@ -114,24 +116,33 @@ class RunResult:
 
 
 class _Watchdog:
-    """Kicks the vCPU out of the guest when the wall-clock budget is spent (KVM: a signal)."""
+    """Kicks the vCPU out of the guest when the wall-clock budget is spent or when interrupt()
+    asks (KVM: a signal). It kicks again until cancelled: a kick that lands just before the vCPU
+    enters the guest is lost (an emu_stop before emu_start)."""
 
-    def __init__(self, vcpu, seconds: float):
-        self.fired = False
+    def __init__(self, vcpu, seconds: float | None):
+        self.fired = False  # the budget was spent
         self._vcpu = vcpu
+        self._wake = threading.Event()  # interrupt() or cancel()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(seconds,), daemon=True)
         self._thread.start()
 
-    def _run(self, seconds: float) -> None:
-        if self._done.wait(seconds):
+    def _run(self, seconds: float | None) -> None:
+        woken = self._wake.wait(seconds)
+        if self._done.is_set():
             return
-        self.fired = True
+        self.fired = not woken
+        self._vcpu.kick()
         while not self._done.wait(0.02):
             self._vcpu.kick()
 
+    def interrupt(self) -> None:
+        self._wake.set()
+
     def cancel(self) -> None:
         self._done.set()
+        self._wake.set()
 
 
 class Vmm:
@@ -189,6 +200,20 @@ class Vmm:
         self.mmio = Bus("MMIO")
         self.launch_info: dict | None = None
         self.sev: SevGuest | None = None
+        self.running = False  # run() is executing the guest (between load and the report)
+        self._interrupted = threading.Event()
+        self._watchdog: _Watchdog | None = None
+
+    def interrupt(self) -> None:
+        """Stop the guest from any thread (hv run's Ctrl-C): run() returns "interrupted" with
+        status 130 as soon as the vCPU leaves the guest, or at once if it has not entered it.
+        The stop is asynchronous and may restart the current instruction: fine for ending a run,
+        not for resuming one."""
+        self._interrupted.set()
+        self.vcpu.kick()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.interrupt()
 
     @property
     def serial(self) -> bytes:
@@ -362,8 +387,11 @@ class Vmm:
         cfg = self.config
         hook = cfg.on_exit
         self._owner_clock = time.monotonic()
-        watchdog = _Watchdog(self.vcpu, cfg.timeout) if cfg.timeout else None
+        self._watchdog = watchdog = _Watchdog(self.vcpu, cfg.timeout)
+        if self._interrupted.is_set():  # interrupt() came before the watchdog existed
+            watchdog.interrupt()
         reason, code, guest_code, message = "crash", EXIT_CRASH, None, ""
+        self.running = True
         try:
             while True:
                 e = self.vcpu.run()
@@ -391,7 +419,9 @@ class Vmm:
                 elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
                     e.error = True  # unknown MSR: #GP, as KVM does without ignore_msrs
                 elif isinstance(e, K.Intr):
-                    if watchdog is not None and watchdog.fired:
+                    if self._interrupted.is_set():
+                        reason, code, message = "interrupted", EXIT_INTERRUPTED, "guest stopped: interrupted"
+                    elif watchdog.fired:
                         reason, code = "timeout", EXIT_TIMEOUT
                         message = f"guest stopped: still running after the {cfg.timeout:g} s timeout"
                     elif "budget" in e.detail:
@@ -410,8 +440,9 @@ class Vmm:
                     message = self._crash(e)
                     break
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            self.running = False
+            watchdog.cancel()
+            self._watchdog = None
         stats = self.machine.stats()
         return RunResult(
             exit_reason=reason, exit_code=code, guest_exit_code=guest_code,
