@@ -37,12 +37,13 @@ from unicorn.unicorn_py3.unicorn import uclib as _uclib
 from hv.hw.decode import fault_address
 from hv.hw.delivery import (GP, HAS_ERROR_CODE as _HAS_ERROR_CODE, UD, VC, ExceptionDelivery,
                              TripleFault, _NoHandler)
+from hv.hw.intercepts import LEGACY_PREFIXES, Intercepts
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
                          VmmcallExit, VmrunFailed)
 from hv.hw.memctl import HOST_SLOT, MemoryController, NeedsRetry
-from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, FENCE_BASE, GuestPageFault, Mmu,
-                       NestedFault, view_base)
+from hv.hw.mmu import (ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, FENCE_BASE, PROT_W, PROT_X,
+                       GuestPageFault, Mmu, NestedFault, view_base)
 from hv.hw.npt import NestedPageTable
 from hv.hw.pvalidate import pvalidate
 from hv.hw.snp_mmu import SnpMmu
@@ -144,10 +145,11 @@ class Cpu(ExceptionDelivery):
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010033)
         self._seen_epoch = mc.epoch
         self._seen_tb = mc.tb_epoch
-        self._scanned: dict[int, int] = {}  # gva page -> paddr it was scanned at
-        self._hooked: set[int] = set()
-        self._insn_bytes: dict[int, bytes] = {}  # intercept address -> its instruction bytes
-        self._code_pages: dict[int, object] = {}  # gva page -> Translation
+        self._icpt = Intercepts(uc, self._on_intercept)
+        self._flush_code = False
+        self._resume = False
+        self._wx_refused = -1  # host page whose write fill was last refused for W^X
+        self._flush_due = False
         self._exit: VmExit | None = None
         self._dummy_fill = False
         self._fault_gva = 0
@@ -240,6 +242,9 @@ class Cpu(ExceptionDelivery):
                 except NestedFault as e:
                     return NpfExit(e.gpa, e.error_code)
             self._sync_epochs()
+            if self._flush_due:
+                self._flush_due = False
+                self._flush()
             if self._dummy_fill:
                 self._dummy_fill = False
                 self._flush()
@@ -252,6 +257,9 @@ class Cpu(ExceptionDelivery):
                 fault, self._fault = self._fault, None
                 if isinstance(fault, _Retry):
                     self._flush()
+                    if self._flush_code:
+                        self._flush_code = False
+                        self._uc.ctl_flush_tb()
                     continue
                 if isinstance(fault, GuestPageFault):
                     if fault.error_code >= 0 and not fault.error_code & 16:
@@ -280,12 +288,19 @@ class Cpu(ExceptionDelivery):
                 self.stats["exits"] += 1
                 exit_, self._exit = self._exit, None
                 return exit_
-            if self._pending is not None:
+            if self._pending is not None or self._resume:
+                self._resume = False
                 continue
             if self._kick.is_set():
                 continue
             if self.budget is not None and self.instructions >= self.budget:
                 return BudgetExit(self.instructions)
+            rip = self._r(X.UC_X86_REG_RIP)
+            if self.code_bytes(rip - 1, 1) == b"\xf4":
+                # HLT (with or without prefixes) ends emulation silently, RIP past it: the only
+                # way a run ends with no cause and no hook, so no HLT ever needs a hook.
+                self.stats["exits"] += 1
+                return HltExit()
             return InternalErrorExit(f"emulation stopped without a cause at RIP {self.reg('rip'):#x}")
 
     # -- TLB, translated code --------------------------------------------------------------------------
@@ -308,7 +323,7 @@ class Cpu(ExceptionDelivery):
         if self._seen_tb != self._mc.tb_epoch:
             self._seen_tb = self._mc.tb_epoch
             self._uc.ctl_flush_tb()
-            self._insn_bytes.clear()  # code pages were rewritten from outside
+            self._icpt.forget_code()  # code pages were rewritten from outside
 
     def _flush(self) -> None:
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -334,55 +349,47 @@ class Cpu(ExceptionDelivery):
         if self.trace is not None:
             self.trace("fill", gva=vaddr, gpa=t.gpa, spa=t.spa, c_bit=t.c_bit,
                        asid=self.control.asid, access=_ACCESS_NAMES.get(access, access))
-        if access == ACCESS_FETCH and self._scan_code(vaddr & ~0xFFF, t):
-            # Hooks were added for code that may already be translated: retranslate first.
-            self._mc.bump(code=True)
-            self._fault = _Retry()
-            return False
+        host_page = paddr >> 12
+        if access == ACCESS_FETCH:
+            verdict = self._icpt.on_fetch(vaddr & ~0xFFF, host_page, t,
+                                          lambda: self._mmu.read_bytes(t, 0, 0x1000))
+            if verdict != "ok":
+                # Write must go everywhere before this page runs, or hooks changed where code
+                # may already be translated: flush (and drop translations), then fetch again.
+                self._flush_code = verdict == "flush-code"
+                self._fault = _Retry()
+                return False
+            perms &= ~PROT_W
+        else:
+            perms &= ~PROT_X  # only a fetch fill, after the scan, makes a page executable
+            if perms & PROT_W:
+                if access == ACCESS_WRITE:
+                    if self._icpt.on_write(host_page):
+                        if self._wx_refused != host_page:
+                            self._wx_refused = host_page
+                            self._fault = _Retry()  # execute must go everywhere first
+                            return False
+                        # Refused once already and fetched again since: the storing instruction
+                        # is on this very page, and a retry would never end. Let the store go
+                        # ahead (this address loses execute now) and flush the TLB at the next
+                        # stop, taking execute from any other mapping of the page.
+                        self._flush_due = True
+                    self._wx_refused = -1
+                elif self._icpt.executable(host_page):
+                    perms &= ~PROT_W  # the first write must come back here
+                else:
+                    self._icpt.on_write(host_page)
         entry.paddr = paddr
         entry.perms = perms
         return True
 
     # -- intercepted instructions ---------------------------------------------------------------------
-    def _scan_code(self, page: int, t) -> bool:
-        """Hook every possible intercepted instruction on a newly fetched code page.
-
-        Returns True when the page had been scanned before at another place (the guest or the
-        hypervisor remapped it), so translated code must be dropped for the new hooks to apply.
-        """
-        self._code_pages[page] = t
-        prev = self._scanned.get(page)
-        if prev == t.paddr:
-            return False
-        self._scanned[page] = t.paddr
-        if prev is not None:  # new code at this address: forget decoded intercepts of the page
-            self._insn_bytes = {a: b for a, b in self._insn_bytes.items() if a & ~0xFFF != page}
-        code = self._mmu.read_bytes(t, 0, 0x1000)
-        hits = set()
-        for i, b in enumerate(code):
-            if b in _IO_OPS or b == 0xF4:
-                hits.add(i)
-                if i and code[i - 1] == 0x66:
-                    hits.add(i - 1)
-            elif b == 0x0F and i + 1 < len(code) and code[i + 1] in (0xA2, 0x30, 0x32, 0x01):
-                hits.add(i)
-                if i and code[i - 1] in (0xF3, 0xF2):  # VMGEXIT; PVALIDATE (SNP)
-                    hits.add(i - 1)
-        new = False
-        for i in sorted(hits):
-            addr = page + i
-            if addr not in self._hooked:
-                self._hooked.add(addr)
-                self._uc.hook_add(UC_HOOK_CODE, self._on_intercept, None, addr, addr)
-                new = True
-        return new and prev is not None
-
     def code_bytes(self, gva: int, length: int) -> bytes:
         """Instruction bytes at `gva` as the CPU fetches them (private for an SEV guest)."""
         out = b""
         while length > 0:
             page = gva & ~0xFFF
-            t = self._code_pages.get(page)
+            t = self._icpt.translation(page)
             if t is None:
                 try:
                     t = self._mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
@@ -405,21 +412,35 @@ class Cpu(ExceptionDelivery):
             raise UcError(status)
         if uc._hook_exception is not None:
             raise uc._hook_exception
+        if self._icpt.exception is not None:
+            e, self._icpt.exception = self._icpt.exception, None
+            raise e
 
-    def _on_intercept(self, uc, addr, size, _user):
-        b = self._insn_bytes.get(addr)
+    def _on_intercept(self, addr: int) -> None:
+        page = addr & ~0xFFF
+        t = self._icpt.translation(page)
+        host_page = t.paddr >> 12 if t is not None else -1
+        b = self._icpt.cached(host_page, addr & 0xFFF)
         if b is None:
-            b = self._insn_bytes[addr] = self.code_bytes(addr, 5)
+            b = self.code_bytes(addr, 15)
+            self._icpt.remember(host_page, addr & 0xFFF, b)
+        uc = self._uc
         i, opsize = 0, 4
         rep = repne = False
-        while i < len(b) and b[i] in (0x66, 0xF3, 0xF2):
+        while i < len(b) and b[i] in LEGACY_PREFIXES:
             if b[i] == 0x66:
                 opsize = 2
             elif b[i] == 0xF3:
                 rep = True
-            else:
+            elif b[i] == 0xF2:
                 repne = True
+            elif b[i] == 0xF0:
+                return  # LOCK on any of these is #UD: Unicorn raises it
             i += 1
+        if i >= 15:
+            return  # too long to be an instruction: Unicorn raises #GP/#UD
+        if i < len(b) and 0x40 <= b[i] <= 0x4F:
+            i += 1  # REX: no meaning for these instructions (IN/OUT stay 8/16/32-bit)
         if i >= len(b):
             return
         op = b[i]
@@ -428,23 +449,23 @@ class Cpu(ExceptionDelivery):
             size = 1 if op in (0xE4, 0xE6, 0xEC, 0xEE) else opsize
             is_in = op in (0xE4, 0xE5, 0xEC, 0xED)
             if op in (0xE4, 0xE5, 0xE6, 0xE7):
+                if len(b) < i + 2:
+                    return  # the port byte is not mapped: Unicorn's fetch faults
                 port, length = b[i + 1], i + 2
             else:
                 port, length = self._r(X.UC_X86_REG_RDX) & 0xFFFF, i + 1
             value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
             exit_ = IoExit(port, size, is_in, value)
-        elif op == 0xF4 and i == 0:
-            exit_, length = HltExit(), 1
         elif op == 0x0F and len(b) > i + 1:
             op2 = b[i + 1]
-            if op2 == 0xA2 and i == 0:
+            if op2 == 0xA2:
                 rax, rcx = self._r(X.UC_X86_REG_RAX), self._r(X.UC_X86_REG_RCX)
-                exit_, length = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF), 2
-            elif op2 in (0x30, 0x32) and i == 0:
+                exit_, length = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF), i + 2
+            elif op2 in (0x30, 0x32):
                 msr = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
                 if msr in _NATIVE_MSRS:
                     return
-                length = 2
+                length = i + 2
                 if op2 == 0x32 and msr == MSR_SEV_STATUS:
                     self._set_edx_eax(self.control.sev_status)
                     self._w(X.UC_X86_REG_RIP, addr + length)
@@ -460,9 +481,9 @@ class Cpu(ExceptionDelivery):
                 value = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
                          (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
                 exit_ = MsrExit(msr, op2 == 0x30, value if op2 == 0x30 else 0)
-            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xff" and repne and i == 1:
+            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xff" and repne:
                 if self.control.sev_snp:
-                    self._pvalidate(addr, 4)
+                    self._pvalidate(addr, i + 3)
                 return  # elsewhere not an instruction: Unicorn raises #UD
             elif op2 == 0x01 and b[i + 2:i + 3] == b"\xd9":
                 exit_ = VmgexitExit() if rep else VmmcallExit()
@@ -514,7 +535,10 @@ class Cpu(ExceptionDelivery):
     def _reg_any(self, name: str) -> int:
         if name in ("fs_base", "gs_base"):
             return self._uc.msr_read(0xC0000100 if name == "fs_base" else 0xC0000101)
-        return self._uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+        reg_id = getattr(X, f"UC_X86_REG_{name.upper()}", None)
+        if reg_id is None:
+            raise LookupError(f"no register {name!r}")
+        return self._uc.reg_read(reg_id)
 
     def _set_edx_eax(self, value: int) -> None:
         self._w(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
@@ -537,6 +561,12 @@ class Cpu(ExceptionDelivery):
             self._exit = VmgexitExit()
             self._w(X.UC_X86_REG_RIP, rip + 4)
             uc.emu_stop()
+            return True
+        if b[:4] == b"\xf2\x0f\x01\xff" and self.control.sev_snp:
+            self._pvalidate(rip, 4)
+            if self._exit is None and self._pending is None:
+                self._resume = True  # stop, then go on past it with the TLB PVALIDATE left
+                uc.emu_stop()
             return True
         return False
 
