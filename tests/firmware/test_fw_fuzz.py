@@ -2,21 +2,30 @@
 the command buffer, random handles and addresses.  The firmware must answer every command with a
 defined status (never raise, never HWERROR_PLATFORM, which would mean a firmware bug), and no
 command that does not name the victim guest may change it: its state, its key slot, its memory,
-or use its ASID at all."""
+or use its ASID at all.
+
+The default tier runs a few hundred hypothesis examples per test; the slow tier (at the end)
+runs 10,000 cases for each command the firmware implements, from a deterministic generator."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import os
+import random
+import struct
 
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from firmware import Firmware
+from firmware import HANDLERS, Firmware
 from fw_flows import TMR_SPA, init_platform, launch, snp_launch, snp_platform
 from fw_support import DRAM_SIZE, MB_BUF, Mailbox, MemPort, SnpMemPort
 from sevwire import (BUFFER_FOR_CMD, SNP_POLICY_DEFAULT, Attestation, Cmd, Deactivate, GuestStatus,
-                     SnpDbgDecrypt, SnpDbgEncrypt, SnpPageReclaim, SnpPolicy, Status)
+                     PlatformState, SevWireError, SnpDbgDecrypt, SnpDbgEncrypt, SnpLaunchStart,
+                     SnpLaunchUpdate, SnpPageReclaim, SnpPageType, SnpPolicy, Status)
 
 VICTIM_ASID = 5
 VICTIM_SPA = 0x700000
@@ -291,3 +300,268 @@ def test_snp_debug_commands_never_reach_another_guest(chip, commands):
     assert set(rmp) <= set(w.rmp)  # no page became assigned
     # The victim still runs on its own key: its pages decrypt to what it was launched with.
     assert w.port._read_guest(1, SNP_VICTIM_PAGES[0], 0x2000) == VICTIM_IMAGE * 2
+
+
+# -- the slow tier: 10,000 hostile cases per firmware command -----------------------------------------
+#
+# A deterministic generator (random.Random with a fixed seed per command), not hypothesis: the
+# tier runs 360,000 cases and hypothesis's own bookkeeping would cost more than the firmware.
+# SCENARIOS: the SEV world of _world (victim, a launching guest, an inactive one), the SNP world
+# of _snp_world plus a new context and a launching guest, and for the platform commands a fresh
+# PSP (UNINIT or INIT). The SNP victim's context may be named (it must refuse: no debug policy,
+# no VMPCK, RUNNING), except by SNP_DECOMMISSION and SNP_ACTIVATE, which the hypervisor owns.
+# SHUTDOWN legitimately ends every guest: after it, no key is left in a slot and DRAM is unchanged.
+# Each command runs against a world that lasts WORLD_CASES cases, so earlier cases leave state
+# behind for later ones (a guest decommissioned, a context created); a case is one command buffer,
+# one of three kinds: fields drawn from pools of addresses, lengths and handles that mean
+# something in the world; raw bytes; or a mutation of the last buffer the firmware accepted for
+# that command (which walks deeper into a handler than either). After every case: a defined
+# status, never HWERROR_PLATFORM, and the victim untouched (key slot, ASID never used, memory,
+# state); after every world, the full victim check with ATTESTATION.
+
+SLOW_CASES = 10_000
+WORLD_CASES = 200
+_STATUSES = frozenset(int(s) for s in Status)
+_PLATFORM_CMDS = {Cmd.INIT, Cmd.SHUTDOWN, Cmd.PLATFORM_RESET, Cmd.PEK_GEN, Cmd.PEK_CSR,
+                  Cmd.PEK_CERT_IMPORT, Cmd.PDH_GEN, Cmd.SNP_INIT}
+"""Run half their cases on a fresh platform (UNINIT or INIT), where they are not refused at once."""
+_SEV_POOL = [0, 8, 0x1000, 0x10000, 0x11000, 0x12000, 0x13000, 0x14000, 0x100000, 0x100008,
+             0x101000, 0x180000, DRAM_SIZE - 16, DRAM_SIZE - 1, DRAM_SIZE, 1 << 40, 1 << 63,
+             (1 << 64) - 16, (1 << 64) - 1]
+_LENGTH_POOL = [0, 1, 15, 16, 32, 48, 52, 128, 208, 2083, 2084, 4096, 6252, 1 << 20, 0x7FFFFFFF,
+                0xFFFFFFFF]
+
+
+def _sev_address(rng) -> int:
+    """An address clear of the victim (0x700000..0x701000) for any length in _LENGTH_POOL."""
+    pick = rng.random()
+    if pick < 0.6:
+        return rng.choice(_SEV_POOL)
+    if pick < 0.9:
+        return rng.randrange(0x10000, 0x600000) & ~0xF
+    return rng.randrange(DRAM_SIZE, 1 << 64)
+
+
+# The slow tier's SNP world adds a context just created (for SNP_LAUNCH_START) and a guest still
+# launching on ASID 4 with a Pre-guest page (for SNP_LAUNCH_UPDATE and SNP_LAUNCH_FINISH).
+SNP_NEW_GCTX, SNP_LAUNCHING_GCTX = 0x330000, 0x340000
+SNP_LAUNCHING_PAGES = (0x350000, 0x351000)
+
+
+def _snp_address(rng, role: str) -> int:
+    pools = {"gctx": [SNP_VICTIM_GCTX, SNP_ATTACKER_GCTX, SNP_INACTIVE_GCTX, SNP_NEW_GCTX,
+                      SNP_LAUNCHING_GCTX],
+             "guest": [*SNP_VICTIM_PAGES, *SNP_ATTACKER_PAGES, *SNP_LAUNCHING_PAGES],
+             "host": [SNP_OUT, SNP_DATA, 0, DRAM_SIZE - 0x1000, TMR_SPA, SNP_VICTIM_GCTX]}
+    pick = rng.random()
+    if pick < 0.6:
+        return rng.choice(pools[role])
+    if pick < 0.75:
+        return rng.choice(SNP_PAGES) + rng.choice([0, 1, 8, 16, 0x800, 0xFFF])
+    if pick < 0.9:
+        return rng.randrange(DRAM_SIZE >> 12) << 12
+    return rng.getrandbits(64)
+
+
+def _field_value(rng, world: str, name: str, default):
+    if isinstance(default, bytes):
+        return rng.randbytes(len(default))
+    if name == "handle":
+        return rng.choice([0, 2, 3, 4, 1000, 0xFFFFFFFF, rng.getrandbits(32)])
+    if name == "asid":
+        return rng.randrange(0, 21)
+    if name.endswith("len"):
+        return rng.choice(_LENGTH_POOL) if rng.random() < 0.7 else rng.randrange(0x10001)
+    if world == "snp" and (name.endswith("paddr") or name.endswith("addr")):
+        role = "gctx" if name.startswith(("gctx", "ma_gctx")) else \
+            "guest" if name in ("page_paddr", "src_addr") else "host"
+        return _snp_address(rng, role)
+    if name.endswith("paddr") or name in ("address", "src", "dst"):
+        return _sev_address(rng)
+    if name == "policy":
+        return rng.choice([0, 1, 2, 3, 4, 8, 0x40, SNP_POLICY_DEFAULT,
+                           SNP_POLICY_DEFAULT | SnpPolicy.DEBUG, rng.getrandbits(32)])
+    if name == "flags":
+        return rng.randrange(4) if rng.random() < 0.8 else rng.getrandbits(32)
+    return rng.randrange(0x100) if rng.random() < 0.8 else rng.getrandbits(32)
+
+
+def _pack(layout, values: dict) -> bytes | None:
+    try:
+        return layout(**values).pack()
+    except (SevWireError, ValueError, TypeError, OverflowError):
+        return None
+
+
+@dataclasses.dataclass
+class _Case:
+    buf: bytes
+    spa: int
+    structured: bool   # built from the pools: no address in it reaches the victim's memory
+
+
+def _gen_case(rng, cmd: Cmd, world: str, accepted: bytes | None) -> _Case:
+    layout = HANDLERS[cmd][0]
+    size = layout.SIZE if layout is not None else 64
+    spa = MB_BUF if rng.random() < 0.95 else rng.choice([-1, 0, DRAM_SIZE - 4, DRAM_SIZE, 1 << 64])
+    kind = rng.random()
+    if layout is not None and accepted and kind < 0.3:
+        buf = bytearray(accepted)
+        for _ in range(rng.randrange(1, 4)):
+            buf[rng.randrange(len(buf))] = rng.randrange(0x100) if rng.random() < 0.5 else 0
+        return _Case(bytes(buf), spa, structured=False)
+    if layout is not None and kind < 0.85:
+        values = {f.name: _field_value(rng, world, f.name, f.default)
+                  for f in dataclasses.fields(layout)}
+        buf = _pack(layout, values)
+        if buf is not None:
+            return _Case(buf, spa, structured=True)
+    return _Case(rng.randbytes(rng.randrange(size + 17)), spa, structured=False)
+
+
+def _hostile_guest_message(rng) -> bytes:
+    """A request page for SNP_GUEST_REQUEST: a header that mostly passes the format checks
+    (so the sequence-number and tag checks run), random elsewhere, under no VMPCK at all."""
+    hdr = bytearray(rng.randbytes(0x60))
+    if rng.random() < 0.8:
+        struct.pack_into("<BBHBBH", hdr, 0x30, 1, 1, 0x60, rng.choice([5, 1, 3, 0, 0xFF]), 1,
+                         rng.choice([0x60, 16, 0xFA0, 0xFB0, 0, 0xFFFF]))
+        hdr[0x3C] = rng.choice([0, 1, 2, 3, 4, 0xFF])
+        struct.pack_into("<Q", hdr, 0x20, rng.choice([1, 2, 0, (1 << 64) - 1, rng.getrandbits(64)]))
+    return bytes(hdr) + rng.randbytes(0x1000 - 0x60)
+
+
+def _names_snp_victim(port: MemPort, spa: int, cmd: Cmd) -> bool:
+    """SNP_DECOMMISSION and SNP_ACTIVATE of the victim's context are the hypervisor's to make."""
+    if cmd not in (Cmd.SNP_DECOMMISSION, Cmd.SNP_ACTIVATE) or not 0 <= spa <= DRAM_SIZE - 8:
+        return False
+    return int.from_bytes(port.read(spa, 8), "little") == SNP_VICTIM_GCTX
+
+
+class _Arena:
+    """One world for one command's cases, and the invariants checked after each of them."""
+
+    def __init__(self, chip, world: str, rng):
+        self.world = world
+        self.cases = 0
+        if world == "sev":
+            self.w = _world(chip)
+            self.port, self.fw = self.w.port, self.w.fw
+        elif world == "snp":
+            self.w = _snp_world(chip)
+            self.port, self.fw = self.w.port, self.w.fw
+            snp_launch(self.w.mb, SNP_NEW_GCTX, 0, {}, start=False)
+            snp_launch(self.w.mb, SNP_LAUNCHING_GCTX, 4, {SNP_LAUNCHING_PAGES[0]: VICTIM_IMAGE},
+                       finish=False)
+            assert self.port.rmpupdate(SNP_LAUNCHING_PAGES[1], True, 4, 0x200000, immutable=True)
+            self.port.key_log.clear()
+        else:  # "fresh": a new platform, UNINIT or INIT, with nobody's guest to protect
+            self.port = MemPort()
+            self.fw = Firmware(self.port, None, chip=chip)
+            self.w = None
+        self.mb = Mailbox(self.fw, self.port)
+        if world == "fresh" and rng.random() < 0.5:
+            init_platform(self.mb, flush=False)
+
+    def place(self, case: _Case, cmd: Cmd, rng) -> bool:
+        """Write the case's buffer; False if the buffer the firmware will read names the victim."""
+        self.port.write(MB_BUF, bytes(64))  # no leftovers of an earlier buffer
+        self.port.write(MB_BUF, case.buf)
+        if cmd is Cmd.SNP_GUEST_REQUEST:
+            self.port.write(SNP_DATA, _hostile_guest_message(rng))
+        if self.world == "sev":
+            return not _names_victim(self.w, case.spa)
+        if self.world == "snp":
+            return not _names_snp_victim(self.port, case.spa, cmd)
+        return True
+
+    def after_case(self, case: _Case, cmd: Cmd) -> None:
+        if self.world == "sev":
+            w = self.w
+            if cmd is Cmd.SHUTDOWN:
+                return self._after_shutdown()
+            assert all(asid != VICTIM_ASID for _, asid in w.port.key_log), w.port.key_log
+            assert all(asid != VICTIM_ASID for _, asid, _, _ in w.port.guest_log), w.port.guest_log
+            assert w.port.slots.get(VICTIM_ASID) == w.victim_key, "the victim's key slot changed"
+            if case.structured:
+                assert w.port.read(VICTIM_SPA, len(VICTIM_IMAGE)) == w.victim_dram, "victim DRAM"
+            else:  # raw bytes may name any address for an output: the hypervisor's own DRAM
+                w.victim_dram = w.port.read(VICTIM_SPA, len(VICTIM_IMAGE))
+            _, status = w.mb.call(Cmd.GUEST_STATUS, GuestStatus(w.victim))
+            assert status == w.victim_status, status
+        elif self.world == "snp":
+            w = self.w
+            assert all(asid != 1 for _, asid in w.port.key_log), w.port.key_log
+            assert all(asid != 1 for _, asid, _, _ in w.port.guest_log), w.port.guest_log
+            assert w.port.slots.get(1) == w.victim_key, "the victim's key slot changed"
+            rmp = w.port.rmp_snapshot()
+            for spa in (*SNP_VICTIM_PAGES, SNP_VICTIM_GCTX, TMR_SPA, TMR_SPA + 0xFF000):
+                assert w.port.read(spa, 0x1000) == w.protected[spa], hex(spa)
+                assert rmp.get(spa) == w.rmp.get(spa), hex(spa)
+
+    def _after_shutdown(self) -> None:
+        """SHUTDOWN ends every guest: it must leave no key in a slot, nor plaintext in DRAM."""
+        w = self.w
+        if self.fw.platform_state == PlatformState.UNINIT:
+            assert not w.port.slots, w.port.slots
+            assert w.port.read(VICTIM_SPA, len(VICTIM_IMAGE)) == w.victim_dram
+
+    def final(self) -> None:
+        if self.world == "sev" and self.fw.platform_state != PlatformState.UNINIT:
+            _check_victim(self.w, memory_too=False)
+        elif self.world == "snp":
+            assert self.w.port._read_guest(1, SNP_VICTIM_PAGES[0], 0x2000) == VICTIM_IMAGE * 2
+
+
+def _seed(cmd: Cmd) -> bytes | None:
+    """A buffer the SNP world accepts, so mutations start deep inside the launch commands."""
+    if cmd is Cmd.SNP_LAUNCH_START:
+        return SnpLaunchStart(SNP_NEW_GCTX, SNP_POLICY_DEFAULT).pack()
+    if cmd is Cmd.SNP_LAUNCH_UPDATE:
+        flags = SnpLaunchUpdate.make_flags(SnpPageType.NORMAL)
+        return SnpLaunchUpdate(SNP_LAUNCHING_GCTX, flags, SNP_LAUNCHING_PAGES[1]).pack()
+    return None
+
+
+def _worlds_for(cmd: Cmd) -> list[str]:
+    if cmd.name.startswith("SNP_") and cmd is not Cmd.SNP_INIT:
+        return ["snp"]
+    if cmd in _PLATFORM_CMDS:
+        return ["sev", "fresh"]
+    return ["sev"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", sorted(HANDLERS, key=int), ids=lambda c: c.name)
+def test_ten_thousand_hostile_cases_per_command(chip, cmd):
+    rng = random.Random(0x5E7F_0000 + int(cmd))
+    worlds = _worlds_for(cmd)
+    accepted: dict[str, bytes | None] = dict.fromkeys(worlds, _seed(cmd))
+    arena = None
+    statuses: collections.Counter[str] = collections.Counter()
+    for n in range(SLOW_CASES):
+        world = worlds[n * len(worlds) // SLOW_CASES]
+        if arena is None or arena.world != world or arena.cases >= WORLD_CASES:
+            if arena is not None:
+                arena.final()
+            arena = _Arena(chip, world, rng)
+        arena.cases += 1
+        case = _gen_case(rng, cmd, world, accepted[world])
+        while not arena.place(case, cmd, rng):
+            case = _gen_case(rng, cmd, world, accepted[world])
+        arena.port.key_log.clear()
+        arena.port.guest_log.clear()
+        status = arena.fw.command(int(cmd), case.spa)
+        where = f"{cmd.name} case {n} ({world}): spa {case.spa:#x} buffer {case.buf.hex()}"
+        assert status in _STATUSES and status != Status.HWERROR_PLATFORM, f"{status}: {where}"
+        if status == Status.SUCCESS and HANDLERS[cmd][0] is not None and case.spa == MB_BUF:
+            accepted[world] = case.buf
+        statuses[Status(status).name] += 1
+        try:
+            arena.after_case(case, cmd)
+        except AssertionError as e:
+            raise AssertionError(f"{where}: {e}") from None
+    arena.final()
+    assert sum(statuses.values()) == SLOW_CASES
+    if os.environ.get("HV_FUZZ_STATS"):
+        print(f"\n{cmd.name}: {dict(statuses.most_common())}")
