@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sevwire import PlatformState, Status
 
-from firmware._errors import CommandError, NvStoreError
+from firmware._errors import CommandError
 from firmware._guest import GuestTable
 from firmware._identity import PlatformIdentity
 from firmware._memory import Memory
@@ -98,10 +98,7 @@ class PspContext:
         record = self.nvstore.load_record()
         if record is None:
             return  # in memory only, or the file is gone: the save writes this identity again
-        stored = PlatformIdentity.from_record(record, self.identity.api)
-        if stored.chip.chip_id != self.identity.chip.chip_id:
-            raise NvStoreError(f"PSP state file {self.nvstore.path} now holds another chip's identity")
-        self.identity.owner = stored.owner
+        self.identity.owner = self.identity.owner_from_record(record)
 
     def update_working(self) -> None:
         """Move between INIT and WORKING after a guest context was created or removed."""

@@ -305,33 +305,49 @@ class PlatformIdentity:
         if not isinstance(chip_rec, dict) or not isinstance(owner_rec, dict):
             raise NvStoreError("PSP state: chip or owner section missing")
         chip = ChipIdentity.from_record(chip_rec)
-        owned = owner_rec.get("externally_owned")
-        if not isinstance(owned, bool):
-            raise NvStoreError("PSP state: ownership flag missing")
-        oca_rec = owner_rec.get("oca_key")
-        owner = OwnerIdentity(
-            None if oca_rec is None else _load_key(oca_rec, ec.EllipticCurvePrivateKey, "OCA"),
-            _load_hex(owner_rec.get("oca_cert"), "OCA certificate"),
-            _load_key(owner_rec.get("pek_key"), ec.EllipticCurvePrivateKey, "PEK"),
-            _load_hex(owner_rec.get("pek_cert"), "PEK certificate"),
-            _load_key(owner_rec.get("pdh_key"), ec.EllipticCurvePrivateKey, "PDH"),
-            _load_hex(owner_rec.get("pdh_cert"), "PDH certificate"),
-            owned,
-        )
-        if (owner.oca_key is None) != owned:
-            raise NvStoreError("PSP state: OCA key presence contradicts the ownership flag")
-        try:
-            oca, pek, pdh = (SevCert.decode(b) for b in (owner.oca_cert, owner.pek_cert, owner.pdh_cert))
-            cek = SevCert.decode(chip.cek_cert)
-            verify_sev_cert(oca, oca)
-            verify_sev_cert(pek, oca)
-            verify_sev_cert(pek, cek)
-            verify_sev_cert(pdh, pek)
-            pairs = [(pek, owner.pek_key), (pdh, owner.pdh_key)]
-            if owner.oca_key is not None:
-                pairs.append((oca, owner.oca_key))
-            if not all(_same_public(c.public_key(), k) for c, k in pairs):
-                raise NvStoreError("PSP state: an owner certificate does not match its key")
-        except SevWireError as exc:
-            raise NvStoreError(f"PSP state: owner certificates do not check out ({exc})") from None
-        return cls(chip, owner, api)
+        return cls(chip, _owner_from_record(owner_rec, chip), api)
+
+    def owner_from_record(self, rec: dict[str, Any]) -> OwnerIdentity:
+        """The owner part of a state file written for this same chip, verified against this
+        chip's CEK (what a change re-reads under the lock; the fused chip part is not parsed
+        again: its RSA keys are slow to load)."""
+        chip_rec, owner_rec = rec.get("chip"), rec.get("owner")
+        if not isinstance(chip_rec, dict) or not isinstance(owner_rec, dict):
+            raise NvStoreError("PSP state: chip or owner section missing")
+        if chip_rec.get("chip_id") != self.chip.chip_id.hex() or chip_rec.get("cek_cert") != self.chip.cek_cert.hex():
+            raise NvStoreError("PSP state: the file now holds another chip's identity")
+        return _owner_from_record(owner_rec, self.chip)
+
+
+def _owner_from_record(owner_rec: dict[str, Any], chip: ChipIdentity) -> OwnerIdentity:
+    """Rebuild the owner part and verify it against ``chip``'s CEK; NvStoreError on any flaw."""
+    owned = owner_rec.get("externally_owned")
+    if not isinstance(owned, bool):
+        raise NvStoreError("PSP state: ownership flag missing")
+    oca_rec = owner_rec.get("oca_key")
+    owner = OwnerIdentity(
+        None if oca_rec is None else _load_key(oca_rec, ec.EllipticCurvePrivateKey, "OCA"),
+        _load_hex(owner_rec.get("oca_cert"), "OCA certificate"),
+        _load_key(owner_rec.get("pek_key"), ec.EllipticCurvePrivateKey, "PEK"),
+        _load_hex(owner_rec.get("pek_cert"), "PEK certificate"),
+        _load_key(owner_rec.get("pdh_key"), ec.EllipticCurvePrivateKey, "PDH"),
+        _load_hex(owner_rec.get("pdh_cert"), "PDH certificate"),
+        owned,
+    )
+    if (owner.oca_key is None) != owned:
+        raise NvStoreError("PSP state: OCA key presence contradicts the ownership flag")
+    try:
+        oca, pek, pdh = (SevCert.decode(b) for b in (owner.oca_cert, owner.pek_cert, owner.pdh_cert))
+        cek = SevCert.decode(chip.cek_cert)
+        verify_sev_cert(oca, oca)
+        verify_sev_cert(pek, oca)
+        verify_sev_cert(pek, cek)
+        verify_sev_cert(pdh, pek)
+        pairs = [(pek, owner.pek_key), (pdh, owner.pdh_key)]
+        if owner.oca_key is not None:
+            pairs.append((oca, owner.oca_key))
+        if not all(_same_public(c.public_key(), k) for c, k in pairs):
+            raise NvStoreError("PSP state: an owner certificate does not match its key")
+    except SevWireError as exc:
+        raise NvStoreError(f"PSP state: owner certificates do not check out ({exc})") from None
+    return owner
