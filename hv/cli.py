@@ -1,9 +1,12 @@
 """The `hv` command line. Errors become a one-line message and an exit status here, and only here.
 
 Exit status of `hv run`: the guest's own exit code (port 0x501), or
-  2    bad usage or a bad image          3    the launch failed (firmware error, owner refused)
+  2    bad usage, a bad image or a path  3    the launch failed (firmware error, owner refused)
+       hv cannot use
   124  --timeout or --max-insns reached  125  the guest crashed (report on stderr)
   130  interrupted (SIGINT, Ctrl-C)
+Paths are checked before the guest runs (hv/vmm/hostfiles.py); a --dump-dram or --trace write that
+fails after it ran is one line on stderr and keeps the guest's status.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from hv.attacks.cli import attack
 from hv.attacks.demo import demo
 from hv.owner.cli import owner
 from hv.vmm.okcheck import ok
+from hv.vmm.hostfiles import TraceSink, check_writable, prepare_psp_state
 from hv.vmm.pspctl import psp
 from hv.vmm import EXIT_INTERRUPTED, EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
 from hv.sizes import parse_int, parse_size
@@ -161,12 +165,18 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
         psp_state=psp_state or (default_psp_state() if mode else None),
         serial_out=stream, image_name=Path(image).name)
     if config.psp_state:
-        Path(config.psp_state).parent.mkdir(parents=True, exist_ok=True)
+        prepare_psp_state(config.psp_state)
+    for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
+        if path:
+            check_writable(path, option)
     vmm = Vmm(config)
     with _sigint_stops(vmm):
         result = _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file) else vmm.run()
     if dump_dram:
-        Path(dump_dram).write_bytes(vmm.dump_guest_memory())
+        try:
+            Path(dump_dram).write_bytes(vmm.dump_guest_memory())
+        except OSError as e:  # after the run: say so, and keep the guest's status
+            click.echo(f"hv: cannot write --dump-dram {dump_dram}: {e.strerror}", err=True)
     if result.message:
         click.echo(f"hv: {result.message}", err=True)
     if as_json:
@@ -213,7 +223,7 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
         click.echo(f"hv: {message}", err=True)
 
     hooks, tracer, stub, result = [], None, None, None
-    out = open(trace_file, "w", encoding="utf-8") if trace_file else None
+    out = TraceSink.open(trace_file) if trace_file else None
     try:
         if out is not None:
             tracer = Tracer(vmm, out, warn, instructions=trace_insn)
@@ -241,6 +251,8 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
             tracer.close(result)
         if out is not None:
             out.close()
+            if out.error is not None:  # the guest's status stands; the trace is cut short
+                warn(f"--trace {trace_file} is incomplete: {out.error.strerror}")
     if result is None:
         sys.exit(0)
     return result
@@ -269,7 +281,7 @@ def memmap(image, mem, mode, policy, timeout, output, psp_state):
                        psp_state=psp_state or (default_psp_state() if mode else None),
                        image_name=Path(image).name)
     if config.psp_state:
-        Path(config.psp_state).parent.mkdir(parents=True, exist_ok=True)
+        prepare_psp_state(config.psp_state)
     vmm = Vmm(config)
     result = vmm.run()
     if result.message:

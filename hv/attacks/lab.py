@@ -60,10 +60,9 @@ def psp_state_path() -> str:
     if env:
         return env
     from hv.cli import default_psp_state  # lazy: hv.cli imports the lab's commands
+    from hv.vmm.hostfiles import prepare_psp_state
 
-    path = default_psp_state()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return prepare_psp_state(default_psp_state())
 
 
 @dataclass(frozen=True)

@@ -176,9 +176,9 @@ def _render(c: Check, depth: int = 0) -> list[str]:
 def ok(psp_state, as_json):
     """Check that the emulated platform is ready for SEV guests (sevctl ok style)."""
     from hv.cli import default_psp_state
+    from hv.vmm.hostfiles import prepare_psp_state
 
-    path = psp_state or default_psp_state()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = prepare_psp_state(psp_state or default_psp_state())
     root = run_checks(path)
     if as_json:
         click.echo(json.dumps(root.to_json(), indent=2))

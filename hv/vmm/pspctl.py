@@ -2,6 +2,15 @@
 
 Each hv process is one power-on of the machine: the platform's identity lives in the PSP's state
 file (--psp-state / $HV_PSP_STATE), so what `rotate` or `import` changes is there next time.
+Commands may run at the same time on one state file: the firmware makes each change under the
+file's lock, on the state as it is then, so a change that was acknowledged stays in force until a
+later one replaces it.
+
+Exit status: 0 done; 2 bad usage or a path hv cannot use (the state file's directory cannot be
+made, the state file is not a regular file, an output cannot be written); 3 the PSP refused or
+failed the command: a firmware status, a corrupt state file, or a change that could not be saved
+(a full disk, a read-only directory), which then did not take effect: the state file keeps the
+old state.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ import click
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm
 from hv.kvm.sev import FirmwareError, SevDevice
+from hv.vmm.hostfiles import prepare_psp_state
 
 __all__ = ["psp"]
 
 _STATES = {0: "UNINIT", 1: "INIT", 2: "WORKING"}
+_MACHINE = "hv.psp.machine"  # click context meta: the machine whose PSP ran the command
 
 
 class _PspGroup(click.Group):
@@ -26,7 +37,9 @@ class _PspGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FirmwareError as e:
-            click.echo(f"hv psp: {e}", err=True)
+            machine = ctx.meta.get(_MACHINE)
+            fault = machine.psp.firmware.nv_fault if machine is not None and e.status else None
+            click.echo(f"hv psp: {fault or e}", err=True)  # the PSP's own reason, when it has one
             ctx.exit(3)
         except OSError as e:
             click.echo(f"hv psp: {e.strerror}: {e.filename}", err=True)
@@ -36,9 +49,10 @@ class _PspGroup(click.Group):
 def _device(psp_state: str | None) -> SevDevice:
     from hv.cli import default_psp_state
 
-    path = psp_state or default_psp_state()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return SevDevice(Kvm(Machine(MachineConfig(dram_size=8 << 20, psp_state=path))))
+    path = prepare_psp_state(psp_state or default_psp_state(), prefix="hv psp")
+    machine = Machine(MachineConfig(dram_size=8 << 20, psp_state=path))
+    click.get_current_context().meta[_MACHINE] = machine
+    return SevDevice(Kvm(machine))
 
 
 def _emit(as_json: bool, payload: dict, lines: list[str]) -> None:
@@ -136,7 +150,10 @@ def reset(psp_state, as_json):
     if dev.platform_status().state != 0:
         dev.shutdown()
     dev.platform_reset()
-    _emit(as_json, {"reset": True}, ["platform reset: new OCA, PEK and PDH"])
+    dev.ensure_init(es=True)
+    digest = hashlib.sha256(dev.pdh_cert_export()[0]).hexdigest()
+    _emit(as_json, {"reset": True, "pdh_sha256": digest},
+          [f"platform reset: new OCA, PEK and PDH (PDH sha256 {digest[:16]}...)"])
 
 
 @psp.command()
