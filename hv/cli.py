@@ -282,6 +282,8 @@ def memmap(image, mem, mode, policy, timeout, output, psp_state):
                        image_name=Path(image).name)
     if config.psp_state:
         prepare_psp_state(config.psp_state)
+    if output:
+        check_writable(output, "-o")
     vmm = Vmm(config)
     result = vmm.run()
     if result.message:
@@ -295,8 +297,12 @@ def memmap(image, mem, mode, policy, timeout, output, psp_state):
     click.echo(render_table(mm, KIND_NAMES))
     if output:
         title = f"HV MEMMAP {Path(image).name} {(mode or 'plain').upper()} {mem >> 20} MIB"
-        Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
-        click.echo(f"memory map written to {output}")
+        try:
+            Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
+        except OSError as e:  # a full disk after the run: the map above stands, the status too
+            click.echo(f"hv: cannot write -o {output}: {e.strerror}", err=True)
+        else:
+            click.echo(f"memory map written to {output}")
     sys.exit(result.exit_code)
 
 

@@ -137,3 +137,16 @@ def test_platform_command_that_cannot_save_changes_nothing(state, monkeypatch, c
     assert sorted(p.name for p in state.parent.iterdir()) == sorted({state.name, state.name + ".lock"})
     monkeypatch.undo()
     assert _invoke("psp", "status", "--json", "--psp-state", state).output == status.output
+
+
+def test_memmap_output_that_cannot_be_written_is_refused_before_the_guest_runs(not_a_dir):
+    r = _invoke("memmap", HELLO, "-o", not_a_dir / "map.png")
+    assert r.exit_code == 2
+    assert _one_line(r) == f"hv: cannot write -o {not_a_dir / 'map.png'}: Not a directory"
+
+
+def test_memmap_output_failing_after_the_run_keeps_the_table_and_the_status():
+    r = _invoke("memmap", HELLO, "-o", "/dev/full")
+    assert r.exit_code == 0
+    assert "pages: 16384" in r.stdout  # the table was printed before the write failed
+    assert _one_line(r) == "hv: cannot write -o /dev/full: No space left on device"
