@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Fetch a stock Debian 12 Linux kernel and build a busybox initramfs for it.
+
+`fetch` looks up the newest `linux-image-6.1.0-N-amd64-unsigned` that apt can install (N changes
+every few weeks, so it is never pinned), downloads it and `busybox-static` with `apt-get download`
+(nothing is installed on the host), unpacks both with `dpkg-deb -x` in a temporary directory and
+writes into the output directory (default build/linux/):
+
+  vmlinuz          the bzImage (boot/vmlinuz-*)
+  System.map       boot/System.map-* as Debian ships it: a one-line placeholder, since the real
+                   map is in the -dbg package (about 860 MB), which is not fetched; the
+                   manifest's "system_map" says which one was found
+  config           the kernel's build configuration (boot/config-*)
+  sev-guest.ko     the SEV-SNP guest driver module, uncompressed (/dev/sev-guest)
+  initrd.cpio.gz   a gzip-compressed newc cpio archive: /bin/busybox, /init, /dev/console (5,1)
+                   and the usual directories
+  manifest.json    package names and versions, the SHA-256 of every file above
+
+A second run asks apt again and does nothing when the manifest names the same package versions
+and every file still has its recorded digest; `--force` fetches anyway. The cpio archive and its
+gzip wrapper carry no time stamps, so the same packages always give the same initrd.
+
+The initramfs's /init (a busybox sh script) mounts /proc, /sys and devtmpfs on /dev, installs the
+busybox applets as links, prints "hv-init: user space is up" and then runs an interactive
+`sh` on the console, or, when the kernel command line holds `hv.init=poweroff`, prints
+"hv-init: powering off" and runs `poweroff -f`.
+
+    python tools/linux.py fetch                  # into build/linux/
+    python tools/linux.py fetch -o DIR           # elsewhere
+    python tools/linux.py fetch --force          # download again even when up to date
+
+Exit status: 0 on success (fetched or already up to date), 1 when apt is missing, no package is
+found or a download or an unpacking fails (one line on stderr), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import lzma
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "build" / "linux"
+
+KERNEL_PATTERN = r"^linux-image-6\.1\.0-([0-9]+)-amd64-unsigned$"
+BUSYBOX_PACKAGE = "busybox-static"
+SEV_GUEST_MODULE = "kernel/drivers/virt/coco/sev-guest/sev-guest.ko"
+MANIFEST = "manifest.json"
+SYSTEM_MAP_PLACEHOLDER = b"The real System.map is in"
+OUTPUTS = ("vmlinuz", "System.map", "config", "sev-guest.ko", "initrd.cpio.gz")
+
+INIT_MARKER = "hv-init: user space is up"
+POWEROFF_MARKER = "hv-init: powering off"
+POWEROFF_PARAM = "hv.init=poweroff"
+
+# The kernel runs /init through its #! line (CONFIG_BINFMT_SCRIPT) with /dev/console as stdin,
+# stdout and stderr. A parameter with a dot in its name is taken for a module parameter and never
+# reaches init's arguments or environment, so the script reads /proc/cmdline itself. If /init
+# exits, the kernel panics: every path ends in exec or poweroff.
+INIT_SCRIPT = f"""#!/bin/busybox sh
+# /init of hv's test initramfs, written by tools/linux.py.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+echo "{INIT_MARKER}"
+case " $(/bin/busybox cat /proc/cmdline) " in
+*" {POWEROFF_PARAM} "*)
+    echo "{POWEROFF_MARKER}"
+    /bin/busybox poweroff -f
+    echo "hv-init: poweroff failed"
+    ;;
+esac
+exec /bin/busybox sh
+"""
+
+# -- the newc cpio format ------------------------------------------------------------------------
+#
+# Documentation/driver-api/early-userspace/buffer-format.rst: each entry is a 110-byte ASCII
+# header ("070701" and thirteen 8-digit hex fields), the path name with its NUL, padding to a
+# multiple of 4 counted from the start of the header, the data, padding to a multiple of 4. The
+# archive ends with an entry named "TRAILER!!!".
+
+NEWC_MAGIC = b"070701"
+NEWC_TRAILER = "TRAILER!!!"
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    """One member of the archive; `name` is relative ("bin/busybox"), as the kernel expects."""
+
+    name: str
+    mode: int  # file type bits and permissions, as in st_mode
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)  # (major, minor) of a device node
+
+    @staticmethod
+    def directory(name: str, perm: int = 0o755) -> CpioEntry:
+        return CpioEntry(name, stat.S_IFDIR | perm)
+
+    @staticmethod
+    def file(name: str, data: bytes, perm: int = 0o644) -> CpioEntry:
+        return CpioEntry(name, stat.S_IFREG | perm, data)
+
+    @staticmethod
+    def char_device(name: str, major: int, minor: int, perm: int = 0o600) -> CpioEntry:
+        return CpioEntry(name, stat.S_IFCHR | perm, rdev=(major, minor))
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def _newc_member(ino: int, entry: CpioEntry, nlink: int) -> bytes:
+    name = entry.name.encode() + b"\0"
+    fields = (
+        ino, entry.mode, 0, 0, nlink, 0,   # ino, mode, uid, gid, nlink, mtime
+        len(entry.data), 0, 0,             # filesize, devmajor, devminor (the archive's own device)
+        entry.rdev[0], entry.rdev[1],      # rdevmajor, rdevminor (what a device node names)
+        len(name), 0,                      # namesize with the NUL, check (0 for newc)
+    )
+    for value in fields:
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError(f"cpio field out of range in {entry.name!r}: {value}")
+    header = NEWC_MAGIC + b"".join(b"%08X" % v for v in fields)
+    return header + name + _pad4(len(header) + len(name)) + entry.data + _pad4(len(entry.data))
+
+
+def newc_archive(entries: list[CpioEntry]) -> bytes:
+    """A newc cpio archive of `entries` in order, with inode numbers from 1 and no time stamps."""
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("cpio entries with the same name")
+    out = []
+    for ino, entry in enumerate(entries, start=1):
+        if not entry.name or entry.name.startswith("/") or entry.name == NEWC_TRAILER:
+            raise ValueError(f"bad cpio entry name {entry.name!r}")
+        out.append(_newc_member(ino, entry, 2 if stat.S_ISDIR(entry.mode) else 1))
+    out.append(_newc_member(0, CpioEntry(NEWC_TRAILER, 0), 1))
+    return b"".join(out)
+
+
+def initramfs_entries(busybox: bytes) -> list[CpioEntry]:
+    """The initramfs: busybox, /init, /dev/console and the directories they need."""
+    dirs = ["bin", "dev", "etc", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin"]
+    entries = [CpioEntry.directory(d, 0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755)
+               for d in dirs]
+    # The kernel opens /dev/console for init's stdin/stdout/stderr before /init runs (and before
+    # devtmpfs is mounted), so the node must be in the archive.
+    entries.append(CpioEntry.char_device("dev/console", 5, 1))
+    entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
+    entries.append(CpioEntry.file("init", INIT_SCRIPT.encode(), 0o755))
+    return entries
+
+
+def gzip_deterministic(data: bytes) -> bytes:
+    """gzip with no file name and a zero time stamp: the same input gives the same bytes."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def build_initrd(busybox: bytes) -> bytes:
+    return gzip_deterministic(newc_archive(initramfs_entries(busybox)))
+
+
+# -- apt ----------------------------------------------------------------------------------------
+
+
+class FetchError(Exception):
+    """Fetching failed; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise FetchError(f"cannot run {argv[0]}: {e.strerror}") from None
+    if r.returncode != 0:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        why = lines[-1].strip() if lines else f"status {r.returncode}"
+        raise FetchError(f"{' '.join(argv[:3])} failed: {why}")
+    return r.stdout
+
+
+def require_tools() -> None:
+    for tool in ("apt-cache", "apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise FetchError(f"{tool} not found: fetching needs Debian's apt and dpkg (Debian 12)")
+
+
+def candidate_version(name: str) -> str | None:
+    """The version `apt-get download NAME` would fetch, or None when apt has none."""
+    for line in _run(["apt-cache", "policy", name]).splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "Candidate":
+            value = value.strip()
+            return None if value in ("", "(none)") else value
+    return None
+
+
+def newest_kernel() -> Package:
+    """The highest N whose linux-image-6.1.0-N-amd64-unsigned apt can download."""
+    found = []
+    for line in _run(["apt-cache", "search", "--names-only", KERNEL_PATTERN]).splitlines():
+        name = line.split(" - ", 1)[0].strip()
+        m = re.match(KERNEL_PATTERN, name)
+        if m:
+            found.append((int(m.group(1)), name))
+    for _, name in sorted(found, reverse=True):
+        version = candidate_version(name)
+        if version is not None:
+            return Package(name, version)
+    raise FetchError("no linux-image-6.1.0-N-amd64-unsigned package found by apt-cache search "
+                     "(is this Debian 12 with bookworm in the apt sources, after apt-get update?)")
+
+
+def busybox_package() -> Package:
+    version = candidate_version(BUSYBOX_PACKAGE)
+    if version is None:
+        raise FetchError(f"no {BUSYBOX_PACKAGE} package found by apt-cache policy")
+    return Package(BUSYBOX_PACKAGE, version)
+
+
+def download(pkg: Package, workdir: Path) -> Path:
+    """`apt-get download` one exact version into a directory of its own; the .deb's path."""
+    dest = workdir / pkg.name
+    dest.mkdir()
+    _run(["apt-get", "download", "-q", f"{pkg.name}={pkg.version}"], cwd=dest)
+    debs = sorted(dest.glob("*.deb"))
+    if len(debs) != 1:
+        raise FetchError(f"apt-get download {pkg.name} left {len(debs)} .deb files, expected 1")
+    return debs[0]
+
+
+def unpack(deb: Path, dest: Path) -> Path:
+    dest.mkdir()
+    _run(["dpkg-deb", "-x", str(deb), str(dest)])
+    return dest
+
+
+def _one(root: Path, pattern: str, what: str) -> Path:
+    hits = sorted(root.glob(pattern))
+    if len(hits) != 1:
+        raise FetchError(f"expected one {what} ({pattern}) in the package, found {len(hits)}")
+    return hits[0]
+
+
+def sev_guest_module(kernel_root: Path) -> tuple[bytes, str]:
+    """The module's bytes, uncompressed, and where it was found (Debian 12 ships it as plain .ko;
+    later kernels compress modules, so .ko.xz is unpacked here and busybox insmod gets a .ko)."""
+    for moddir in sorted((kernel_root / "lib" / "modules").glob("*")):
+        plain = moddir / SEV_GUEST_MODULE
+        if plain.is_file():
+            return plain.read_bytes(), str(plain.relative_to(kernel_root))
+        packed = moddir / (SEV_GUEST_MODULE + ".xz")
+        if packed.is_file():
+            return lzma.decompress(packed.read_bytes()), str(packed.relative_to(kernel_root))
+    raise FetchError(f"{SEV_GUEST_MODULE} (or .ko.xz) not found in the kernel package")
+
+
+# -- the manifest -------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def up_to_date(out: Path, packages: list[Package]) -> bool:
+    """The manifest names exactly these packages and every output still has its digest."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        return False
+    if manifest.get("packages") != {p.name: p.version for p in packages}:
+        return False
+    if manifest.get("init_sha256") != hashlib.sha256(INIT_SCRIPT.encode()).hexdigest():
+        return False  # the /init in this tool changed: the initrd must be rebuilt
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(OUTPUTS):
+        return False
+    return all((out / name).is_file() and sha256_file(out / name) == files[name] for name in OUTPUTS)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def fetch(out: Path, force: bool = False, log=print) -> dict:
+    """Fetch into `out` (see the module's docstring); the manifest written or found current."""
+    require_tools()
+    kernel = newest_kernel()
+    busybox = busybox_package()
+    for pkg in (kernel, busybox):
+        log(f"{pkg.name} {pkg.version}")
+    if not force and up_to_date(out, [kernel, busybox]):
+        log(f"{out}: up to date (manifest matches; nothing downloaded)")
+        return read_manifest(out)
+
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a run that stops half-way leaves no valid manifest
+    with tempfile.TemporaryDirectory(prefix="hv-linux-") as tmp:
+        work = Path(tmp)
+        debs = {pkg.name: download(pkg, work) for pkg in (kernel, busybox)}
+        download_bytes = {name: deb.stat().st_size for name, deb in debs.items()}
+        for name, size in download_bytes.items():
+            log(f"downloaded {debs[name].name} ({size / 1e6:.1f} MB)")
+        kroot = unpack(debs[kernel.name], work / "kernel")
+        broot = unpack(debs[busybox.name], work / "busybox")
+
+        vmlinuz = _one(kroot, "boot/vmlinuz-*", "kernel image")
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        _write(out / "vmlinuz", vmlinuz.read_bytes())
+        system_map = _one(kroot, f"boot/System.map-{release}", "System.map").read_bytes()
+        _write(out / "System.map", system_map)
+        system_map_kind = "placeholder" if SYSTEM_MAP_PLACEHOLDER in system_map else "symbols"
+        if system_map_kind == "placeholder":
+            log("System.map: Debian's placeholder (the real map is in the -dbg package)")
+        _write(out / "config", _one(kroot, f"boot/config-{release}", "config").read_bytes())
+        module, module_source = sev_guest_module(kroot)
+        _write(out / "sev-guest.ko", module)
+        log(f"sev-guest module: {module_source}")
+        bb = _one(broot, "bin/busybox", "busybox binary").read_bytes()
+        _write(out / "initrd.cpio.gz", build_initrd(bb))
+
+    manifest = {
+        "packages": {kernel.name: kernel.version, busybox.name: busybox.version},
+        "kernel_release": release,
+        "system_map": system_map_kind,
+        "sev_guest_module_source": module_source,
+        "download_bytes": download_bytes,
+        "init_sha256": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
+        "files": {name: sha256_file(out / name) for name in OUTPUTS},
+    }
+    _write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    for name in OUTPUTS:
+        log(f"  {name:15} {(out / name).stat().st_size:>10} bytes  sha256 {manifest['files'][name]}")
+    log(f"wrote {out} in {time.monotonic() - started:.1f} s")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="linux.py", description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 done, 1 fetching failed (one line on stderr), 2 bad usage.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "fetch", help="download the newest Debian 12 amd64 kernel and busybox, build the initrd",
+        description="Download the newest linux-image-6.1.0-N-amd64-unsigned and busybox-static "
+                    "with apt-get download (nothing is installed), and write vmlinuz, System.map, "
+                    "config, sev-guest.ko, initrd.cpio.gz and manifest.json. Skips the download "
+                    "when the manifest already matches the newest versions. The initrd's /init "
+                    f"prints \"{INIT_MARKER}\" and starts a shell on the console; with "
+                    f"{POWEROFF_PARAM} on the kernel command line it powers off instead.")
+    p.add_argument("-o", "--out", metavar="DIR", type=Path, default=DEFAULT_OUT,
+                   help="output directory (default: build/linux/ in the repository)")
+    p.add_argument("--force", action="store_true",
+                   help="download and rebuild even when the manifest is up to date")
+    args = parser.parse_args(argv)
+
+    try:
+        fetch(args.out, force=args.force)
+    except FetchError as e:
+        print(f"linux.py: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"linux.py: {e.filename or args.out}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
