@@ -22,6 +22,7 @@ __all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
 VM_TYPES = ("plain", "sev", "sev-es", "sev-snp")
 _PAGE = 0x1000
 HOST_RESERVED = 1 << 20  # the hypervisor's own pages (PSP command buffers, certificates)
+_HOST_RING_START = 16    # the host-buffer ring starts past SPA 0 (see alloc_host_buffer)
 
 
 class KvmError(Exception):
@@ -42,7 +43,7 @@ class Kvm:
     def __init__(self, machine: Machine):
         self.machine = machine
         self._free = [(HOST_RESERVED, machine.dram_size - HOST_RESERVED)]
-        self._host_next = 0
+        self._host_next = _HOST_RING_START
         self._asids_used: set[int] = set()
         self.vms: list[Vm] = []
 
@@ -75,10 +76,12 @@ class Kvm:
         self._free = merged
 
     def alloc_host_buffer(self, size: int) -> int:
-        """A buffer in the hypervisor's reserved area (command buffers for the PSP)."""
+        """A buffer in the hypervisor's reserved area (command buffers for the PSP), a ring that
+        never hands out SPA 0: the PSP reads a zero address as "none" (LAUNCH_START without a
+        session, a certificate length query), so a blob put there would silently be ignored."""
         size = (size + 15) & ~15
         if self._host_next + size > HOST_RESERVED:
-            self._host_next = 0
+            self._host_next = _HOST_RING_START
         spa = self._host_next
         self._host_next += size
         return spa
