@@ -228,6 +228,9 @@ class SnpGuest:
         if self.gctx:
             self.dev.issue(Cmd.SNP_DECOMMISSION, SnpDecommission(gctx_paddr=self.gctx),
                            check=False)
+            # The ASID stays dirty until a flush: without one the next guest given it fails
+            # SNP_ACTIVATE with DFFLUSH_REQUIRED (KVM flushes before reusing ASIDs too).
+            self.dev.issue(Cmd.DF_FLUSH, check=False)
             self.gctx = 0
             if self.vm.snp is self:
                 self.vm.snp = None
