@@ -44,6 +44,7 @@ from sevwire import (
     ID_BLOCK_SIZE,
     ID_KEY_ALGO_ECDSA_P384_SHA384,
     SNP_POLICY_KNOWN,
+    VMPL_PERMS_VALID,
     SevWireError,
     SnpActivate,
     SnpDecommission,
@@ -237,8 +238,12 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
         raise CommandError(Status.INVALID_PARAM, f"page type {buf.page_type}") from None
     if kind is SnpPageType.CPUID:
         raise CommandError(Status.UNSUPPORTED, "CPUID pages are not supported")
-    if buf.flags & 0x10 or buf.vmpl_perms:
-        raise CommandError(Status.UNSUPPORTED, "IMI pages and VMPL permissions are not supported")
+    if buf.flags & 0x10:
+        raise CommandError(Status.UNSUPPORTED, "IMI pages are not supported")
+    if buf.vmpl_perms & 0xFF or any((buf.vmpl_perms >> s) & 0xFF & ~VMPL_PERMS_VALID
+                                    for s in (8, 16, 24)):
+        raise CommandError(Status.INVALID_PARAM, "VMPL permission bits 7:5 and the dword's "
+                                                 "bits 7:0 are reserved")
     assigned, asid, gpa, size, immutable, validated, _vmsa = _rmp(ctx, buf.page_paddr)
     ctx.mem.outside_tmr(buf.page_paddr, PAGE)  # a TMR page the hypervisor made Pre-guest
     if not assigned or not immutable or validated:
@@ -253,7 +258,9 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
         plain = _secrets_page(guest)
     else:
         plain = bytes(PAGE)
-    guest.ld = snp_extend(guest.ld, plain, kind, gpa)
+    # The VMPL1-3 masks are measured (PAGE_INFO) but not kept: this platform's RMP holds no
+    # VMPL permissions, and its guests run at VMPL0 only.
+    guest.ld = snp_extend(guest.ld, plain, kind, gpa, buf.vmpl_perms)
     if kind is SnpPageType.VMSA:
         plain = _seal_vmsa(ctx, buf.page_paddr, plain)
     ctx.mem.write_guest(guest, buf.page_paddr, plain)  # type: ignore[arg-type]

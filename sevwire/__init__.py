@@ -135,6 +135,7 @@ from sevwire._snp import (
     SnpPageReclaim,
     SnpPageType,
     SnpPolicy,
+    VMPL_PERMS_VALID,
     snp_extend,
     snp_page_info,
 )
@@ -196,7 +197,7 @@ __all__ = [
     # SEV-SNP
     "INITIAL_VMSA_GPA", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission",
     "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
-    "SnpPolicy", "snp_extend", "snp_page_info", "SnpGuestRequest", "SnpDbgDecrypt", "SnpDbgEncrypt",
+    "SnpPolicy", "VMPL_PERMS_VALID", "snp_extend", "snp_page_info", "SnpGuestRequest", "SnpDbgDecrypt", "SnpDbgEncrypt",
     "SnpPageReclaim",
     # SNP ID block and ID authentication structure (SNP_LAUNCH_FINISH)
     "ID_AUTH_SIZE", "ID_BLOCK_SIZE", "ID_BLOCK_VERSION", "ID_KEY_ALGO_ECDSA_P384_SHA384",

@@ -21,7 +21,9 @@ from sevwire._buffers import CommandBuffer
 __all__ = [
     "INITIAL_VMSA_GPA", "PAGE_INFO_SIZE", "SNP_POLICY_DEFAULT", "SNP_POLICY_KNOWN", "SnpActivate", "SnpDecommission", "SnpGctxCreate",
     "SnpDbgDecrypt", "SnpDbgEncrypt", "SnpGuestRequest", "SnpLaunchFinish", "SnpLaunchStart",
-    "SnpLaunchUpdate", "SnpPageReclaim", "SnpPageType", "SnpPolicy", "snp_page_info", "snp_extend",
+    "SnpLaunchUpdate", "SnpPageReclaim", "SnpPageType", "SnpPolicy", "VMPL_PERMS_VALID",
+    "VMPL_PERM_EXEC_SUPERVISOR", "VMPL_PERM_EXEC_USER", "VMPL_PERM_READ", "VMPL_PERM_SSS",
+    "VMPL_PERM_WRITE", "snp_page_info", "snp_extend",
 ]
 
 INITIAL_VMSA_GPA = 0xFFFFFFFFF000
@@ -114,6 +116,11 @@ class SnpLaunchUpdate(CommandBuffer):
     def make_flags(page_type: int, page_size: int = 0, imi: bool = False) -> int:
         return (page_size & 1) | (page_type & 7) << 1 | (1 << 4 if imi else 0)
 
+    @staticmethod
+    def make_perms(vmpl1: int = 0, vmpl2: int = 0, vmpl3: int = 0) -> int:
+        """The command's permission dword: bits 7:0 reserved, then VMPL1, VMPL2, VMPL3."""
+        return (vmpl1 & 0xFF) << 8 | (vmpl2 & 0xFF) << 16 | (vmpl3 & 0xFF) << 24
+
     @property
     def page_type(self) -> int:
         return (self.flags >> 1) & 7
@@ -201,10 +208,29 @@ class SnpPageReclaim(CommandBuffer):
     paddr: int = 0
 
 
+VMPL_PERM_READ = 1 << 0
+VMPL_PERM_WRITE = 1 << 1
+VMPL_PERM_EXEC_USER = 1 << 2
+VMPL_PERM_EXEC_SUPERVISOR = 1 << 3
+VMPL_PERM_SSS = 1 << 4  # supervisor shadow stack
+VMPL_PERMS_VALID = 0x1F
+"""The bits of one VMPL permission mask (AMD's `vmpl_perm_mask_t`, es-snp-reference 3.1); bits
+7:5 are reserved."""
+
+
 def snp_page_info(digest: bytes, contents: bytes, page_type: int, gpa: int,
                   imi: bool = False, vmpl_perms: int = 0) -> bytes:
     """PAGE_INFO (0x70 bytes) for one 4 KiB page. `contents` is the page's plaintext for NORMAL
-    and VMSA pages; for the other types it is ignored and the contents field is zeros."""
+    and VMSA pages; for the other types it is ignored and the contents field is zeros.
+    `vmpl_perms` is SNP_LAUNCH_UPDATE's permission dword (SnpLaunchUpdate.make_perms).
+
+    Bytes 0x60-0x6F follow the table "PAGE_INFO Structure" of AMD's SEV-SNP Firmware ABI
+    specification (publication 56860): 0x60 LENGTH (u16), 0x62 PAGE_TYPE, 0x63 IMI_PAGE (bit 0),
+    0x64 VMPL3_PERMS, 0x65 VMPL2_PERMS, 0x66 VMPL1_PERMS, 0x67 reserved, 0x68 GPA (u64). VirTEE's
+    sev-snp-measure (`gctx.py`) and `sev` crate write the same order. AMD's published Genoa
+    firmware source (AMD-ASPFW `sev_mcmd.h`, `snp_mcmd_launch_update_page_info_t`) declares the
+    four bytes the other way round (reserved, VMPL1, VMPL2, VMPL3); the two agree whenever all
+    masks are zero, which is how every launch by KVM and QEMU is measured."""
     if len(digest) != DIGEST_SIZE:
         raise ValueError("the launch digest is 48 bytes")
     if page_type in (SnpPageType.NORMAL, SnpPageType.VMSA):
@@ -213,11 +239,15 @@ def snp_page_info(digest: bytes, contents: bytes, page_type: int, gpa: int,
         measured = hashlib.sha384(contents).digest()
     else:
         measured = bytes(DIGEST_SIZE)
-    perms = ((vmpl_perms >> 8) & 0xFF, (vmpl_perms >> 16) & 0xFF, (vmpl_perms >> 24) & 0xFF)
+    vmpl1, vmpl2, vmpl3 = ((vmpl_perms >> 8) & 0xFF, (vmpl_perms >> 16) & 0xFF,
+                           (vmpl_perms >> 24) & 0xFF)
     return (digest + measured +
-            struct.pack("<HBBBBBBQ", PAGE_INFO_SIZE, page_type, 1 if imi else 0, 0, *perms, gpa))
+            struct.pack("<HBBBBBBQ", PAGE_INFO_SIZE, page_type, 1 if imi else 0,
+                        vmpl3, vmpl2, vmpl1, 0, gpa))
 
 
-def snp_extend(digest: bytes, contents: bytes, page_type: int, gpa: int) -> bytes:
+def snp_extend(digest: bytes, contents: bytes, page_type: int, gpa: int,
+               vmpl_perms: int = 0) -> bytes:
     """The launch digest after one page: SHA-384(PAGE_INFO)."""
-    return hashlib.sha384(snp_page_info(digest, contents, page_type, gpa)).digest()
+    return hashlib.sha384(snp_page_info(digest, contents, page_type, gpa,
+                                        vmpl_perms=vmpl_perms)).digest()

@@ -7,6 +7,7 @@ machine. docs/guest-abi.md is the human-readable form of the constants here.
 
 from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
 from hv.boot._vmsa import (
+    EFER_SVME,
     VMSA_CPL,
     VMSA_INTEGRITY_END,
     VMSA_QWORDS,
@@ -39,6 +40,7 @@ from hv.boot._layout import (
 
 __all__ = [
     "BOOT_INFO_GPA",
+    "EFER_SVME",
     "BOOT_INFO_MAGIC",
     "BOOT_INFO_SECRET_RELEASE",
     "BOOT_STACK_TOP",

@@ -30,6 +30,7 @@ __all__ = [
     "ENTRY_CR0",
     "ENTRY_CR4",
     "ENTRY_EFER",
+    "EFER_SVME",
     "ENTRY_RFLAGS",
 ]
 
@@ -63,6 +64,10 @@ VMSA_INTEGRITY_END = 0xFC0
 ENTRY_CR0 = 0x80010033      # PG, WP, NE, ET, MP, PE
 ENTRY_CR4 = 0x000006A0      # PAE, PGE, OSFXSR, OSXMMEXCPT
 ENTRY_EFER = 0xD00          # LME, LMA, NXE
+EFER_SVME = 0x1000
+"""EFER bit 12. KVM runs every guest with it set in the VMCB save area, so the VMSA it launches
+holds it (`svm_set_efer`; sev-snp-measure's VMSA: "KVM enables EFER_SVME"), and VMRUN refuses a
+guest state without it (hv.hw.vmsa)."""
 ENTRY_RFLAGS = 0x2
 _DR6, _DR7 = 0xFFFF0FF0, 0x400
 _G_PAT = 0x0007040600070406
@@ -88,7 +93,7 @@ def initial_vmsa(image: bytes, mem_size: int, sev_features: int = 0, *, rip: int
     """
     entry = parse_image(image, mem_size).entry if rip is None else rip
     q = {
-        "efer": ENTRY_EFER, "cr4": ENTRY_CR4, "cr3": PAGE_TABLES_GPA, "cr0": ENTRY_CR0,
+        "efer": ENTRY_EFER | EFER_SVME, "cr4": ENTRY_CR4, "cr3": PAGE_TABLES_GPA, "cr0": ENTRY_CR0,
         "dr7": _DR7, "dr6": _DR6, "rflags": ENTRY_RFLAGS, "rip": entry, "rsp": BOOT_STACK_TOP,
         "rsi": BOOT_INFO_GPA, "g_pat": _G_PAT, "sev_features": sev_features, "xcr0": _XCR0,
     }

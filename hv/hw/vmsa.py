@@ -28,7 +28,7 @@ import numpy as np
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
-from hv.boot import (VMSA_INTEGRITY_END, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE,
+from hv.boot import (EFER_SVME, VMSA_INTEGRITY_END, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE,
                      VMSA_TMR_SLOT)
 from hv.hw.memctl import PAGE, MemoryController
 
@@ -109,6 +109,9 @@ class VmsaUnit:
         plain = self._mc.read(spa, VMSA_SIZE, self._asid)  # coherent with every cache
         page = np.frombuffer(plain, dtype=np.uint8)
         reason = self._check(spa, page)
+        if reason is None and not int(page.view("<u8")[VMSA_QWORDS["efer"] // 8]) & EFER_SVME:
+            # APM VMRUN consistency checks: EFER.SVME zero in the guest state -> VMEXIT_INVALID.
+            reason = "VMRUN refused the VMSA: its EFER lacks SVME"
         if reason is not None:
             self._spa = None
             return reason
@@ -166,7 +169,8 @@ class VmsaUnit:
         q[VMSA_QWORDS["rflags"] // 8] = uc.reg_read(X.UC_X86_REG_RFLAGS)
         q[VMSA_QWORDS["cr0"] // 8] = uc.reg_read(X.UC_X86_REG_CR0)
         q[VMSA_QWORDS["cr4"] // 8] = uc.reg_read(X.UC_X86_REG_CR4)
-        q[VMSA_QWORDS["efer"] // 8] = uc.msr_read(EFER)
+        # The core (Unicorn) has no SVM and drops SVME from its EFER; the save area keeps it.
+        q[VMSA_QWORDS["efer"] // 8] = uc.msr_read(EFER) | EFER_SVME
         for reg, off in ((X.UC_X86_REG_GDTR, _GDTR), (X.UC_X86_REG_IDTR, _IDTR)):
             _sel, base, limit, _flags = uc.reg_read(reg)
             q[off // 8 + 1] = base

@@ -84,13 +84,16 @@ class SnpGuest:
         self.vm.snp = self
 
     def launch_update(self, gpa: int, page_type: int = SnpPageType.NORMAL,
-                      spa: int | None = None) -> None:
-        """RMPUPDATE the page to Pre-guest, then SNP_LAUNCH_UPDATE it (one 4 KiB page)."""
+                      spa: int | None = None, vmpl_perms: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """RMPUPDATE the page to Pre-guest, then SNP_LAUNCH_UPDATE it (one 4 KiB page).
+        `vmpl_perms` = the VMPL1, VMPL2, VMPL3 permission masks (KVM's `vmpl1_perms`...), which
+        the PSP measures with the page."""
         if spa is None:
             spa = self.vm.gpa_to_spa(gpa)
         rmp_make_private(self.machine, spa, self.vm.asid, gpa, immutable=True)
         self.dev.issue(Cmd.SNP_LAUNCH_UPDATE, SnpLaunchUpdate(
-            gctx_paddr=self.gctx, flags=SnpLaunchUpdate.make_flags(page_type), page_paddr=spa))
+            gctx_paddr=self.gctx, flags=SnpLaunchUpdate.make_flags(page_type), page_paddr=spa,
+            vmpl_perms=SnpLaunchUpdate.make_perms(*vmpl_perms)))
 
     def launch_update_range(self, gpa: int, length: int,
                             page_type: int = SnpPageType.NORMAL) -> None:

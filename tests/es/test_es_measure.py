@@ -62,7 +62,8 @@ def test_the_initial_vmsa_holds_the_abi_entry_state():
     q = lambda off: struct.unpack_from("<Q", page, off)[0]  # noqa: E731
     entry = struct.unpack_from("<Q", image, 0x18)[0]  # ELF e_entry
     assert (q(0x178), q(0x1D8), q(0x330), q(0x150)) == (entry, 0x10000, 0x8000, 0x1000)  # RIP RSP RSI CR3
-    assert (q(0x158), q(0x148), q(0xD0), q(0x170)) == (0x80010033, 0x6A0, 0xD00, 0x2)   # CR0 CR4 EFER RFLAGS
+    # EFER: LME, LMA, NXE and SVME (bit 12), which KVM sets in every VMSA it launches.
+    assert (q(0x158), q(0x148), q(0xD0), q(0x170)) == (0x80010033, 0x6A0, 0x1D00, 0x2)  # CR0 CR4 EFER RFLAGS
     assert q(0x1F8) == 0 and q(0x3B0) == 0 and q(0x3E8) == 1                          # RAX SEV_FEATURES XCR0
     assert struct.unpack_from("<HHIQ", page, 0x080)[2] == 0                             # IDTR limit 0
     assert len(page) == 4096 and page == boot.initial_vmsa(image, 64 << 20)
