@@ -65,6 +65,7 @@ from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_at
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError, NvStoreError, NvWriteError
 from firmware._identity import ChipIdentity, PlatformIdentity
+from firmware._kds import kds_chain_der
 from firmware._memory import U64_MAX, Memory
 from firmware._nvstore import NvStore
 from firmware._vcek import vcek_cert_der
@@ -189,6 +190,10 @@ class Firmware:
     def export_vcek(self) -> bytes:
         """The ASK-signed X.509 VCEK (DER) for the current TCB: what AMD's key server serves."""
         return vcek_cert_der(self._ctx.identity.chip)
+
+    def export_kds_chain(self) -> tuple[bytes, bytes]:
+        """(ASK, ARK) as X.509 DER, the KDS's cert_chain: the keys of export_amd_chain()."""
+        return kds_chain_der(self._ctx.identity.chip)
 
     @property
     def nv_fault(self) -> str | None:

@@ -6,25 +6,25 @@ and the TCB, so it is stable per chip and TCB, needs no new field in the PSP sta
 new TCB gives a new key (the property that makes a TCB rollback visible to the verifier).
 
 The certificate is the real format: X.509 v3 signed by the ASK with RSASSA-PSS/SHA-384, salt 48,
-with AMD's extensions under 1.3.6.1.4.1.3704.1 (SPLs as DER INTEGERs, HWID = the 64-byte chip
-id). The ASK and ARK themselves stay in the AMD binary certificate format of ask.cert and
-ark.cert, so a verifier checks the VCEK's signature with the ASK's RSA key directly.
+issued by AMD's SEV-Milan name to SEV-VCEK (the names of firmware._kds), with AMD's extensions
+under 1.3.6.1.4.1.3704.1 in AMD's order: struct version, product name, the eight SPLs of the TCB
+as DER INTEGERs (.3.1 BL, .3.2 TEE, .3.4-.3.7 the reserved TCB bytes 2-5, .3.3 SNP, .3.8
+microcode), HWID = the 64-byte chip id. Its issuer is the ASK of ask.cert (AMD format) and of
+ask.pem (X.509, firmware._kds): one key in two formats.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-from sevwire import tcb_parts, tcb_version
+from sevwire import tcb_version
 
 from firmware._identity import ChipIdentity
+from firmware._kds import KDS_NOT_AFTER, KDS_NOT_BEFORE, PRODUCT, amd_name, sign_pss_der
 
 __all__ = ["SNP_TCB", "VCEK_OID", "vcek_key", "vcek_cert_der"]
 
@@ -65,23 +65,21 @@ def _der_int(value: int) -> bytes:
 
 
 def _certify(chip: ChipIdentity, key: ec.EllipticCurvePrivateKey, tcb: int) -> bytes:
-    spl = tcb_parts(tcb)
-    ext = [(".1", _der_int(1)), (".2", b"\x16\x08Milan-B0"),
-           (".3.1", _der_int(spl["bl"])), (".3.2", _der_int(spl["tee"])),
-           (".3.3", _der_int(spl["snp"])), (".3.8", _der_int(spl["ucode"])),
+    tcb_bytes = tcb.to_bytes(8, "little")
+    spl = [(f".3.{n}", _der_int(tcb_bytes[i])) for n, i in
+           ((1, 0), (2, 1), (4, 2), (5, 3), (6, 4), (7, 5), (3, 6), (8, 7))]
+    product = f"{PRODUCT}-B0".encode()  # an IA5String
+    ext = [(".1", _der_int(1)), (".2", bytes([0x16, len(product)]) + product), *spl,
            (".4", chip.chip_id)]
-    serial = int.from_bytes(hashlib.sha256(chip.chip_id + tcb.to_bytes(8, "little")).digest()[:16], "big") >> 1
+    serial = int.from_bytes(hashlib.sha256(chip.chip_id + tcb_bytes).digest()[:16], "big") >> 1
     builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VCEK")]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-Milan")]))
+               .subject_name(amd_name("SEV-VCEK"))
+               .issuer_name(amd_name(f"SEV-{PRODUCT}"))
                .public_key(key.public_key())
                .serial_number(serial)
-               .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
-               .not_valid_after(datetime.datetime(2050, 1, 1, tzinfo=datetime.timezone.utc)))
+               .not_valid_before(KDS_NOT_BEFORE)
+               .not_valid_after(KDS_NOT_AFTER))
     for suffix, value in ext:
         oid = x509.ObjectIdentifier(VCEK_OID + suffix)
         builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
-    ask: rsa.RSAPrivateKey = chip.ask_key
-    cert = builder.sign(ask, hashes.SHA384(),
-                        rsa_padding=padding.PSS(padding.MGF1(hashes.SHA384()), 48))
-    return cert.public_bytes(Encoding.DER)
+    return sign_pss_der(builder, chip.ask_key)

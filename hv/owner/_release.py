@@ -52,7 +52,8 @@ def release_secret(report: bytes, chain: str | os.PathLike | Mapping[str, bytes]
     the report's report_data, or {"refuse": one-line reason}.
 
     `report` is the 1184-byte report as the guest handed it over; `chain` a directory holding
-    ark.cert, ask.cert and vcek.der (`hv psp export`) or a mapping of those names to their bytes.
+    ark.cert, ask.cert and vcek.der (`hv psp export`), or cert_chain.pem and vcek.pem, or a
+    mapping of those names to their bytes (`read_snp_chain`).
     The report must verify against the chain, carry `expected_measurement` (48 bytes: `hv owner
     measure --snp`) and, when given, `expected_policy`, and have report_data[32:64] zero. Unusable
     input (a report of the wrong size, an unreadable certificate, a secret outside 1..4096 bytes)

@@ -3,7 +3,10 @@
 The report came through the untrusted host, and so did the certificates; what makes it evidence
 is the chain of checks, each of which stops a different lie:
 - ARK -> ARK, ARK -> ASK, ASK -> VCEK: the signing key belongs to a genuine (here: emulated)
-  AMD part. The ARK itself should be pinned by comparing its fingerprint with AMD's.
+  AMD part. The ARK itself should be pinned by comparing its fingerprint with AMD's. The ARK
+  and ASK come in AMD's own format (ark.cert, ask.cert) or in X.509 as AMD's key server serves
+  them (cert_chain.pem: the ASK, then the ARK); in X.509 each issuer name must also be its
+  signer's subject, as an X.509 verifier requires.
 - VCEK -> report (ECDSA P-384/SHA-384 over bytes 0x000-0x29F): nobody edited a field.
 - the VCEK's HWID and TCB equal the report's chip_id and reported_tcb: the key is that chip's key
   at that TCB, not another chip's or an older firmware's.
@@ -33,12 +36,17 @@ import sevwire
 from hv.owner._errors import OwnerCheckFailed, OwnerInputError
 from hv.owner._inputs import read_amd_cert, read_file
 
-__all__ = ["VCEK_FILE", "ReportCheck", "SnpChain", "read_report", "read_snp_chain",
-           "verify_snp_report_chain"]
+__all__ = ["VCEK_FILE", "KDS_CHAIN_FILE", "ReportCheck", "SnpChain", "read_report",
+           "read_snp_chain", "verify_snp_report_chain"]
 
 VCEK_FILE = "vcek.der"
+VCEK_PEM_FILE = "vcek.pem"
+KDS_CHAIN_FILE = "cert_chain.pem"
 _VCEK_OID = "1.3.6.1.4.1.3704.1"
-_SPL_OIDS = {"bl": ".3.1", "tee": ".3.2", "snp": ".3.3", "ucode": ".3.8"}
+# The SPL extensions and the TCB_VERSION byte each one certifies (Milan/Genoa layout).
+_SPL_OIDS = {"bl": (".3.1", 0), "tee": (".3.2", 1), "spl_4": (".3.4", 2), "spl_5": (".3.5", 3),
+             "spl_6": (".3.6", 4), "spl_7": (".3.7", 5), "snp": (".3.3", 6), "ucode": (".3.8", 7)}
+_PSS = padding.PSS(padding.MGF1(hashes.SHA384()), 48)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,19 +101,40 @@ def _decode_amd(raw: bytes, what: str, where: str) -> sevwire.AmdCert:
         raise OwnerInputError(f"{what} {where}: {exc}") from None
 
 
+def _decode_kds_chain(raw: bytes, where: str) -> tuple[x509.Certificate, x509.Certificate]:
+    """cert_chain.pem as AMD's key server serves it: (ASK, ARK), RSA keys."""
+    try:
+        certs = x509.load_pem_x509_certificates(raw)
+    except ValueError:
+        raise OwnerInputError(f"certificate chain {where}: not PEM X.509 certificates") from None
+    if len(certs) != 2:
+        raise OwnerInputError(f"certificate chain {where}: expected 2 certificates (the ASK, then "
+                              f"the ARK), found {len(certs)}")
+    try:
+        rsa_keys = all(isinstance(c.public_key(), rsa.RSAPublicKey) for c in certs)
+    except ValueError:
+        rsa_keys = False
+    if not rsa_keys:
+        raise OwnerInputError(f"certificate chain {where}: the ASK and ARK keys must be RSA keys")
+    return certs[0], certs[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class SnpChain:
-    """The three certificates a report is checked against, decoded (not yet verified)."""
+    """The three certificates a report is checked against, decoded (not yet verified). The ARK
+    and ASK are both AMD-format certificates or both X.509 ones."""
 
-    ark: sevwire.AmdCert
-    ask: sevwire.AmdCert
+    ark: sevwire.AmdCert | x509.Certificate
+    ask: sevwire.AmdCert | x509.Certificate
     vcek: x509.Certificate
 
 
 def read_snp_chain(chain: str | os.PathLike | Mapping[str, bytes] | SnpChain) -> SnpChain:
-    """ark.cert, ask.cert and vcek.der from a directory (`hv psp export`), or from a mapping of
-    those file names to their bytes (what `SevDevice.export_certificates` returns; other names
-    are ignored). OwnerInputError names the first one that is missing or unusable."""
+    """From a directory (`hv psp export`): ark.cert, ask.cert and vcek.der; or, when there is no
+    ark.cert, cert_chain.pem (the ASK then the ARK, PEM, as AMD's key server serves them) and
+    vcek.pem, else vcek.der. A mapping of those file names to their bytes works the same way
+    (what `SevDevice.export_certificates` returns; other names are ignored). OwnerInputError
+    names the first one that is missing or unusable."""
     if isinstance(chain, SnpChain):
         return chain
     if isinstance(chain, Mapping):
@@ -115,14 +144,47 @@ def read_snp_chain(chain: str | os.PathLike | Mapping[str, bytes] | SnpChain) ->
                 raise OwnerInputError(f"certificates: {name} is missing")
             return bytes(raw)
 
+        if "ark.cert" not in chain and KDS_CHAIN_FILE in chain:
+            ask, ark = _decode_kds_chain(get(KDS_CHAIN_FILE), KDS_CHAIN_FILE)
+            vcek_name = VCEK_PEM_FILE if VCEK_PEM_FILE in chain else VCEK_FILE
+            return SnpChain(ark, ask, _decode_vcek(get(vcek_name), vcek_name))
         return SnpChain(_decode_amd(get("ark.cert"), "ARK", "ark.cert"),
                         _decode_amd(get("ask.cert"), "ASK", "ask.cert"),
                         _decode_vcek(get(VCEK_FILE), VCEK_FILE))
     d = pathlib.Path(chain)
+    if not (d / "ark.cert").exists() and (d / KDS_CHAIN_FILE).exists():
+        chain_path = d / KDS_CHAIN_FILE
+        ask_x, ark_x = _decode_kds_chain(read_file(chain_path, "certificate chain"), str(chain_path))
+        vcek_path = d / VCEK_PEM_FILE
+        if not vcek_path.exists():
+            vcek_path = d / VCEK_FILE
+        return SnpChain(ark_x, ask_x, _decode_vcek(read_file(vcek_path, "VCEK certificate"),
+                                                   str(vcek_path)))
     ark = read_amd_cert(d / "ark.cert", "ARK")
     ask = read_amd_cert(d / "ask.cert", "ASK")
     vcek_path = d / VCEK_FILE
     return SnpChain(ark, ask, _decode_vcek(read_file(vcek_path, "VCEK certificate"), str(vcek_path)))
+
+
+def _verify_x509(cert: x509.Certificate, signer: x509.Certificate | sevwire.AmdCert,
+                 what: str, signer_name: str) -> None:
+    """`cert` is signed by `signer`'s RSA key with RSASSA-PSS/SHA-384, salt 48, and, when the
+    signer is an X.509 certificate, names it as its issuer."""
+    if cert.signature_algorithm_oid != x509.oid.SignatureAlgorithmOID.RSASSA_PSS:
+        raise sevwire.SignatureError(f"the {what} is not signed with RSASSA-PSS")
+    if isinstance(signer, x509.Certificate):
+        if cert.issuer != signer.subject:
+            raise sevwire.SignatureError(f"the {what}'s issuer is not the {signer_name}'s subject")
+        key = signer.public_key()
+    else:
+        key = signer.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise sevwire.CertificateError(f"the {signer_name} key is not an RSA key")
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
+    except InvalidSignature:
+        raise sevwire.SignatureError(f"the {what} certificate is not signed by this "
+                                     f"{signer_name}") from None
 
 
 def _ext_value(cert: x509.Certificate, suffix: str) -> bytes | None:
@@ -174,24 +236,23 @@ def verify_snp_report_chain(report: bytes | str | os.PathLike,
         passed.append(name)
 
     def ark_self() -> None:
+        if isinstance(ark, x509.Certificate):
+            _verify_x509(ark, ark, "ARK", "ARK")
+            return
         if ark.key_usage != sevwire.Usage.ARK:
             raise sevwire.CertificateError("the ARK certificate does not have ARK usage")
         sevwire.verify_amd_cert(ark, ark)
 
     def ark_ask() -> None:
+        if isinstance(ask, x509.Certificate):
+            _verify_x509(ask, ark, "ASK", "ARK")
+            return
         if ask.key_usage != sevwire.Usage.ASK:
             raise sevwire.CertificateError("the ASK certificate does not have ASK usage")
         sevwire.verify_amd_cert(ask, ark)
 
     def ask_vcek() -> None:
-        if vcek.signature_algorithm_oid != x509.oid.SignatureAlgorithmOID.RSASSA_PSS:
-            raise sevwire.SignatureError("the VCEK is not signed with RSASSA-PSS")
-        key: rsa.RSAPublicKey = ask.public_key()
-        try:
-            key.verify(vcek.signature, vcek.tbs_certificate_bytes,
-                       padding.PSS(padding.MGF1(hashes.SHA384()), 48), hashes.SHA384())
-        except InvalidSignature:
-            raise sevwire.SignatureError("the VCEK certificate is not signed by this ASK") from None
+        _verify_x509(vcek, ask, "VCEK", "ASK")
 
     step("ARK -> ARK", ark_self)
     step("ARK -> ASK", ark_ask)
@@ -205,11 +266,11 @@ def verify_snp_report_chain(report: bytes | str | os.PathLike,
         hwid = _ext_value(vcek, ".4")
         if hwid is not None and report.key_info & 2 == 0 and hwid != report.chip_id:
             raise sevwire.SignatureError("the report's chip_id is not the VCEK's HWID")
-        parts = sevwire.tcb_parts(report.reported_tcb or 0)
-        for name, suffix in _SPL_OIDS.items():
+        tcb = (report.reported_tcb or 0).to_bytes(8, "little")
+        for name, (suffix, index) in _SPL_OIDS.items():
             spl = _der_small_int(_ext_value(vcek, suffix))
-            if spl is not None and spl != parts[name]:
-                raise sevwire.SignatureError(f"reported_tcb {name} SPL {parts[name]} is not the "
+            if spl is not None and spl != tcb[index]:
+                raise sevwire.SignatureError(f"reported_tcb {name} SPL {tcb[index]} is not the "
                                              f"VCEK's {spl}")
 
     step("VCEK matches chip and TCB", chip_and_tcb)

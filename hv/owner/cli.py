@@ -219,7 +219,9 @@ def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, a
 @owner.command("verify-report")
 @click.argument("report", type=click.Path(dir_okay=False))
 @click.option("--chain", "chain_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory holding ark.cert, ask.cert and vcek.der (`hv psp export`).")
+              help="Directory holding ark.cert, ask.cert and vcek.der (`hv psp export`), or, "
+                   "without ark.cert, cert_chain.pem (ASK then ARK, as AMD's key server serves "
+                   "them) and vcek.pem or vcek.der.")
 @click.option("--image", default=None, type=click.Path(dir_okay=False),
               help="Expect the SNP launch digest of this image (as `measure --snp`).")
 @click.option("--measurement", default=None, help="Or: the expected measurement (48 bytes, hex).")

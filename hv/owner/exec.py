@@ -8,7 +8,8 @@ expected launch (`respond`). The expected digest comes from --image (via hv.boot
 SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]
 [--id-key PEM]`): reads
 one JSON request {"report": hex} (the guest's 1184-byte attestation report) and, when the report
-verifies against ark.cert, ask.cert and vcek.der in DIR (`hv psp export`) and carries the
+verifies against the certificates in DIR (ark.cert, ask.cert and vcek.der from `hv psp export`,
+or cert_chain.pem and vcek.pem: see `hv owner verify-report --chain`) and carries the
 expected measurement (from --image via hv.boot, or --measurement: 48 bytes), policy and (with
 --id-key) the owner's ID key from the ID block checked at SNP_LAUNCH_FINISH, answers
 {"owner_pub": hex32, "iv": hex12, "ciphertext": hex, "tag": hex16}: the secret encrypted to the
@@ -59,7 +60,8 @@ def parse_snp_request(request: object) -> bytes:
 @click.option("--tk", "tk_path", default=None, type=click.Path(dir_okay=False),
               help="tmp_tk.bin (TEK||TIK); SEV and SEV-ES.")
 @click.option("--chain", "chain_dir", default=None, type=click.Path(file_okay=False),
-              help="With --snp: the directory holding ark.cert, ask.cert and vcek.der (`hv psp export`).")
+              help="With --snp: the directory holding ark.cert, ask.cert and vcek.der (`hv psp export`), "
+                   "or cert_chain.pem and vcek.pem.")
 @click.option("--image", default=None, type=click.Path(dir_okay=False), help="The image the guest must run.")
 @click.option("--digest", default=None, help="Or (SEV, SEV-ES): the expected launch digest (32 bytes, hex).")
 @click.option("--measurement", default=None, help="Or (--snp): the expected measurement (48 bytes, hex).")

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 
 import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm
@@ -96,16 +98,30 @@ def status(psp_state, as_json):
     ])
 
 
+def _kds_files(vcek_der: bytes) -> dict[str, bytes]:
+    """The X.509 files of AMD's key distribution service: ark.pem and ask.pem (the keys of
+    ark.cert and ask.cert), cert_chain.pem (ASK then ARK, as the KDS serves it) and vcek.pem."""
+    firmware = click.get_current_context().meta[_MACHINE].psp.firmware
+    ask, ark = (x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
+                for der in firmware.export_kds_chain())
+    vcek = x509.load_der_x509_certificate(vcek_der).public_bytes(Encoding.PEM)
+    return {"ark.pem": ark, "ask.pem": ask, "cert_chain.pem": ask + ark, "vcek.pem": vcek}
+
+
 @psp.command()
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for pdh.cert pek.cert oca.cert cek.cert ask.cert ark.cert vcek.der.")
+              help="Directory for pdh.cert pek.cert oca.cert cek.cert ask.cert ark.cert vcek.der "
+                   "and, in X.509 as AMD's key server serves them, ark.pem ask.pem cert_chain.pem "
+                   "vcek.pem.")
 @_state_opt
 @_json_opt
 def export(out_dir, psp_state, as_json):
-    """Export the platform's certificate chain (the names sevctl export uses)."""
+    """Export the platform's certificate chain (the names sevctl export uses), and the SNP
+    chain in the form of AMD's key server: cert_chain.pem (ASK then ARK) and vcek.pem."""
     dev = _device(psp_state)
     dev.ensure_init(es=True)
     files = dev.export_certificates()
+    files.update(_kds_files(files["vcek.der"]))
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -154,6 +154,60 @@ def test_flipped_byte_wrong_chain_and_wrong_measurement_are_rejected(attest, tmp
     assert r.exit_code == 2, r.output
 
 
+def test_report_verifies_against_the_key_servers_x509_chain(attest, tmp_path):
+    """Scenario: the owner holds only what AMD's key server serves, cert_chain.pem (ASK then
+    ARK) and vcek.pem; the report verifies, and a VCEK another ASK signed, an ASK another ARK
+    signed or a chain of one certificate are each one line and the documented status."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    guest, vmpck, chain = attest
+    nonce = os.urandom(64)
+    report = _report(guest, vmpck, 1, nonce)
+    kds = tmp_path / "kds"
+    kds.mkdir()
+    for name in ("cert_chain.pem", "vcek.pem"):
+        shutil.copy(chain / name, kds / name)
+    r = _verify(tmp_path, report, kds, "--measurement", _expected_measurement().hex(),
+                "--report-data", nonce.hex())
+    assert r.exit_code == 0 and "PASS  ASK -> VCEK" in r.output, r.output
+
+    def rejected(where: str, why: str) -> None:
+        r = _verify(tmp_path, report, kds)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1, r.output
+        assert f"REJECTED at {where}" in lines[0] and why in lines[0], r.output
+
+    real = x509.load_pem_x509_certificate((chain / "vcek.pem").read_bytes())
+    pss = padding.PSS(padding.MGF1(hashes.SHA384()), 48)
+    other_key = rsa.generate_private_key(65537, 2048)
+    forged = (x509.CertificateBuilder().subject_name(real.subject).issuer_name(real.issuer)
+              .public_key(real.public_key()).serial_number(real.serial_number)
+              .not_valid_before(real.not_valid_before_utc).not_valid_after(real.not_valid_after_utc))
+    for ext in real.extensions:
+        forged = forged.add_extension(ext.value, ext.critical)
+    forged = forged.sign(other_key, hashes.SHA384(), rsa_padding=pss)
+    (kds / "vcek.pem").write_bytes(forged.public_bytes(Encoding.PEM))
+    rejected("ASK -> VCEK", "not signed by this ASK")
+
+    shutil.copy(chain / "vcek.pem", kds / "vcek.pem")
+    ask = x509.load_pem_x509_certificate((chain / "ask.pem").read_bytes())
+    other_ask = (x509.CertificateBuilder().subject_name(ask.subject).issuer_name(ask.issuer)
+                 .public_key(ask.public_key()).serial_number(ask.serial_number)
+                 .not_valid_before(ask.not_valid_before_utc).not_valid_after(ask.not_valid_after_utc)
+                 .sign(other_key, hashes.SHA384(), rsa_padding=pss))
+    (kds / "cert_chain.pem").write_bytes(other_ask.public_bytes(Encoding.PEM)
+                                         + (chain / "ark.pem").read_bytes())
+    rejected("ARK -> ASK", "not signed by this ARK")
+
+    (kds / "cert_chain.pem").write_bytes((chain / "ask.pem").read_bytes())
+    r = _verify(tmp_path, report, kds)
+    assert r.exit_code == 2 and "expected 2 certificates" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+
 def test_replayed_request_gets_aead_oflow_and_no_report(attest):
     """Scenario: the host replays the guest's first request (seqno 1) and sends a stale seqno;
     the PSP answers AEAD_OFLOW and writes no response, then the next fresh seqno works."""
