@@ -11,7 +11,8 @@ copies into the GHCB.
 
 from __future__ import annotations
 
-from hv.attacks.lab import OP_REGS, PORT_REGS, Lab, Request
+from hv.attacks.evidence import text_of
+from hv.attacks.lab import OP_REGS, PORT_REGS, Lab, Request, Stop
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
 from hv.kvm import exits as K
@@ -34,15 +35,16 @@ def run(mode: str) -> Outcome:
         def on_exit(e) -> None:
             if not (isinstance(e, K.Io) and e.port == PORT_REGS) or "rbx" in seen:
                 return
+            seen["vmsa"] = lab.vcpu.guest_state_protected
             try:
                 seen["rbx"] = lab.vcpu.get_regs()["rbx"]
-            except Exception as err:  # SEV-ES: the state is in the VMSA, not ours to read
-                seen["rbx"] = f"refused ({err})"
+            except Exception as err:  # the state is not the hypervisor's to read
+                seen["rbx"] = err
             try:
                 lab.vcpu.set_regs({"rip": target})
-                seen["rip"] = "written"
-            except Exception as err:
-                seen["rip"] = f"refused ({err})"
+                seen["rip"] = None
+            except Exception as err:  # SEV-SNP: the RMP refuses host writes to the VMSA page
+                seen["rip"] = err
 
         lab.launch()
 
@@ -54,9 +56,37 @@ def run(mode: str) -> Outcome:
     rbx = seen.get("rbx")
     leaked = isinstance(rbx, int) and rbx.to_bytes(8, "little") == secret[:8]
     redirected = stop.reason == "exit" and stop.code == 0x42 and secret.hex() in serial
-    rbx_text = f"RBX={rbx.to_bytes(8, 'little')!r}" if isinstance(rbx, int) else f"RBX {rbx}"
-    redirect_text = (f"RIP set to debug_shell ({target:#x}): the guest printed its secret and exited 0x42"
-                     if redirected else f"RIP write {seen.get('rip', 'not tried')}: {stop.describe()}")
     verdict = "succeeded" if leaked or redirected else "failed"
-    return Outcome(ID, mode, verdict,
-                   f"{rbx_text} ({'the secret' if leaked else 'not the secret'}); {redirect_text}")
+    return Outcome(ID, mode, verdict, f"{_read_text(seen, leaked)}; {_write_text(seen, stop, target, redirected)}")
+
+
+def _read_text(seen: dict[str, object], leaked: bool) -> str:
+    """What the hypervisor's read of RBX at the exit gave it."""
+    rbx = seen.get("rbx")
+    if "rbx" not in seen:
+        return "the guest never made the exit the hypervisor waited for"
+    if not isinstance(rbx, int):
+        return f"the hypervisor could not read RBX ({rbx})"
+    where = "from the encrypted VMSA" if seen.get("vmsa") else "at the exit"
+    if leaked:
+        return (f"the hypervisor read RBX {where}: {rbx:#018x}, the secret's first 8 bytes "
+                f"{text_of(rbx.to_bytes(8, 'little'))}")
+    return f"the hypervisor read RBX {where}: {rbx:#018x}, not the secret"
+
+
+def _write_text(seen: dict[str, object], stop: Stop, target: int, redirected: bool) -> str:
+    """What the hypervisor's RIP write did to the guest."""
+    if redirected:
+        return (f"it set RIP to debug_shell ({target:#x}) and the guest printed its secret and "
+                f"exited 0x42")
+    if "rip" not in seen:
+        return f"it never wrote RIP; {stop.describe()}"
+    err = seen["rip"]
+    if err is not None:
+        return f"its RIP write was refused ({err}); the guest ran on: {stop.describe()}"
+    if isinstance(stop.exit, K.FailEntry):
+        check = "VMSA integrity check failed: "
+        why = (f"VMRUN failed the VMSA integrity check ({stop.exit.detail.removeprefix(check)})"
+               if stop.exit.detail.startswith(check) else f"VMRUN failed ({stop.exit.detail})")
+        return f"its RIP write was refused: {why}, so the guest never ran again"
+    return f"it set RIP to debug_shell ({target:#x}), but the guest did not run it: {stop.describe()}"

@@ -10,6 +10,7 @@ SEV-ES does not stop it; SEV-SNP's RMP (which binds each host page to one GPA) d
 
 from __future__ import annotations
 
+from hv.attacks.evidence import text_of
 from hv.attacks.lab import OP_READ_PAGE, Lab, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
@@ -41,10 +42,11 @@ def run(mode: str) -> Outcome:
 
         lab.launch()
         stop = lab.run(script())
-    leaked = got.get("remapped", b"") == secret
-    shown = got.get("remapped", b"").decode("latin-1").encode("unicode_escape").decode()[:40]
+    remapped = got.get("remapped")
+    leaked = remapped == secret
+    answer = "got no answer" if remapped is None else f"returned {text_of(remapped)}"
     text = (f"READ_PAGE 0 with GPA {public:#x} remapped to the host page of GPA {target:#x} "
-            f"returned '{shown}'" + (" (the secret)" if leaked else " (not the secret)"))
+            f"{answer}" + (" (the secret)" if leaked else " (not the secret)"))
     if not leaked and "remapped" not in got:
         text += f"; {stop.describe()}"
     return Outcome(ID, mode, "succeeded" if leaked else "failed", text)

@@ -12,6 +12,7 @@ which names the two. Encryption modes up to SEV-SNP leak this way; only cipherte
 from __future__ import annotations
 
 from hv import boot
+from hv.attacks.evidence import text_of
 from hv.attacks.lab import OP_LADDER, PORT_STEP, Lab, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
@@ -68,6 +69,6 @@ def run(mode: str) -> Outcome:
         off, value = found
         return Outcome(ID, mode, "succeeded",
                        f"stack block at GPA {STACK_LO + off:#x} took 2 ciphertexts over {STEPS} exits; "
-                       f"recovered 64 secret bits {value:#018x} = {value.to_bytes(8, 'little')!r}")
+                       f"recovered 64 secret bits {value:#018x} = {text_of(value.to_bytes(8, 'little'))}")
     got = f"{found[1]:#x}" if found else "no two-valued block"
     return Outcome(ID, mode, "failed", f"{len(snapshots)} stack snapshots; recovered {got}, wanted {truth:#x}")

@@ -10,6 +10,7 @@ page-oblivious guest code does.
 
 from __future__ import annotations
 
+from hv.attacks.evidence import text_of
 from hv.attacks.lab import OP_BRANCH, Lab, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.secrets import fresh_secret
@@ -61,6 +62,6 @@ def run(mode: str) -> Outcome:
     if len(bits) == 16 and value == truth:
         return Outcome(ID, mode, "succeeded",
                        f"{len(trace)} nested page faults; the branch pages spell the secret's 16 bits "
-                       f"{value:016b} = {value:#06x} (bytes {value.to_bytes(2, 'little')!r})")
+                       f"{value:016b} = {value:#06x} (the bytes {text_of(value.to_bytes(2, 'little'))})")
     return Outcome(ID, mode, "failed",
                    f"{len(bits)} branch faults, recovered {value:#x}, secret bits {truth:#x}; {stop.describe()}")

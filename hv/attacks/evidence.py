@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["WINDOW", "find_all", "find_windows", "hexs"]
+__all__ = ["WINDOW", "find_all", "find_windows", "hexs", "text_of"]
 
 WINDOW = 16  # one AES block: a 16-byte window of plaintext in a dump cannot be chance
 
@@ -31,3 +31,13 @@ def find_windows(haystack: bytes, secret: bytes, width: int = WINDOW) -> list[in
 def hexs(addrs: list[int], limit: int = 3) -> str:
     shown = ", ".join(f"{a:#x}" for a in addrs[:limit])
     return shown + (f" (+{len(addrs) - limit} more)" if len(addrs) > limit else "")
+
+
+def text_of(data: bytes) -> str:
+    """Bytes as a person reads them: quoted text when every byte is printable ASCII, else hex
+    digits. Never Python's b'...' repr, whose escapes read as noise in an evidence line."""
+    if not data:
+        return "no bytes"
+    if data and all(0x20 <= b < 0x7F for b in data) and b'"' not in data:
+        return f'"{data.decode()}"'
+    return f"hex {data.hex()}"

@@ -30,7 +30,7 @@ from hv.attacks.outcome import ModeUnavailable
 __all__ = [
     "GUESTS_DIR", "Lab", "OP_BRANCH", "OP_CHECK_PIN", "OP_EXIT", "OP_LADDER", "OP_READ_PAGE",
     "OP_REGS", "PORT_REGS", "PORT_STEP", "Request", "Response", "SHARED_MARKER", "Stop",
-    "guest_image", "guest_symbols", "psp_state_path",
+    "describe_exit", "guest_image", "guest_symbols", "psp_state_path",
 ]
 
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
@@ -78,13 +78,36 @@ class Response:
     data: bytes
 
 
+def describe_exit(e: object) -> str:
+    """An exit the lab cannot handle, as words for the evidence line (never the exit's repr:
+    the evidence is read by people, and checked by tests, as one sentence)."""
+    if isinstance(e, MemoryFault):
+        kind = "fetch" if e.fetch else "write" if e.write else "read"
+        by = "the RMP" if e.rmp else "the nested page table"
+        return f"a nested page fault on the guest's {kind} of GPA {e.gpa:#x}, raised by {by}"
+    if isinstance(e, K.FailEntry):
+        return f"VMRUN failed: {e.detail}"
+    if isinstance(e, K.Shutdown):
+        return e.detail if e.detail.startswith("triple fault") else f"triple fault: {e.detail or 'shutdown'}"
+    if isinstance(e, K.SystemEvent):
+        return f"the guest asked to be terminated: {e.detail}"
+    if isinstance(e, K.InternalError):
+        return f"the hypervisor could not handle an exit: {e.detail}"
+    if isinstance(e, K.Mmio):
+        return f"an MMIO {'write' if e.is_write else 'read'} of GPA {e.gpa:#x} that no device backs"
+    if isinstance(e, K.Intr):
+        return f"the run was stopped from outside ({e.detail})"
+    return f"an unexpected {e.reason if isinstance(e, K.KvmExit) else type(e).__name__} exit"
+
+
 @dataclass(frozen=True)
 class Stop:
     """Why the lab's run loop returned."""
     reason: str            # "exit", "hlt", "crash", "fault", "stopped"
     code: int | None = None
-    detail: str = ""
+    detail: str = ""       # words (describe_exit), never a repr
     fault: MemoryFault | None = None  # the nested page fault that stopped the guest
+    exit: object | None = None        # the exit that stopped it, for a caller that needs its kind
 
     def describe(self) -> str:
         if self.reason == "exit":
@@ -94,7 +117,10 @@ class Stop:
             return (f"the guest's {'fetch' if f.fetch else 'write' if f.write else 'read'} of GPA "
                     f"{f.gpa:#x} was a nested page fault raised by the RMP (the host page is not "
                     f"that GPA's)")
-        return f"guest {self.reason}" + (f": {self.detail}" if self.detail else "")
+        if self.reason == "hlt":
+            return "guest halted"
+        what = {"crash": "guest crashed", "fault": "guest stopped", "stopped": "guest stopped"}
+        return what.get(self.reason, f"guest {self.reason}") + (f": {self.detail}" if self.detail else "")
 
 
 Script = Generator[Request, Response, None]
@@ -169,7 +195,7 @@ class Lab:
         for _ in range(max_exits):
             e = self.vcpu.run()
             if on_exit is not None and on_exit(e):
-                return self._stopped(Stop("stopped", detail=f"by the attack at {e.reason}"))
+                return self._stopped(Stop("stopped", detail=f"by the attack at a {e.reason} exit"))
             if isinstance(e, K.Io):
                 if e.port == PORT_REGISTER and not e.is_in:
                     self.ring_gpa = e.data
@@ -189,7 +215,7 @@ class Lab:
             elif isinstance(e, MemoryFault):
                 if on_fault is not None and on_fault(e):
                     continue
-                return self._stopped(Stop("fault", detail=repr(e), fault=e))
+                return self._stopped(Stop("fault", detail=describe_exit(e), fault=e, exit=e))
             elif isinstance(e, K.Hlt):
                 return self._stopped(Stop("hlt", 0))
             elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
@@ -197,7 +223,7 @@ class Lab:
             elif isinstance(e, K.Hypercall):
                 e.ret = -1000
             else:
-                return self._stopped(Stop("crash", detail=repr(e)))
+                return self._stopped(Stop("crash", detail=describe_exit(e), exit=e))
         return self._stopped(Stop("stopped", detail=f"still running after {max_exits} exits"))
 
     def _stopped(self, stop: Stop) -> Stop:
