@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import click
 
 from hv.attacks.outcome import MODES, ModeUnavailable, Outcome
-from hv.attacks.registry import ATTACKS, by_id, run_matrix
+from hv.attacks.registry import ATTACKS, PRIMITIVE_CODES, by_id, run_matrix
 
-__all__ = ["attack"]
+__all__ = ["attack", "one_mode"]
 
 _STYLE = {"succeeded": "bold red", "failed": "bold green", "n/a": "dim"}
+_LEGEND_TITLE = "Primitive codes (what the hypervisor does):"
+
+
+def _legend() -> list[str]:
+    return [f"  {code:<5} {meaning}" for code, meaning in PRIMITIVE_CODES.items()]
+
+
+def one_mode(**flags: bool) -> str:
+    """The one mode the flags name ("plain" when none). Two at once are refused (status 2)
+    rather than letting the last one win: `--sev-snp --sev-es` would quietly attack the weaker
+    SEV-ES guest and report SEV-ES's verdict under the name the user asked for."""
+    given = [name.replace("_", "-") for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(" and ".join(f"--{m}" for m in given) + " exclude each other: give one mode")
+    return given[0] if given else "plain"
 
 
 @click.group()
@@ -24,32 +42,37 @@ def attack() -> None:
     """
 
 
-@attack.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@attack.command("list", help="The implemented attacks: id, name, primitives, paper.\n\n"
+                + _LEGEND_TITLE + "\n\n\b\n" + "\n".join(_legend()))
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"attacks": [...], "primitive_codes": {...}}.')
 def list_(as_json: bool) -> None:
-    """The implemented attacks: id, name, primitives, paper."""
     rows = [{"attack": a.ID, "name": a.NAME, "primitives": list(a.PRIMITIVES), "paper": a.PAPER} for a in ATTACKS]
     if as_json:
-        click.echo(json.dumps({"attacks": rows}, indent=2))
+        click.echo(json.dumps({"attacks": rows, "primitive_codes": PRIMITIVE_CODES}, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['attack']}  {r['name']:<30} [{' '.join(r['primitives'])}]  {r['paper']}")
+        prims = f"[{' '.join(r['primitives'])}]"
+        click.echo(f"{r['attack']}  {r['name']:<30} {prims:<10} {r['paper']}")
+    click.echo(f"\n{_LEGEND_TITLE}")
+    for line in _legend():
+        click.echo(line)
 
 
 @attack.command()
 @click.argument("name")
-@click.option("--sev", "mode", flag_value="sev", help="Against an SEV guest.")
-@click.option("--sev-es", "mode", flag_value="sev-es", help="Against an SEV-ES guest.")
-@click.option("--sev-snp", "mode", flag_value="sev-snp", help="Against an SEV-SNP guest.")
+@click.option("--sev", is_flag=True, help="Against an SEV guest.")
+@click.option("--sev-es", is_flag=True, help="Against an SEV-ES guest.")
+@click.option("--sev-snp", is_flag=True, help="Against an SEV-SNP guest. The modes exclude each other.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def run(name: str, mode: str | None, as_json: bool) -> None:
+def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, as_json: bool) -> None:
     """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp."""
+    mode = one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     try:
         a = by_id(name)
     except KeyError as e:
         raise click.BadParameter(str(e.args[0]), param_hint="NAME") from None
     try:
-        out = a.run(mode or "plain")
+        out = a.run(mode)
     except ModeUnavailable as e:
         click.echo(f"hv attack: {e}", err=True)
         sys.exit(2)
@@ -62,8 +85,11 @@ def run(name: str, mode: str | None, as_json: bool) -> None:
 @attack.command()
 @click.option("--json", "as_json", is_flag=True, help='{"cells": [{"attack", "mode", "outcome", "evidence"}]}')
 def matrix(as_json: bool) -> None:
-    """Every attack against every mode this hv can launch, each cell a real run."""
-    cells, skipped = run_matrix()
+    """Every attack against every mode this hv can launch, each cell a real run (a minute or
+    two). Progress goes to stderr, a line per cell as it ends (a bar on a terminal); stdout
+    gets only the table, or the JSON."""
+    with _progress(sys.stderr.isatty()) as report:
+        cells, skipped = run_matrix(progress=report)
     if as_json:
         out = {"cells": [c.to_json() for c in cells]}
         if skipped:
@@ -71,6 +97,36 @@ def matrix(as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     _table(cells, skipped)
+
+
+@contextmanager
+def _progress(terminal: bool) -> Iterator[Callable[[int, int, str, str, Outcome | str], None]]:
+    """The matrix's progress reporter on stderr: a rich bar on a terminal, else one plain line
+    per cell (what logs and tests read), with the cell's time."""
+    last = [time.perf_counter()]
+
+    def line(done: int, total: int, attack_id: str, mode: str, result: Outcome | str) -> str:
+        now = time.perf_counter()
+        took, last[0] = now - last[0], now
+        what = result.outcome if isinstance(result, Outcome) else "not run"
+        return f"[{done:>{len(str(total))}}/{total}] {attack_id} {mode}: {what} ({took:.1f} s)"
+
+    if not terminal:
+        yield lambda *cell: click.echo(line(*cell), err=True)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("hv attack matrix"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def report(done: int, total: int, attack_id: str, mode: str, result: Outcome | str) -> None:
+            bar.update(task, completed=done, total=total,
+                       description=line(done, total, attack_id, mode, result).split("] ", 1)[1])
+
+        yield report
 
 
 def _table(cells: list[Outcome], skipped: dict[str, str]) -> None:

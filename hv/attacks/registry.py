@@ -10,12 +10,23 @@ from hv.attacks import (a01_dump, a02_cold_boot, a03_dma, a04_registers, a05_rep
                         a15_launch_injection, a16_debug_policy)
 from hv.attacks.outcome import MODES, ModeUnavailable, Outcome
 
-__all__ = ["ATTACKS", "by_id", "run_matrix"]
+__all__ = ["ATTACKS", "PRIMITIVE_CODES", "by_id", "run_matrix"]
 
 ATTACKS: tuple[ModuleType, ...] = (
     a01_dump, a02_cold_boot, a03_dma, a04_registers, a05_replay, a07_severed, a09_sevurity,
     a11_cipherleaks, a13_undeserved, a14_page_faults, a15_launch_injection, a16_debug_policy,
 )
+
+# What each code in an attack's PRIMITIVES lets the hypervisor do (the codes of attacks.md).
+PRIMITIVE_CODES: dict[str, str] = {
+    "R": "read raw DRAM at a host physical address (private pages: ciphertext)",
+    "W": "write raw DRAM",
+    "M": "remap a guest page to another host page in the nested page table",
+    "T": "trap accesses: a nested page fault names each page the guest touches",
+    "X": "read or change the guest's registers at an exit",
+    "P": "send commands to the PSP (the SEV firmware)",
+    "Phys": "a physical attacker: a DRAM probe, cold boot or a DMA device",
+}
 
 
 def by_id(name: str) -> ModuleType:
@@ -28,24 +39,34 @@ def by_id(name: str) -> ModuleType:
 
 
 def run_matrix(modes: Iterable[str] = MODES, attacks: Iterable[ModuleType] = ATTACKS,
-               progress: Callable[[Outcome], None] | None = None) -> tuple[list[Outcome], dict[str, str]]:
+               progress: Callable[[int, int, str, str, Outcome | str], None] | None = None,
+               ) -> tuple[list[Outcome], dict[str, str]]:
     """Every attack in every mode. Returns (cells, {mode: why it was skipped}) - a mode this
-    hv cannot launch yields no cells at all rather than made-up ones."""
+    hv cannot launch yields no cells at all rather than made-up ones.
+
+    `progress(done, total, attack_id, mode, result)` is called as each cell ends, skipped ones
+    included, so `done` reaches `total`: `result` is the Outcome, or why the cell was not run."""
+    modes, attacks = tuple(modes), tuple(attacks)
+    total, done = len(modes) * len(attacks), 0
     cells: list[Outcome] = []
     skipped: dict[str, str] = {}
     for attack in attacks:
         for mode in modes:
+            result: Outcome | str
             if mode in skipped:
-                continue
-            try:
-                out = attack.run(mode)
-            except ModeUnavailable as e:
-                if attack.ID in ("A13", "A15"):   # the lab's own launch: plain SEV only
-                    skipped.setdefault(f"{attack.ID}/{mode}", str(e))
-                    continue
-                skipped[mode] = str(e)
-                continue
-            cells.append(out)
+                result = skipped[mode]
+            else:
+                try:
+                    result = attack.run(mode)
+                except ModeUnavailable as e:
+                    result = str(e)
+                    if attack.ID in ("A13", "A15"):   # the lab's own launch: plain SEV only
+                        skipped.setdefault(f"{attack.ID}/{mode}", result)
+                    else:
+                        skipped[mode] = result
+                else:
+                    cells.append(result)
+            done += 1
             if progress is not None:
-                progress(out)
+                progress(done, total, attack.ID, mode, result)
     return cells, skipped

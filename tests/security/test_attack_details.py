@@ -74,7 +74,7 @@ def test_cli_list_run_and_matrix_json(monkeypatch):
     monkeypatch.setattr(registry, "ATTACKS", (a03_dma, a16_debug_policy))
     monkeypatch.setattr(registry.run_matrix, "__defaults__", (("plain", "sev", "sev-es"), (a03_dma, a16_debug_policy), None))
     r = runner.invoke(attack, ["matrix", "--json"])
-    cells = json.loads(r.output)["cells"]
+    cells = json.loads(r.stdout)["cells"]   # progress goes to stderr
     assert {(c["attack"], c["mode"]) for c in cells} >= {("A03", "plain"), ("A03", "sev"), ("A16", "sev")}
     assert all(set(c) == {"attack", "mode", "outcome", "evidence"} for c in cells)
 
