@@ -139,6 +139,14 @@ from sevwire._snp import (
     snp_extend,
     snp_page_info,
 )
+from sevwire._snp_certs import (
+    SNP_CERT_ARK_GUID,
+    SNP_CERT_ASK_GUID,
+    SNP_CERT_VCEK_GUID,
+    SNP_CERT_VLEK_GUID,
+    parse_snp_cert_table,
+    snp_cert_table,
+)
 from sevwire._snp_id import (
     ID_AUTH_SIZE,
     ID_BLOCK_SIZE,
@@ -199,6 +207,9 @@ __all__ = [
     "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
     "SnpPolicy", "VMPL_PERMS_VALID", "snp_extend", "snp_page_info", "SnpGuestRequest", "SnpDbgDecrypt", "SnpDbgEncrypt",
     "SnpPageReclaim",
+    # The extended guest request's certificate table (GHCB NAE 0x80000012)
+    "SNP_CERT_ARK_GUID", "SNP_CERT_ASK_GUID", "SNP_CERT_VCEK_GUID", "SNP_CERT_VLEK_GUID",
+    "parse_snp_cert_table", "snp_cert_table",
     # SNP ID block and ID authentication structure (SNP_LAUNCH_FINISH)
     "ID_AUTH_SIZE", "ID_BLOCK_SIZE", "ID_BLOCK_VERSION", "ID_KEY_ALGO_ECDSA_P384_SHA384",
     "ID_KEY_CURVE_P384", "ID_KEY_SIZE", "ID_SIG_SIZE", "SnpIdAuth", "SnpIdBlock",

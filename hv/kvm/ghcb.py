@@ -42,6 +42,7 @@ class SwExit:
     MMIO_WRITE = 0x8000_0002
     SNP_PSC = 0x8000_0010  # SEV-SNP page state change: sw_scratch -> the PSC buffer
     SNP_GUEST_REQUEST = 0x8000_0011
+    SNP_EXT_GUEST_REQUEST = 0x8000_0012  # RAX = certificate pages' GPA, RBX = their number
     HV_FEATURES = 0x8000_FFFD
     TERMINATE = 0x8000_FFFE
     UNSUPPORTED = 0x8000_FFFF

@@ -150,6 +150,17 @@ class SevDevice:
         """The ASK-signed VCEK certificate (X.509 DER) that SNP attestation reports verify with."""
         return self._mailbox.firmware.export_vcek()
 
+    def snp_certificates(self) -> bytes:
+        """The certificate table of the SNP extended guest request: the VCEK, the ASK and the
+        ARK, all X.509 DER as AMD's key server serves them (what user space hands KVM for its
+        guests, SNP_SET_EXT_CONFIG)."""
+        from sevwire import (SNP_CERT_ARK_GUID, SNP_CERT_ASK_GUID, SNP_CERT_VCEK_GUID,
+                             snp_cert_table)
+
+        ask, ark = self._mailbox.firmware.export_kds_chain()
+        return snp_cert_table([(SNP_CERT_VCEK_GUID, self.vcek()), (SNP_CERT_ASK_GUID, ask),
+                               (SNP_CERT_ARK_GUID, ark)])
+
     def export_certificates(self) -> dict[str, bytes]:
         """Every public certificate of the platform, under the file names `sevctl export` uses
         (plus vcek.der for SNP reports): what a guest owner needs to verify this platform."""

@@ -22,6 +22,7 @@ MSR_IA32_APIC_BASE = 0x1B
 GP = 13
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _IOIO_IN, _IOIO_STR, _IOIO_REP = 1 << 0, 1 << 2, 1 << 3
+SNP_GUEST_VMM_ERR_INVALID_LEN = 1  # sw_exit_info_2 [63:32] of a guest request (Linux sev-guest)
 
 
 class _Bad(Exception):
@@ -185,6 +186,10 @@ class EsExits:
             return None
         if code == SwExit.SNP_GUEST_REQUEST:
             return self._snp_guest_request(g, *_need(inputs, "sw_exit_info_1", "sw_exit_info_2"))
+        if code == SwExit.SNP_EXT_GUEST_REQUEST:
+            req, resp, certs_gpa, npages = _need(inputs, "sw_exit_info_1", "sw_exit_info_2",
+                                                 "rax", "rbx")
+            return self._snp_ext_guest_request(g, req, resp, certs_gpa, npages)
         if code == SwExit.TERMINATE:
             info = inputs["sw_exit_info_1"] or 0
             return K.SystemEvent(f"guest requested termination (GHCB): reason set {info & 0xF}, "
@@ -205,6 +210,27 @@ class EsExits:
         self.vm.write_gpa(resp_gpa, page)
         g.answer(0, status & 0xFFFFFFFF)
         return None
+
+    def _snp_ext_guest_request(self, g: Ghcb, req_gpa: int, resp_gpa: int, certs_gpa: int,
+                               npages: int) -> None:
+        """SNP extended guest request (0x80000012): the host's certificate table (VCEK, ASK,
+        ARK) into the guest's `npages` shared pages at `certs_gpa`, then the guest request.
+        Too few pages: nothing is done; sw_exit_info_2 = INVALID_LEN << 32 and RBX = the pages
+        needed (the GHCB specification's answer, which Linux's sev-guest retries on)."""
+        snp = self.vm.snp
+        if snp is None:
+            raise _Bad(GHCB_ERR.INVALID_INPUT)
+        certs = snp.certificates()
+        needed = max(1, -(-len(certs) // GHCB_SIZE))
+        if npages < needed:
+            g.set("rbx", needed)
+            g.answer(0, SNP_GUEST_VMM_ERR_INVALID_LEN << 32)
+            return None
+        if not snp.pages_shared(certs_gpa, needed):
+            raise _Bad(GHCB_ERR.INVALID_INPUT)
+        table = certs or bytes(24)  # no certificates: the terminator alone
+        self.vm.write_gpa(certs_gpa, table.ljust(needed * GHCB_SIZE, b"\0"))
+        return self._snp_guest_request(g, req_gpa, resp_gpa)
 
     def _snp_psc(self, g: Ghcb, inputs: dict) -> None:
         """SNP Page State Change (0x80000010): sw_scratch is the GPA of the PSC buffer, a header

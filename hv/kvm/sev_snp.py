@@ -69,6 +69,7 @@ class SnpGuest:
         self.gctx = 0
         self._msg_pages: tuple[int, int] | None = None
         self._dbg_page: int | None = None  # a hypervisor page the PSP's debug commands go through
+        self.certs: bytes | None = None  # the extended guest request's table, made when first asked
 
     @property
     def machine(self):
@@ -147,6 +148,23 @@ class SnpGuest:
         status, _out = self.dev.issue(Cmd.SNP_GUEST_REQUEST, SnpGuestRequest(
             gctx_paddr=self.gctx, req_paddr=req, res_paddr=res), check=False)
         return int(status), host.read(res, _PAGE)
+
+    def certificates(self) -> bytes:
+        """The certificate table the extended guest request hands the guest: unless one was
+        set, the platform's VCEK, ASK and ARK (SevDevice.snp_certificates)."""
+        if self.certs is None:
+            self.certs = self.dev.snp_certificates()
+        return self.certs
+
+    def pages_shared(self, gpa: int, npages: int) -> bool:
+        """[gpa, gpa + npages pages) are page-aligned hypervisor (shared) pages of guest memory."""
+        if gpa % _PAGE or npages < 1:
+            return False
+        try:
+            return not any(self.machine.rmpread(self.vm.gpa_to_spa(gpa + i * _PAGE)).assigned
+                           for i in range(npages))
+        except KvmError:
+            return False
 
     def request_pages_shared(self, req_gpa: int, resp_gpa: int) -> bool:
         """Both guest-request GPAs are distinct, page-aligned hypervisor (shared) pages."""
