@@ -221,8 +221,9 @@ def _rate_over(window: float, nbytes: int, once: Callable[[], None]) -> float:
 class EngineBench:
     """Bulk encryption through the engine with buffers allocated once, outside the timing.
 
-    The first call also sizes the engine's own scratch buffers, so every timed call sees the
-    steady state a long launch or migration would.
+    The first call also sizes the engine's own scratch buffers and fills its tweak cache for the
+    range, so every timed call sees the steady state of pages moved again and again (a guest's
+    working set); a page's first move after power-on also pays for computing its tweak.
     """
 
     def __init__(self, mode: TweakMode, nbytes: int, spa: int = 16 * MIB, window: float = 0.0):
