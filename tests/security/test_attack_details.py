@@ -88,6 +88,20 @@ def test_demo_explains_itself():
     assert "[sev-snp] the guest's secret is" in r.output        # released after attestation
     assert re.search(r"A07 SEVered \[sev-snp\]: failed", r.output), r.output
     assert re.search(r"A14 page-fault controlled channel \[sev-snp\]: succeeded", r.output), r.output
+    # the SNP attestation step in the flow, then one table with the modes side by side
+    assert "attestation: the guest sent its owner a signed report (launch digest" in r.output
+    assert "verified, so it released the secret" in r.output
+    assert "the SHA-256 of the secret it got: it matches" in r.output
+    table = r.output[r.output.index("Side by side"):]
+    for row in (r"plain\s+SEV\s+SEV-ES\s+SEV-SNP",
+                r"secret in the dump\s+found\s+not found\s+not found\s+not found",
+                r"shared page read\s+yes\s+yes\s+yes\s+yes",
+                r"secret delivered\s+by hv\s+LAUNCH_SECRET\s+LAUNCH_SECRET\s+released",
+                r"attestation report\s+-\s+-\s+-\s+verified",
+                r"A04 registers\s+succeeded\s+succeeded\s+failed\s+failed",
+                r"A07 remapping\s+succeeded\s+succeeded\s+succeeded\s+failed",
+                r"A14 page faults\s+succeeded\s+succeeded\s+succeeded\s+succeeded"):
+        assert re.search(row, table), (row, table)
 
 
 @pytest.mark.parametrize("attack", [a05_replay, a07_severed, a09_sevurity], ids=lambda a: a.ID)
