@@ -69,6 +69,10 @@ class ExceptionDelivery:
                 raise TripleFault(f"triple fault: {e} (and no double-fault handler)")
 
     def _deliver(self, vector: int, error: int | None, cr2: int | None) -> None:
+        if cr2 is not None:
+            # CR2 takes the faulting address when the #PF is raised, before the IDT is read: a
+            # delivery that fails (a #DF, a triple fault) leaves it there for the crash report.
+            self._w(X.UC_X86_REG_CR2, cr2)
         _sel, base, limit, _flags = self._uc.reg_read(X.UC_X86_REG_IDTR)
         if vector * 16 + 15 > limit:
             raise _NoHandler(f"exception {vector} ({VECTOR_NAMES.get(vector, 'interrupt')}) at RIP "
@@ -87,8 +91,6 @@ class ExceptionDelivery:
         new_rsp = ((rsp & ~0xF) - 8 * len(frame)) & 0xFFFF_FFFF_FFFF_FFFF
         data = b"".join(v.to_bytes(8, "little") for v in reversed(frame))
         self._write_virt(new_rsp, data)
-        if cr2 is not None:
-            self._w(X.UC_X86_REG_CR2, cr2)
         if (attr & 0xF) == 0xE:
             rflags &= ~0x200  # interrupt gate: IF cleared
         rflags &= ~0x100  # TF
