@@ -1,4 +1,5 @@
-"""What the emulated processor itself reports through CPUID: an EPYC-like part with SME and SEV.
+"""What the emulated processor itself reports through CPUID: an EPYC-like part with SME, SEV,
+SEV-ES and SEV-SNP.
 
 These are the host's values (as `cpuid` on the bare-metal host would show them). What a guest
 sees is the hypervisor's business: KVM filters this table and a malicious hypervisor may lie,
@@ -23,7 +24,7 @@ class CpuModel:
     max_asid: int = 509          # CPUID 0x8000001F ECX
     min_sev_asid: int = 0x80     # CPUID 0x8000001F EDX: 1..0x7F are for SEV-ES/SNP guests
     sev_es: bool = True
-    sev_snp: bool = False
+    sev_snp: bool = True         # hv launches SEV-SNP guests (the RMP, SNP firmware): say so
 
     def host_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """(EAX, EBX, ECX, EDX) of the bare-metal processor."""
