@@ -38,7 +38,11 @@ class HostFileError(click.ClickException):
 
 def prepare_psp_state(path: str | os.PathLike[str], prefix: str = "hv") -> str:
     """Make the state file's directory and check that an existing state file is a regular file;
-    returns the path.  Whether the file itself can be written shows when the PSP saves it."""
+    returns the path.  Whether the file itself can be written shows when the PSP saves it.
+
+    A missing state file means a new platform identity (new chip keys, OCA, PEK, PDH): certificates
+    exported before no longer match it.  That is said on stderr, with the path, since a mistyped
+    --psp-state or $HV_PSP_STATE would otherwise change the platform's identity in silence."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +53,8 @@ def prepare_psp_state(path: str | os.PathLike[str], prefix: str = "hv") -> str:
     try:
         mode = os.stat(p).st_mode
     except FileNotFoundError:
+        click.echo(f"{prefix}: no PSP state file at {p.absolute()}: the PSP makes a new platform "
+                   f"identity there", err=True)
         return str(p)
     except OSError as e:
         raise HostFileError(f"PSP state file {p}: {e.strerror}", prefix) from None
