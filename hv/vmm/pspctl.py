@@ -27,11 +27,13 @@ from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm
 from hv.kvm.sev import FirmwareError, SevDevice
 from hv.vmm.hostfiles import prepare_psp_state
+from hv.vmm.oca import OcaError, sign_pek_csr
 
 __all__ = ["psp"]
 
 _STATES = {0: "UNINIT", 1: "INIT", 2: "WORKING"}
 _MACHINE = "hv.psp.machine"  # click context meta: the machine whose PSP ran the command
+_JSON = "hv.psp.json"  # click context meta: --json was given
 
 
 class _PspGroup(click.Group):
@@ -41,11 +43,19 @@ class _PspGroup(click.Group):
         except FirmwareError as e:
             machine = ctx.meta.get(_MACHINE)
             fault = machine.psp.firmware.nv_fault if machine is not None and e.status else None
-            click.echo(f"hv psp: {fault or e}", err=True)  # the PSP's own reason, when it has one
-            ctx.exit(3)
+            _fail(ctx, str(fault or e), 3)  # the PSP's own reason, when it has one
+        except OcaError as e:
+            _fail(ctx, str(e), 2)
         except OSError as e:
-            click.echo(f"hv psp: {e.strerror}: {e.filename}", err=True)
-            ctx.exit(2)
+            _fail(ctx, f"{e.strerror}: {e.filename}", 2)
+
+
+def _fail(ctx: click.Context, message: str, status: int) -> None:
+    """One line on stderr and the status; with --json also `{"ok": false, "error"}` on stdout."""
+    if ctx.meta.get(_JSON):
+        click.echo(json.dumps({"ok": False, "error": message}, indent=2))
+    click.echo(f"hv psp: {message}", err=True)
+    ctx.exit(status)
 
 
 def _device(psp_state: str | None) -> SevDevice:
@@ -68,12 +78,19 @@ def _emit(as_json: bool, payload: dict, lines: list[str]) -> None:
 _state_opt = click.option("--psp-state", envvar="HV_PSP_STATE", type=click.Path(dir_okay=False),
                           default=None, help="The PSP's state file (default: $HV_PSP_STATE, else "
                                              "$XDG_DATA_HOME/hv/psp-state.json).")
-_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def _note_json(ctx: click.Context, _param, value: bool) -> bool:
+    ctx.meta[_JSON] = value  # for _fail, which runs where the command's arguments are out of reach
+    return value
+
+
+_json_opt = click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                         help="Machine-readable output (on failure: ok false and the error).")
 
 
 @click.group(cls=_PspGroup)
 def psp() -> None:
-    """Platform owner commands (sevctl-like): status, export, pek-csr, import, reset, rotate."""
+    """Platform owner commands (sevctl-like): status, export, pek-csr, oca-sign, import, reset,
+    rotate."""
 
 
 @psp.command()
@@ -142,6 +159,33 @@ def pek_csr(out_file, psp_state, as_json):
     csr = dev.pek_csr()
     Path(out_file).write_bytes(csr)
     _emit(as_json, {"file": out_file, "bytes": len(csr)}, [f"wrote {out_file} ({len(csr)} bytes)"])
+
+
+@psp.command("oca-sign")
+@click.argument("csr", type=click.Path(dir_okay=False))
+@click.option("--oca-key", required=True, type=click.Path(dir_okay=False),
+              help="The OCA's private key: ECDSA P-384, PEM (PKCS#8 or SEC1), unencrypted.")
+@click.option("--new-key", is_flag=True,
+              help="Make a new OCA key and write it to --oca-key (mode 0600; never over an existing file).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for pek.cert (the signed PEK) and oca.cert (the self-signed OCA).")
+@_json_opt
+def oca_sign(csr, oca_key, new_key, out_dir, as_json):
+    """Sign a PEK CSR (from `pek-csr`) with the platform owner's OCA key, as the owner's
+    certificate authority does: writes pek.cert and the self-signed oca.cert for `import`.
+    Offline: it needs no PSP, only the CSR and the key."""
+    signed = sign_pek_csr(Path(csr), Path(oca_key), new_key=new_key)
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {"pek.cert": signed.pek_cert, "oca.cert": signed.oca_cert}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    payload = {"files": [str(d / n) for n in files], "oca_key": oca_key, "new_key": new_key,
+               "oca_sha256": hashlib.sha256(signed.oca_cert).hexdigest()}
+    _emit(as_json, payload, ([f"wrote {oca_key} (new OCA key, keep it secret)"] if new_key else [])
+          + [f"wrote {d / n} ({len(b)} bytes)" for n, b in files.items()]
+          + [f"OCA sha256 {payload['oca_sha256'][:16]}...; next: hv psp import "
+             f"{d / 'pek.cert'} {d / 'oca.cert'}"])
 
 
 @psp.command("import")
