@@ -23,7 +23,7 @@ import click
 from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
 
 from hv import __version__
-from hv.boot import ImageError, check_mem
+from hv.boot import SECRET_MAX, ImageError, check_mem
 from hv.hw.machine import TweakMode
 from hv.attacks.cli import attack
 from hv.attacks.demo import demo
@@ -37,10 +37,40 @@ from hv.sizes import parse_int, parse_size
 __all__ = ["main"]
 
 
+class _UsageLine(click.ClickException):
+    """Bad usage in one line, ``hv: <message> (see 'hv run --help')``, and status 2, whichever
+    command it came from (click's own form is three lines: usage, a hint and the error)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        names = []
+        ctx = error.ctx
+        while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+            names.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        # Named like the group's own errors: "hv psp: ...", "hv owner: ...", else "hv: ...".
+        group = error.ctx is not None and len(names) > 1
+        self.prefix = f"hv {names[0]}" if group else "hv"
+        self.hint = f" (see 'hv {' '.join(names)} --help')" if names else " (see 'hv --help')"
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.prefix}: {self.format_message()}{self.hint}", err=True, file=file)
+
+
 class _HvGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            raise _UsageLine(e) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _UsageLine(e) from None
         except ImageError as e:
             click.echo(f"hv: bad image: {e}", err=True)
             ctx.exit(EXIT_USAGE)
@@ -96,10 +126,10 @@ psp_state_option = click.option(
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--mem", default="64M", callback=_size, show_default=True,
               help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
-@click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest (measured launch through the PSP).")
-@click.option("--sev-es", "mode", flag_value="sev-es", help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
-@click.option("--sev-snp", "mode", flag_value="sev-snp", help="SEV-SNP: SEV-ES plus the RMP's memory integrity; the guest attests itself and "
-                   "gets its secret after attestation.")
+@click.option("--sev", is_flag=True, help="Run as an SEV guest (measured launch through the PSP).")
+@click.option("--sev-es", is_flag=True, help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
+@click.option("--sev-snp", is_flag=True, help="SEV-SNP: SEV-ES plus the RMP's memory integrity; the guest attests itself and "
+                   "gets its secret after attestation. The modes exclude each other.")
 @click.option("--policy", callback=_int, default=None,
               help="Guest policy for encrypted modes (e.g. 0x1 = NODBG, the default; 0x0 allows debugging).")
 @click.option("--cbitpos", type=click.IntRange(32, 51), default=None, help="C-bit position (default 47).")
@@ -138,20 +168,25 @@ psp_state_option = click.option(
               help="Write a JSON Lines trace: exits, TLB fills, page encryptions/decryptions, PSP commands.")
 @click.option("--trace-insn", is_flag=True, help="Add every instruction to --trace (capstone; slow).")
 @psp_state_option
-def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet, as_json,
-        dump_dram, secret_file, session_dir, owner_exec, id_block_dir, gdb, gdb_wait, trace_file,
-        trace_insn, psp_state):
+def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet,
+        as_json, dump_dram, secret_file, session_dir, owner_exec, id_block_dir, gdb, gdb_wait,
+        trace_file, trace_insn, psp_state):
     """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout."""
+    mode = _one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
     data = Path(image).read_bytes()
-    secret = Path(secret_file).read_bytes() if secret_file else None
+    secret = _read_secret(secret_file, mode) if secret_file else None
     if (session_dir or owner_exec) and not mode:
         raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
     if session_dir and mode == "sev-snp":
         raise click.UsageError("--session is for --sev and --sev-es: SEV-SNP has no launch session "
                                "blob (use --secret-file or --owner-exec)")
-    if secret_file and owner_exec and mode == "sev-snp":
-        raise click.UsageError("under --sev-snp give --secret-file or --owner-exec, not both")
+    if secret_file and owner_exec:
+        raise click.UsageError("give --secret-file (hv plays the guest owner) or --owner-exec "
+                               "(the owner answers), not both")
+    if secret_file and session_dir:
+        raise click.UsageError("--secret-file cannot go with --session: only the guest owner holds "
+                               "that session's transport keys (its --owner-exec sends the secret)")
     id_block = id_auth = None
     if id_block_dir:
         if mode != "sev-snp":
@@ -162,7 +197,7 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
         image=data, mem_size=mem, vm_type=mode or "plain", policy=policy, cbitpos=cbitpos,
         tweak=TweakMode(tweak), tsme=tsme, max_insns=max_insns, timeout=timeout, secret=secret,
         session_dir=session_dir, owner_exec=owner_exec, id_block=id_block, id_auth=id_auth,
-        psp_state=psp_state or (default_psp_state() if mode else None),
+        psp_state=(psp_state or default_psp_state()) if mode else None,
         serial_out=stream, image_name=Path(image).name)
     if config.psp_state:
         prepare_psp_state(config.psp_state)
@@ -182,6 +217,29 @@ def run(image, mem, mode, policy, cbitpos, tweak, tsme, max_insns, timeout, quie
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     sys.exit(result.exit_code)
+
+
+def _one_mode(**flags: bool) -> str | None:
+    """The one encryption mode given ("sev", "sev-es", "sev-snp"), None for a plain guest.  Two
+    modes at once are refused rather than letting the last one win: `--sev-snp --sev-es` would
+    otherwise quietly run the weaker SEV-ES."""
+    given = [name.replace("_", "-") for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(" and ".join(f"--{m}" for m in given) + " exclude each other: give one mode")
+    return given[0] if given else None
+
+
+def _read_secret(path: str, mode: str | None) -> bytes:
+    """The --secret-file's bytes: 1..4096 in every mode, as the guest's secret page holds 4 KiB
+    (SEV-SNP releases the same range); an empty file is a mistake, not "no secret"."""
+    try:
+        secret = Path(path).read_bytes()
+    except OSError as e:
+        raise click.BadParameter(f"{path}: {e.strerror}", param_hint="--secret-file") from None
+    if not 1 <= len(secret) <= SECRET_MAX:
+        raise click.BadParameter(f"{path} holds {len(secret)} bytes; a secret is 1..{SECRET_MAX} "
+                                 f"bytes, the guest's secret page", param_hint="--secret-file")
+    return secret
 
 
 def _read_id_block(directory: Path) -> tuple[bytes, bytes]:
@@ -261,24 +319,27 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--mem", default="64M", callback=_size, show_default=True, help="Guest memory.")
-@click.option("--sev", "mode", flag_value="sev", help="Run as an SEV guest.")
-@click.option("--sev-es", "mode", flag_value="sev-es", help="Run as an SEV-ES guest.")
-@click.option("--policy", callback=_int, default=None, help="Guest policy for encrypted modes.")
+@click.option("--sev", is_flag=True, help="Run as an SEV guest.")
+@click.option("--sev-es", is_flag=True, help="Run as an SEV-ES guest (not with --sev).")
+@click.option("--policy", callback=_int, default=None, help="Guest policy for encrypted modes (default 0x1).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop the guest after this many seconds, then map what it left.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the picture here (PNG).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the map as one JSON object (every run of like pages) instead of the table.")
 @psp_state_option
-def memmap(image, mem, mode, policy, timeout, output, psp_state):
+def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state):
     """Run IMAGE to its end, then map its memory page by page: private or shared in the guest's
     own page tables, and the byte entropy of DRAM (what the hypervisor sees) against that of the
     guest's plaintext. A lab instrument: it reads the machine the way a hardware probe would."""
     from hv.hw.inspect import KIND_NAMES, MemoryProbe
-    from hv.vmm.memmap import render_png, render_table
+    from hv.vmm.memmap import map_json, render_png, render_table
 
+    mode = _one_mode(sev=sev, sev_es=sev_es)
     config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode or "plain",
                        policy=policy, timeout=timeout,
-                       psp_state=psp_state or (default_psp_state() if mode else None),
+                       psp_state=(psp_state or default_psp_state()) if mode else None,
                        image_name=Path(image).name)
     if config.psp_state:
         prepare_psp_state(config.psp_state)
@@ -294,15 +355,23 @@ def memmap(image, mem, mode, policy, timeout, output, psp_state):
                           vcpu.vmsa_spa if vcpu.guest_state_protected else None, vm.asid)
     mm = probe.memory_map(npt=vm.npt, asid=vm.asid, encrypted=vm.encrypted, cbitpos=vm.cbitpos,
                           cr3=cr3, mem_size=mem)
-    click.echo(render_table(mm, KIND_NAMES))
+    written = None
     if output:
         title = f"HV MEMMAP {Path(image).name} {(mode or 'plain').upper()} {mem >> 20} MIB"
         try:
             Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
-        except OSError as e:  # a full disk after the run: the map above stands, the status too
+        except OSError as e:  # a full disk after the run: the map stands, the status too
             click.echo(f"hv: cannot write -o {output}: {e.strerror}", err=True)
         else:
-            click.echo(f"memory map written to {output}")
+            written = output
+    if as_json:
+        click.echo(json.dumps(dict(map_json(mm, KIND_NAMES), image=Path(image).name,
+                                   mode=mode or "plain", mem_size=mem, exit_reason=result.exit_reason,
+                                   exit_code=result.exit_code, png=written), indent=2))
+    else:
+        click.echo(render_table(mm, KIND_NAMES))
+        if written:
+            click.echo(f"memory map written to {written}")
     sys.exit(result.exit_code)
 
 

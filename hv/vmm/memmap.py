@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CELLS_PER_ROW", "KIND_COLORS", "Layout", "layout", "render_png", "render_table"]
+__all__ = ["CELLS_PER_ROW", "KIND_COLORS", "Layout", "layout", "map_json", "render_png", "render_table"]
 
 CELLS_PER_ROW = 128
 MAX_CELLS = 128 * 256   # more pages than this are grouped several to a cell
@@ -176,8 +176,8 @@ def _entropy_class(h: float) -> str:
     return "const" if h < 0.5 else ("random" if h >= 7.5 else "data")
 
 
-def render_table(mm, kind_names: tuple[str, ...], max_rows: int = 40) -> str:
-    """Runs of pages with the same mapping and entropy classes, one line each."""
+def _runs(mm) -> tuple[list[tuple[int, int]], list[str], list[str]]:
+    """Runs [first, end) of pages with the same mapping and entropy classes, and the classes."""
     kinds = mm.kinds
     dram_c = [_entropy_class(float(h)) for h in mm.dram_entropy]
     plain_c = [_entropy_class(float(h)) for h in mm.plain_entropy]
@@ -187,6 +187,29 @@ def render_table(mm, kind_names: tuple[str, ...], max_rows: int = 40) -> str:
         if p == mm.pages or (kinds[p], dram_c[p], plain_c[p]) != (kinds[start], dram_c[start], plain_c[start]):
             runs.append((start, p))
             start = p
+    return runs, dram_c, plain_c
+
+
+def map_json(mm, kind_names: tuple[str, ...]) -> dict:
+    """The table's content, every run of it, for `hv memmap --json`: GPAs, page counts, the
+    mapping and the mean entropy (bits per byte) with its class on each side."""
+    runs, dram_c, plain_c = _runs(mm)
+    kinds = mm.kinds
+    return {
+        "pages": mm.pages,
+        "counts": {name: int((kinds == i).sum()) for i, name in enumerate(kind_names)},
+        "runs": [{"gpa": p0 << 12, "end": (p1 << 12) - 1, "pages": p1 - p0,
+                  "mapping": kind_names[kinds[p0]],
+                  "dram_entropy": round(float(mm.dram_entropy[p0:p1].mean()), 3), "dram": dram_c[p0],
+                  "guest_entropy": round(float(mm.plain_entropy[p0:p1].mean()), 3), "guest": plain_c[p0]}
+                 for p0, p1 in runs],
+    }
+
+
+def render_table(mm, kind_names: tuple[str, ...], max_rows: int = 40) -> str:
+    """Runs of pages with the same mapping and entropy classes, one line each."""
+    kinds = mm.kinds
+    runs, dram_c, plain_c = _runs(mm)
     lines = [f"{'GPA range':<23} {'pages':>6}  {'mapping':<8}  {'DRAM (hypervisor)':<17}  guest plaintext"]
     for p0, p1 in runs[:max_rows]:
         d = float(mm.dram_entropy[p0:p1].mean())
