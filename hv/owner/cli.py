@@ -9,7 +9,8 @@ verify-report check an SEV-SNP attestation report against VCEK <- ASK <- ARK and
 id-block      sign an SEV-SNP ID block for an image (checked by the PSP at SNP_LAUNCH_FINISH)
 
 Exit status: 0 success, 1 a check failed, 2 bad input (one line on stderr). Every command takes
---json for machine-readable output on stdout.
+--json for machine-readable output on stdout, `{"ok": false, "error": ...}` when it fails. The
+default guest policy is 0x1 (NODBG), the one `hv run` launches with.
 """
 
 from __future__ import annotations
@@ -35,31 +36,50 @@ from hv.owner._inputs import (
     write_outputs,
 )
 from hv.owner._respond import MAX_SECRET
+
+DEFAULT_POLICY = int(sevwire.Policy.NODBG)
+"""The guest policy `hv run --sev` launches with when given none: the owner's default must be the
+same, or a session made without --policy fails LAUNCH_START and `verify` fails the measurement."""
 from hv.owner._snp_report import verify_snp_report_chain
 
 __all__ = ["owner"]
 
 
+_JSON, _EMITTED = "hv.owner.json", "hv.owner.emitted"  # click context meta
+
+
 class _OwnerGroup(click.Group):
-    """Turns every owner and wire error into one stderr line and its exit status, in one place."""
+    """Turns every owner and wire error into one stderr line and its exit status, in one place;
+    with --json stdout gets `{"ok": false, "error": ...}` too, so a script never reads nothing."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except OwnerError as exc:
-            click.echo(f"hv owner: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, str(exc), exc.exit_code)
         except sevwire.SevWireError as exc:
-            click.echo(f"hv owner: {exc}", err=True)
-            ctx.exit(2)
+            _fail(ctx, str(exc), 2)
+
+
+def _fail(ctx: click.Context, message: str, status: int) -> None:
+    if ctx.meta.get(_JSON) and not ctx.meta.get(_EMITTED):
+        click.echo(json.dumps({"error": message, "ok": False}, indent=2, sort_keys=True))
+    click.echo(f"hv owner: {message}", err=True)
+    ctx.exit(status)
 
 
 def _emit(as_json: bool, payload: dict, lines: list[str]) -> None:
+    click.get_current_context().meta[_EMITTED] = True
     if as_json:
         click.echo(json.dumps(payload, indent=2, sort_keys=True))
     else:
         for line in lines:
             click.echo(line)
+
+
+def _note_json(ctx: click.Context, _param, value: bool) -> bool:
+    ctx.meta[_JSON] = value  # for _fail, which runs where the command's arguments are out of reach
+    return value
 
 
 def _policy(value: str) -> int:
@@ -69,9 +89,11 @@ def _policy(value: str) -> int:
         raise OwnerInputError(f"--policy: {exc}") from None
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-policy_option = click.option("--policy", "policy", default="0", show_default=True,
-                             help="Guest policy: an integer, hex (0x..) or flag names (NODBG|NOKS).")
+json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                           help="Print machine-readable JSON on stdout (on failure: ok false and the error).")
+policy_option = click.option("--policy", "policy", default=hex(DEFAULT_POLICY), show_default=True,
+                             help="Guest policy: an integer, hex (0x..) or flag names (NODBG|NOKS); "
+                                  "the default is `hv run`'s.")
 mem_option = click.option("--mem", "mem", default=str(DEFAULT_MEM >> 20) + "M", show_default=True,
                           help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem`.")
 cbitpos_option = click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int,

@@ -58,7 +58,7 @@ def test_verify_with_image(image, tmp_path, export_dir):
     digest = bytes.fromhex(run("measure", image).stdout.strip())
     import hmac
     tk = (out / "tmp_tk.bin").read_bytes()
-    msg = bytes([4, 0, 24, 15]) + bytes(4) + digest + bytes(16)
+    msg = bytes([4, 0, 24, 15]) + (1).to_bytes(4, "little") + digest + bytes(16)  # policy 0x1, the default
     meas = hmac.new(tk[16:], msg, hashlib.sha256).hexdigest()
     args = ["verify", "--measurement", meas, "--mnonce", "00" * 16, "--tk", out / "tmp_tk.bin", "--image", image,
             "--api-major", 0, "--api-minor", 24, "--build", 15]
