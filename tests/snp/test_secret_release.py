@@ -269,7 +269,7 @@ def test_cli(psp_state, tmp_path):
     (tmp_path / "empty").write_bytes(b"")
     r = runner.invoke(hv_main, ["run", str(GUESTS / "hello.img"), "--sev-snp", "--secret-file",
                                 str(tmp_path / "empty")])
-    assert r.exit_code == 3 and "1..4096" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.exit_code == 2 and "1..4096" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 # ---- end to end: guests/secret.img asks for its secret itself ----------------------------------
