@@ -145,8 +145,9 @@ psp_state_option = click.option(
 @click.option("--dump-dram", type=click.Path(dir_okay=False, writable=True), default=None,
               help="When the guest stops, write its memory as the hypervisor sees it, in GPA order.")
 @click.option("--secret-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Secret for the guest (plain: written directly; SEV, SEV-ES: injected through the "
-                   "PSP; SEV-SNP: released to the attested guest on request, 1..4096 bytes).")
+              help="Secret for the guest, 1..4096 bytes (plain: written directly; SEV, SEV-ES: injected "
+                   "through the PSP; SEV-SNP: released to the attested guest on request). hv plays "
+                   "the guest owner, so not with --session or --owner-exec.")
 @click.option("--session", "session_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="The guest owner's launch_blob.bin and godh.cert (from `hv owner session`; "
                    "SEV and SEV-ES only).")
