@@ -293,10 +293,12 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
                 stub = GdbStub(vmm, gdb, warn, wait=gdb_wait)
             except GdbError as e:
                 raise click.UsageError(str(e)) from None
-            warn(f"gdb stub listening on 127.0.0.1:{stub.port}")
             hooks.append(stub.on_exit)
         vmm.config.on_exit = _chain(hooks)
         vmm.load()
+        if stub is not None:
+            stub.listen()  # after the launch: from here on every packet is answered at once
+            warn(f"gdb stub listening on 127.0.0.1:{stub.port}")
         if stub is not None and gdb_wait:
             stub.wait_attach()
         result = vmm.run(load=False)

@@ -3,9 +3,10 @@
 The stub is a VMM component, so it sees what the hypervisor sees (hv.vmm.debugview): memory
 through the PSP's DBG_DECRYPT for private pages, ciphertext under the NODBG policy.
 
-Threads. The vCPU runs on the VMM's thread. A listener thread accepts one debugger at a time and
-a reader thread per connection parses packets into a queue; a Ctrl-C byte (0x03) from a running
-debugger kicks the vCPU. Every packet is answered on the VMM's thread while the guest is stopped,
+Threads. The vCPU runs on the VMM's thread. Once the guest is launched (`listen`: a debugger
+that connected during the launch would wait for replies past gdb's timeout), a listener thread
+accepts one debugger at a time and a reader thread per connection parses packets into a queue;
+a Ctrl-C byte (0x03) from a running debugger kicks the vCPU. Every packet is answered on the VMM's thread while the guest is stopped,
 inside the VMM's exit hook (`on_exit`): a stop is a kick (KVM_EXIT_INTR) that the stub asked for,
 and the hook returns only when the debugger resumes (c, s, D). So the run loop is the VMM's own
 and the guest pays nothing for a debugger that is not stopping it.
@@ -228,9 +229,14 @@ class GdbStub:
 
     def __init__(self, vmm, spec: str, warn: Callable[[str], None], wait: bool = False):
         host, port = parse_gdb_address(spec)
+        # Bound now, so a port in use is refused before the launch; listening only from
+        # `listen()`, once the guest can be served (see there).
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            self._listener = socket.create_server((host, port))
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
         except OSError as e:
+            self._listener.close()
             raise GdbError(f"--gdb {spec}: cannot listen on {host}:{port}: {e.strerror}") from None
         self.port = self._listener.getsockname()[1]
         self._vmm = vmm
@@ -248,6 +254,16 @@ class GdbStub:
         self._last_signal = _SIGTRAP
         self._closed = False
         self._waiting = wait            # -S: the first debugger finds the guest not yet started
+
+    def listen(self) -> None:
+        """Accept debuggers from now on. Call it once the guest is launched: gdb gives each
+        reply remote_timeout (2 s) three times, and a debugger accepted during a slow launch
+        would take the late reply to qSupported for the reply to its next packet
+        (vMustReplyEmpty) and give up."""
+        try:
+            self._listener.listen()
+        except OSError as e:
+            raise GdbError(f"--gdb: cannot listen on 127.0.0.1:{self.port}: {e.strerror}") from None
         threading.Thread(target=self._accept, daemon=True).start()
 
     # -- connections -------------------------------------------------------------------------------

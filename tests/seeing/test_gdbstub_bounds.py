@@ -26,6 +26,7 @@ def served():
     vmm = Vmm(VmmConfig(image=LOOP))
     warnings: list[str] = []
     stub = GdbStub(vmm, "tcp::0", warnings.append)
+    stub.listen()
     over = threading.Event()
 
     def on_exit(v, e):

@@ -55,6 +55,7 @@ def guest():
     vmm = Vmm(VmmConfig(image=LOOP))
     warnings = []
     stub = GdbStub(vmm, "tcp::0", warnings.append)
+    stub.listen()
     over = threading.Event()
 
     def on_exit(v, e):
