@@ -38,7 +38,7 @@ TWEAK_BITS = 48  # address bits that feed the linear tweak (4..47)
 _CHUNK = 1 << 21  # bulk requests are cut at these host-address boundaries; one tweak region each
 _PAGE = 1 << 12
 TWEAK_CACHE_BYTES = 1 << 30
-_ZEROS = np.zeros(_CHUNK, dtype=np.uint8)  # the CTR keystream of the random tweak is zeros encrypted
+_ZEROS = np.zeros(_CHUNK, dtype=np.uint8)  # CTR over zeros gives the random tweak's keystream
 _ZEROS.flags.writeable = False
 
 
