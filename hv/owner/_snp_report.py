@@ -58,27 +58,29 @@ class ReportCheck:
 
 
 def read_report(path: str | os.PathLike) -> bytes:
-    """The 1184-byte report: raw, as hex, or the guest's serial output with its `report: <hex>`
-    line (other lines, such as `report_data: ...`, are ignored)."""
+    """The 1184-byte report: raw, as hex, or a guest's whole serial output holding one line
+    `report: <hex>` (docs/guest-abi.md, "What hv owner verify-report reads"). Other lines, such
+    as `report_data: ...`, may hold anything, non-ASCII bytes included."""
     data = read_file(path, "report")
     if len(data) == sevwire.SNP_REPORT_SIZE:
         return data
+    lines = [ln.strip() for ln in data.splitlines()]
+    found = [ln[len(b"report:"):] for ln in lines if ln.startswith(b"report:")]
+    if len(found) > 1:
+        raise OwnerInputError(f"report {path}: {len(found)} lines start with 'report:'; "
+                              "give the output of one guest request")
+    hexdigits = found[0] if found else data
     try:
-        text = data.decode("ascii").strip()
-    except UnicodeDecodeError:
-        text = ""
-    # A guest's whole serial output works too: take its `report: <hex>` line.
-    lines = [ln for ln in text.splitlines() if ln.strip().startswith("report:")]
-    if len(lines) == 1:
-        text = lines[0].strip()[len("report:"):]
-    try:
-        raw = bytes.fromhex("".join(text.split()))
-    except ValueError:
+        raw = bytes.fromhex("".join(hexdigits.decode("ascii").split()))
+    except (UnicodeDecodeError, ValueError):
         raw = b""
-    if len(raw) != sevwire.SNP_REPORT_SIZE:
-        raise OwnerInputError(f"report {path}: expected {sevwire.SNP_REPORT_SIZE} bytes (raw or hex), "
-                              f"got {len(data)} bytes")
-    return raw
+    if len(raw) == sevwire.SNP_REPORT_SIZE:
+        return raw
+    if found:
+        raise OwnerInputError(f"report {path}: the 'report:' line is not {2 * sevwire.SNP_REPORT_SIZE} "
+                              "hex digits")
+    raise OwnerInputError(f"report {path}: expected {sevwire.SNP_REPORT_SIZE} bytes (raw or hex) or a "
+                          f"serial log with a 'report: <hex>' line, got {len(data)} bytes")
 
 
 def _decode_vcek(raw: bytes, where: str) -> x509.Certificate:
