@@ -150,6 +150,7 @@ class Cpu(ExceptionDelivery):
         self._resume = False
         self._wx_refused = -1  # host page whose write fill was last refused for W^X
         self._flush_due = False
+        self._self_writers: set[int] = set()  # host pages whose code stores into themselves
         self._exit: VmExit | None = None
         self._dummy_fill = False
         self._fault_gva = 0
@@ -351,8 +352,11 @@ class Cpu(ExceptionDelivery):
                        asid=self.control.asid, access=_ACCESS_NAMES.get(access, access))
         host_page = paddr >> 12
         if access == ACCESS_FETCH:
+            lazy = host_page in self._self_writers
             verdict = self._icpt.on_fetch(vaddr & ~0xFFF, host_page, t,
-                                          lambda: self._mmu.read_bytes(t, 0, 0x1000))
+                                          lambda: self._mmu.read_bytes(t, 0, 0x1000), lazy)
+            if lazy:
+                self._flush_due = True
             if verdict != "ok":
                 # Write must go everywhere before this page runs, or hooks changed where code
                 # may already be translated: flush (and drop translations), then fetch again.
@@ -365,14 +369,17 @@ class Cpu(ExceptionDelivery):
             if perms & PROT_W:
                 if access == ACCESS_WRITE:
                     if self._icpt.on_write(host_page):
-                        if self._wx_refused != host_page:
+                        if self._wx_refused != host_page and host_page not in self._self_writers:
                             self._wx_refused = host_page
                             self._fault = _Retry()  # execute must go everywhere first
                             return False
                         # Refused once already and fetched again since: the storing instruction
-                        # is on this very page, and a retry would never end. Let the store go
-                        # ahead (this address loses execute now) and flush the TLB at the next
-                        # stop, taking execute from any other mapping of the page.
+                        # is on this very page, and a retry would never end (nor would the
+                        # single-instruction block the CPU re-runs a store with that modified its
+                        # own block: the page stays marked). Let the store go ahead (this address
+                        # loses execute now) and flush the TLB at the next stop, taking execute
+                        # from any other mapping of the page.
+                        self._self_writers.add(host_page)
                         self._flush_due = True
                     self._wx_refused = -1
                 elif self._icpt.executable(host_page):

@@ -97,14 +97,18 @@ class Intercepts:
             self._uc.emu_stop()
 
     # -- the fill's questions ----------------------------------------------------------------------
-    def on_fetch(self, gva_page: int, host_page: int, t, read_page: Callable[[], bytes]) -> str:
+    def on_fetch(self, gva_page: int, host_page: int, t, read_page: Callable[[], bytes],
+                 lazy: bool = False) -> str:
         """A fetch fill of `gva_page` backed by `host_page`. Returns "ok" (grant read+execute),
         "flush" (write must first be taken away everywhere: flush the TLB and retry) or
         "flush-code" (hooks were added or dropped where code may already be translated: flush
-        the TLB and the translated code, then retry)."""
+        the TLB and the translated code, then retry). `lazy`: a page whose code stores into
+        itself; refusing its fetch would undo the CPU's progress on that store, so write goes
+        at the caller's next stop instead."""
         if host_page in self._writable:
             self._writable.discard(host_page)
-            return "flush"
+            if not lazy:
+                return "flush"
         offsets = self._scans.get(host_page)
         if offsets is None:
             offsets = self._scans[host_page] = candidates(read_page())

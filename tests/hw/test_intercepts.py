@@ -175,3 +175,13 @@ def test_hv_run_memory_stays_bounded_on_a_mebibyte_of_candidates(tmp_path):
     status, maxrss_kb = map(int, out.stdout.split())
     assert status == 0, out.stderr
     assert maxrss_kb < RSS_LIMIT_MB * 1024, f"peak RSS {maxrss_kb // 1024} MB"
+
+
+def test_a_store_into_the_bytes_right_after_it_completes_and_they_are_intercepted():
+    # mov rax, `out 0x80,al; nop...`; mov [rip+0], rax (overwrites the nops that follow it); hlt.
+    # The store modifies its own translated block: the CPU re-runs it alone, which must not be
+    # undone by the W^X refusal (it livelocked once: fills without end, no exit).
+    cpu, _mc, _npt = make(bytes.fromhex("48b8e680909090909090" "48890500000000" "9090909090909090" "f4"))
+    e = cpu.run()
+    assert isinstance(e, IoExit) and e.port == 0x80, e
+    assert cpu.reg("rip") == CODE + 0x13

@@ -328,8 +328,6 @@ def _written_code(draw) -> tuple[bytes, int]:
     return code + _EXIT, outs
 
 
-@pytest.mark.xfail(strict=True, reason="a store into the page the vCPU runs from livelocks at the "
-                   "store (TLB fills without end, no exit) until the timeout")
 @pytest.mark.parametrize("mode", ["plain", "sev"])
 def test_code_written_at_run_time_runs_with_its_intercepts(mode, psp_state_file):
     """Scenario: a guest writes instructions into the page it runs from and runs them: each
