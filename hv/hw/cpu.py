@@ -54,6 +54,7 @@ __all__ = ["Cpu", "GPRS", "GuestControl", "MSR_GHCB", "MSR_SEV_STATUS", "SREGS",
 MSR_SEV_STATUS = 0xC0010131
 MSR_GHCB = 0xC0010130
 UNTIL = 1 << 63  # non-canonical: never reached by a guest
+TCG_BUFFER_BYTES = 64 << 20
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
@@ -123,6 +124,9 @@ class Cpu(ExceptionDelivery):
         self._mmu = (SnpMmu(mc, control.npt, control.asid, control.cbitpos) if control.sev_snp
                      else Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos))
         uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # Translated code lives in a buffer Unicorn fills before it starts over (1 GiB by
+        # default): a guest that keeps rewriting its code would make hv's memory grow with it.
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._r, self._w = _fast_registers(uc)
         # No `until` address: emulation ends only through emu_stop. Otherwise Unicorn probes the
