@@ -185,3 +185,12 @@ def test_a_store_into_the_bytes_right_after_it_completes_and_they_are_intercepte
     e = cpu.run()
     assert isinstance(e, IoExit) and e.port == 0x80, e
     assert cpu.reg("rip") == CODE + 0x13
+
+
+def test_translated_code_has_a_bounded_buffer():
+    # Unicorn's default is 1 GiB, touched as code is translated: a guest rewriting its code in a
+    # loop grew a bare Unicorn process to 451 MB in 4 s; 32 MiB held it at 56 MB.
+    from hv.hw.cpu import TCG_BUFFER_BYTES
+
+    cpu, _mc, _npt = make(b"\xf4")
+    assert cpu._uc.ctl_get_tcg_buffer_size() == TCG_BUFFER_BYTES <= 64 << 20

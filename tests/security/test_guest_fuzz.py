@@ -34,7 +34,7 @@ MODES = ("plain", "sev", "sev-es", "sev-snp")
 DEFAULT_EXAMPLES = {"plain": 200, "sev": 100, "sev-es": 100, "sev-snp": 100}
 MEM = 4 << 20          # the smallest guest: less memory to launch, a short fall off the end
 TIMEOUT = 0.3          # seconds of wall clock per guest: every run is bounded
-RSS_BOUND_MB = 320     # peak RSS of one process running the batch below (README in this folder)
+RSS_BOUND_MB = 1024    # peak RSS of one process running the batch below (README in this folder)
 SECRET = b"guest-fuzz-secret"
 
 STATUS = {  # exit_reason -> hv's documented status (None: the guest's own 0..255)
