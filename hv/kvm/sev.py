@@ -150,6 +150,11 @@ class SevDevice:
         """The ASK-signed VCEK certificate (X.509 DER) that SNP attestation reports verify with."""
         return self._mailbox.firmware.export_vcek()
 
+    def kds_chain(self) -> tuple[bytes, bytes]:
+        """(ASK, ARK) as X.509 DER, the form AMD's key distribution service serves: the same keys
+        as amd_chain()'s AMD-format certificates."""
+        return self._mailbox.firmware.export_kds_chain()
+
     def snp_certificates(self) -> bytes:
         """The certificate table of the SNP extended guest request: the VCEK, the ASK and the
         ARK, all X.509 DER as AMD's key server serves them (what user space hands KVM for its
@@ -157,7 +162,7 @@ class SevDevice:
         from sevwire import (SNP_CERT_ARK_GUID, SNP_CERT_ASK_GUID, SNP_CERT_VCEK_GUID,
                              snp_cert_table)
 
-        ask, ark = self._mailbox.firmware.export_kds_chain()
+        ask, ark = self.kds_chain()
         return snp_cert_table([(SNP_CERT_VCEK_GUID, self.vcek()), (SNP_CERT_ASK_GUID, ask),
                                (SNP_CERT_ARK_GUID, ark)])
 

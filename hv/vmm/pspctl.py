@@ -115,12 +115,11 @@ def status(psp_state, as_json):
     ])
 
 
-def _kds_files(vcek_der: bytes) -> dict[str, bytes]:
+def _kds_files(dev: SevDevice, vcek_der: bytes) -> dict[str, bytes]:
     """The X.509 files of AMD's key distribution service: ark.pem and ask.pem (the keys of
     ark.cert and ask.cert), cert_chain.pem (ASK then ARK, as the KDS serves it) and vcek.pem."""
-    firmware = click.get_current_context().meta[_MACHINE].psp.firmware
     ask, ark = (x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
-                for der in firmware.export_kds_chain())
+                for der in dev.kds_chain())
     vcek = x509.load_der_x509_certificate(vcek_der).public_bytes(Encoding.PEM)
     return {"ark.pem": ark, "ask.pem": ask, "cert_chain.pem": ask + ark, "vcek.pem": vcek}
 
@@ -138,7 +137,7 @@ def export(out_dir, psp_state, as_json):
     dev = _device(psp_state)
     dev.ensure_init(es=True)
     files = dev.export_certificates()
-    files.update(_kds_files(files["vcek.der"]))
+    files.update(_kds_files(dev, files["vcek.der"]))
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
