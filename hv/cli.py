@@ -29,7 +29,7 @@ from hv.attacks.cli import attack
 from hv.attacks.demo import demo
 from hv.owner.cli import owner
 from hv.vmm.okcheck import ok
-from hv.vmm.hostfiles import TraceSink, check_writable, prepare_psp_state
+from hv.vmm.hostfiles import TraceSink, check_writable, default_psp_state, prepare_psp_state
 from hv.vmm.pspctl import psp
 from hv.vmm import EXIT_INTERRUPTED, EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
 from hv.sizes import parse_int, parse_size
@@ -108,12 +108,6 @@ def _int(ctx, param, value):
         return parse_int(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def default_psp_state() -> str:
-    """The PSP's non-volatile storage: $HV_PSP_STATE, else the user's data directory."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "hv", "psp-state.json")
 
 
 psp_state_option = click.option(

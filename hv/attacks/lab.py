@@ -59,8 +59,7 @@ def psp_state_path() -> str:
     env = os.environ.get("HV_PSP_STATE")
     if env:
         return env
-    from hv.cli import default_psp_state  # lazy: hv.cli imports the lab's commands
-    from hv.vmm.hostfiles import prepare_psp_state
+    from hv.vmm.hostfiles import default_psp_state, prepare_psp_state
 
     return prepare_psp_state(default_psp_state())
 

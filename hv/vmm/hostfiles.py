@@ -17,7 +17,8 @@ from typing import IO
 
 import click
 
-__all__ = ["HostFileError", "EXIT_HOST_FILE", "prepare_psp_state", "check_writable", "TraceSink"]
+__all__ = ["HostFileError", "EXIT_HOST_FILE", "default_psp_state", "prepare_psp_state", "check_writable",
+           "TraceSink"]
 
 EXIT_HOST_FILE = 2
 """Exit status for a path hv cannot use: a bad input, like bad usage or a bad image."""
@@ -34,6 +35,13 @@ class HostFileError(click.ClickException):
 
     def show(self, file: IO | None = None) -> None:
         click.echo(f"{self.prefix}: {self.format_message()}", err=True, file=file)
+
+
+def default_psp_state() -> str:
+    """The PSP's non-volatile storage when no --psp-state or $HV_PSP_STATE names one: the user's
+    data directory ($XDG_DATA_HOME, else ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "hv", "psp-state.json")
 
 
 def prepare_psp_state(path: str | os.PathLike[str], prefix: str = "hv") -> str:

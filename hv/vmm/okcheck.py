@@ -175,8 +175,7 @@ def _render(c: Check, depth: int = 0) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the tree.")
 def ok(psp_state, as_json):
     """Check that the emulated platform is ready for SEV guests (sevctl ok style)."""
-    from hv.cli import default_psp_state
-    from hv.vmm.hostfiles import prepare_psp_state
+    from hv.vmm.hostfiles import default_psp_state, prepare_psp_state
 
     path = prepare_psp_state(psp_state or default_psp_state())
     root = run_checks(path)

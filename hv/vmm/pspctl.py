@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm
 from hv.kvm.sev import FirmwareError, SevDevice
-from hv.vmm.hostfiles import prepare_psp_state
+from hv.vmm.hostfiles import default_psp_state, prepare_psp_state
 from hv.vmm.oca import OcaError, sign_pek_csr
 
 __all__ = ["psp"]
@@ -59,8 +59,6 @@ def _fail(ctx: click.Context, message: str, status: int) -> None:
 
 
 def _device(psp_state: str | None) -> SevDevice:
-    from hv.cli import default_psp_state
-
     path = prepare_psp_state(psp_state or default_psp_state(), prefix="hv psp")
     machine = Machine(MachineConfig(dram_size=8 << 20, psp_state=path))
     click.get_current_context().meta[_MACHINE] = machine
