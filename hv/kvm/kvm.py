@@ -14,6 +14,7 @@ from hv.hw.cpu import GuestControl
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
 from hv.kvm.cpuid import guest_cpuid_table
+from hv.kvm.errors import KvmError
 from hv.kvm.ghcb import MsrProto
 from hv.kvm.vcpu import Vcpu
 
@@ -23,10 +24,6 @@ VM_TYPES = ("plain", "sev", "sev-es", "sev-snp")
 _PAGE = 0x1000
 HOST_RESERVED = 1 << 20  # the hypervisor's own pages (PSP command buffers, certificates)
 _HOST_RING_START = 16    # the host-buffer ring starts past SPA 0 (see alloc_host_buffer)
-
-
-class KvmError(Exception):
-    """An ioctl-level error (EINVAL, ENOMEM, EEXIST...): bad arguments from user space."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import struct
 from hv.kvm import exits as K
 from hv.kvm.cpuid import cpuid_lookup
 from hv.kvm.ghcb import GHCB_ERR, GHCB_SIZE, Ghcb, MsrProto, SwExit, eventinj_exception
+from hv.kvm.sev_snp import (PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES, page_state_change,
+                            page_state_change_msr)
 
 __all__ = ["EsExits"]
 
@@ -76,8 +78,6 @@ class EsExits:
             else:  # all-ones GFN: the guest sees its GPA was not accepted
                 self.control.ghcb_msr = (_MASK64 & ~0xFFF) | MsrProto.REG_GPA_RESP
         elif info == MsrProto.PSC_REQ and self.vm.type == "sev-snp":
-            from hv.kvm.sev_snp import page_state_change_msr  # SNP only; sev_snp imports kvm
-
             self.control.ghcb_msr = page_state_change_msr(self.vm, msr)
         elif info == MsrProto.HV_FEATURES_REQ:
             self.control.ghcb_msr = MsrProto.HV_FEATURES_RESP  # no SNP features
@@ -237,8 +237,6 @@ class EsExits:
         and entries 0..end_entry, which must lie in the GHCB's shared buffer (else a bad
         scratch area, as for MMIO). The result goes to sw_exit_info_2 (0 done; the PSC errors of
         hv.kvm.sev_snp.page_state_change), the progress into the buffer's header and entries."""
-        from hv.kvm.sev_snp import PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES, page_state_change
-
         off = _scratch(g, inputs, PSC_HEADER_SIZE)
         if off is None:
             raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)

@@ -22,7 +22,7 @@ from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDbgDecrypt, SnpDbg
                      SnpLaunchStart, SnpLaunchUpdate, SnpPageReclaim, SnpPageType, Status)
 
 from hv.hw.rmp import RmpEntry
-from hv.kvm.kvm import KvmError
+from hv.kvm.errors import KvmError
 from hv.kvm.sev import FirmwareError, SevDevice
 
 __all__ = ["RmpUpdateError", "SnpGuest", "page_state_change", "page_state_change_msr",
