@@ -24,7 +24,6 @@ are then all zero, so its measurement proves nothing to anyone but the hyperviso
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
 import numpy as np
@@ -34,6 +33,9 @@ from sevwire import (
     SECRET_HEADER_SIZE,
     SESSION_BLOB_SIZE,
     SEV_CERT_SIZE,
+    VMSA_SIZE,
+    VMSA_TMR_RESERVED,
+    VMSA_TMR_SLOT,
     Attestation,
     AttestationReport,
     GuestState,
@@ -53,6 +55,7 @@ from sevwire import (
     open_secret,
     open_session,
     sign_attestation_report,
+    vmsa_integrity,
 )
 
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
@@ -73,7 +76,6 @@ __all__ = [
 
 SECRET_MAX_LEN = 1 << 16
 """Largest LAUNCH_SECRET payload accepted (the real PSP is bounded by its scratch buffer)."""
-VMSA_SIZE = 4096
 
 
 def cmd_launch_start(ctx: PspContext, buf: LaunchStart) -> LaunchStart:
@@ -166,20 +168,9 @@ def cmd_launch_update_vmsa(ctx: PspContext, buf: LaunchUpdateVmsa) -> None:
     ctx.mem.write_guest(guest, buf.paddr, bytes(page))
 
 
-VMSA_TMR_RESERVED = 0x380
-VMSA_TMR_SLOT = 0x388
-VMSA_INTEGRITY_END = 0xFC0
 TMR_ENTRY = 16
 """A TMR slot: the VMSA's system-physical address | 1 (whose slot it is), then the 8-byte
 integrity value. The CPU side of this contract is hv/hw/vmsa.py."""
-
-
-def vmsa_integrity(page: bytes | bytearray) -> bytes:
-    """The integrity value of a VMSA page's plaintext bytes [0, 0xFC0).
-
-    AMD's firmware keeps a CRC64 there; any 64-bit check does here, because the hypervisor can
-    reach neither the value (in the TMR) nor the plaintext. hv/hw/vmsa.py computes the same."""
-    return hashlib.blake2b(bytes(page[:VMSA_INTEGRITY_END]), digest_size=8, person=b"hv-vmsa").digest()
 
 
 def _tmr_slot(ctx: PspContext, vmsa_spa: int) -> int:

@@ -57,15 +57,18 @@ from sevwire import (
     SnpPageReclaim,
     SnpPageType,
     SnpPolicy,
+    VMSA_TMR_RESERVED,
+    VMSA_TMR_SLOT,
     Status,
     snp_extend,
     snp_id_key_digest,
     snp_id_verify,
+    vmsa_integrity,
 )
 
 from firmware._context import PspContext
 from firmware._errors import CommandError
-from firmware._launch import VMSA_TMR_RESERVED, VMSA_TMR_SLOT, _tmr_slot, vmsa_integrity
+from firmware._launch import _tmr_slot
 from firmware._memory import port_errors
 
 __all__ = ["SNP_ABI_MAJOR", "SNP_ABI_MINOR", "SnpGuest", "cmd_snp_activate",

@@ -14,6 +14,7 @@ Contents:
   LAUNCH_SECRET packets                        package_secret (owner), open_secret (PSP)
   legacy ATTESTATION report                    AttestationReport, sign/verify
   SNP guest messages, 1184-byte SNP report     seal/open_guest_message, SnpReport, sign/verify
+  VMSA (SEV-ES save area) layout               VMSA_QWORDS, VMSA_SEGMENTS, vmsa_integrity
 """
 
 from sevwire._amdcert import (
@@ -187,6 +188,17 @@ from sevwire._snp_report import (
     verify_snp_report,
 )
 from sevwire._status import Status, status_hint, status_name
+from sevwire._vmsa import (
+    EFER_SVME,
+    VMSA_CPL,
+    VMSA_INTEGRITY_END,
+    VMSA_QWORDS,
+    VMSA_SEGMENTS,
+    VMSA_SIZE,
+    VMSA_TMR_RESERVED,
+    VMSA_TMR_SLOT,
+    vmsa_integrity,
+)
 
 __all__ = [
     # status, commands, states, policy
@@ -237,4 +249,7 @@ __all__ = [
     # attestation
     "ATTESTATION_REPORT_SIZE", "ATTESTATION_SIGNED_LEN", "AttestationReport",
     "sign_attestation_report", "verify_attestation_report",
+    # the VMSA (SEV-ES save area)
+    "VMSA_SIZE", "VMSA_SEGMENTS", "VMSA_CPL", "VMSA_QWORDS", "VMSA_TMR_RESERVED", "VMSA_TMR_SLOT",
+    "VMSA_INTEGRITY_END", "EFER_SVME", "vmsa_integrity",
 ]

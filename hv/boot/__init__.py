@@ -6,18 +6,7 @@ machine. docs/guest-abi.md is the human-readable form of the constants here.
 """
 
 from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
-from hv.boot._vmsa import (
-    EFER_SVME,
-    VMSA_CPL,
-    VMSA_INTEGRITY_END,
-    VMSA_QWORDS,
-    VMSA_SEGMENTS,
-    VMSA_SIZE,
-    VMSA_TMR_RESERVED,
-    VMSA_TMR_SLOT,
-    initial_vmsa,
-    launch_vmsas,
-)
+from hv.boot._vmsa import initial_vmsa, launch_vmsas
 from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages, snp_pages_digest
 from hv.boot._layout import (
     BOOT_INFO_GPA,
@@ -34,13 +23,12 @@ from hv.boot._layout import (
     boot_page_tables,
     check_mem,
     image_regions,
-    launch_digest,
     launch_regions,
 )
+from hv.boot._digest import launch_digest
 
 __all__ = [
     "BOOT_INFO_GPA",
-    "EFER_SVME",
     "BOOT_INFO_MAGIC",
     "BOOT_INFO_SECRET_RELEASE",
     "BOOT_STACK_TOP",
@@ -53,13 +41,6 @@ __all__ = [
     "SECRET_GPA",
     "SECRET_MAX",
     "Segment",
-    "VMSA_CPL",
-    "VMSA_INTEGRITY_END",
-    "VMSA_QWORDS",
-    "VMSA_SEGMENTS",
-    "VMSA_SIZE",
-    "VMSA_TMR_RESERVED",
-    "VMSA_TMR_SLOT",
     "initial_vmsa",
     "launch_vmsas",
     "boot_info",

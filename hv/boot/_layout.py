@@ -6,7 +6,6 @@ so everything here must be a deterministic function of (image, mem_size, cbitpos
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from hv.boot._image import IMAGE_BASE, parse_image
@@ -26,7 +25,6 @@ __all__ = [
     "boot_page_tables",
     "check_mem",
     "image_regions",
-    "launch_digest",
     "launch_regions",
 ]
 
@@ -127,22 +125,6 @@ def image_regions(image: bytes, mem_size: int) -> list[tuple[int, bytes]]:
 def launch_regions(image: bytes, mem_size: int, cbitpos: int) -> list[tuple[int, bytes]]:
     """Everything LAUNCH_UPDATE_DATA encrypts and measures, in issue order: tables, then image."""
     return boot_page_tables(mem_size, cbitpos) + image_regions(image, mem_size)
-
-
-def launch_digest(image: bytes, mem_size: int, cbitpos: int, es: bool = False) -> bytes:
-    """GCTX.LD of a launch of `image`: SHA-256 over every measured byte in order.
-
-    For SEV-ES (`es`) the digest continues over the initial VMSA pages after the image, as
-    LAUNCH_UPDATE_VMSA extends it on hardware (hv.boot._vmsa.launch_vmsas)."""
-    h = hashlib.sha256()
-    for _gpa, data in launch_regions(image, mem_size, cbitpos):
-        h.update(data)
-    if es:
-        from hv.boot._vmsa import launch_vmsas  # _vmsa imports this module's constants
-
-        for page in launch_vmsas(image, mem_size):
-            h.update(page)
-    return h.digest()
 
 
 def check_mem(mem_size: int) -> None:

@@ -1,73 +1,36 @@
-"""The VMSA (SEV-ES save area) format, and the initial VMSA hv launches a guest with.
+"""The initial VMSA (SEV-ES save area) hv launches a guest with.
 
 An SEV-ES guest's register state lives in a 4 KiB VMSA page encrypted with the guest's key; the
 PSP measures each initial VMSA page after the image (LAUNCH_UPDATE_VMSA), so the guest owner must
 be able to predict it byte for byte. `initial_vmsa` is therefore a pure function of the image,
 like the rest of hv.boot: the VMM hands its result to the launch, the owner tools hash it.
 
-The offsets are AMD's save-area layout (es-snp-reference section 1; Linux `struct sev_es_save_area`).
-The hardware model (hv.hw.vmsa) saves and loads registers at these same offsets, so this module
-is the one definition of the format.
+The save area's layout is the hardware's (sevwire's VMSA_* offsets, which the hardware model
+hv.hw.vmsa saves and loads registers at); this module only fills it with the ABI's entry state.
 """
 
 from __future__ import annotations
 
 import struct
 
+from sevwire import EFER_SVME, VMSA_CPL, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
+
 from hv.boot._image import parse_image
 from hv.boot._layout import BOOT_INFO_GPA, BOOT_STACK_TOP, PAGE_TABLES_GPA
 
 __all__ = [
-    "VMSA_SIZE",
-    "VMSA_SEGMENTS",
-    "VMSA_QWORDS",
-    "VMSA_CPL",
-    "VMSA_INTEGRITY_END",
-    "VMSA_TMR_SLOT",
-    "VMSA_TMR_RESERVED",
     "initial_vmsa",
     "launch_vmsas",
     "ENTRY_CR0",
     "ENTRY_CR4",
     "ENTRY_EFER",
-    "EFER_SVME",
     "ENTRY_RFLAGS",
 ]
-
-VMSA_SIZE = 0x1000
-
-# Segment registers: 16 bytes each from 0x000 (selector u16, attrib u16, limit u32, base u64).
-VMSA_SEGMENTS = {"es": 0x000, "cs": 0x010, "ss": 0x020, "ds": 0x030, "fs": 0x040, "gs": 0x050,
-                 "gdtr": 0x060, "ldtr": 0x070, "idtr": 0x080, "tr": 0x090}
-VMSA_CPL = 0x0CB  # u8
-
-# Every 64-bit field hv keeps in the save area, by the name KVM's register interfaces use.
-VMSA_QWORDS = {
-    "efer": 0x0D0, "cr4": 0x148, "cr3": 0x150, "cr0": 0x158, "dr7": 0x160, "dr6": 0x168,
-    "rflags": 0x170, "rip": 0x178, "rsp": 0x1D8, "rax": 0x1F8, "kernel_gs_base": 0x220,
-    "cr2": 0x240, "g_pat": 0x268,
-    "rcx": 0x308, "rdx": 0x310, "rbx": 0x318, "rbp": 0x328, "rsi": 0x330, "rdi": 0x338,
-    "r8": 0x340, "r9": 0x348, "r10": 0x350, "r11": 0x358, "r12": 0x360, "r13": 0x368,
-    "r14": 0x370, "r15": 0x378,
-    "sev_features": 0x3B0, "xcr0": 0x3E8,
-}
-
-# What the PSP writes into the VMSA after measuring it (AMD's SEV-ES firmware does the same):
-# 0 at 0x380 and, at 0x388, the system-physical address of the slot in its trusted memory region
-# (TMR) that holds the page's integrity value. Both sit inside the encrypted page, so the
-# hypervisor can neither read nor redirect them. The integrity value covers bytes [0, 0xFC0).
-VMSA_TMR_RESERVED = 0x380
-VMSA_TMR_SLOT = 0x388
-VMSA_INTEGRITY_END = 0xFC0
 
 # The entry state of docs/guest-abi.md (the plain and SEV launches set the same values).
 ENTRY_CR0 = 0x80010033      # PG, WP, NE, ET, MP, PE
 ENTRY_CR4 = 0x000006A0      # PAE, PGE, OSFXSR, OSXMMEXCPT
 ENTRY_EFER = 0xD00          # LME, LMA, NXE
-EFER_SVME = 0x1000
-"""EFER bit 12. KVM runs every guest with it set in the VMCB save area, so the VMSA it launches
-holds it (`svm_set_efer`; sev-snp-measure's VMSA: "KVM enables EFER_SVME"), and VMRUN refuses a
-guest state without it (hv.hw.vmsa)."""
 ENTRY_RFLAGS = 0x2
 _DR6, _DR7 = 0xFFFF0FF0, 0x400
 _G_PAT = 0x0007040600070406

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sevwire import VMSA_QWORDS
 
-from hv.boot import VMSA_QWORDS
 from hv.hw.memctl import HOST_SLOT, PAGE
 
 __all__ = ["BOTH", "KIND_NAMES", "MemoryMap", "MemoryProbe", "PLAIN", "PRIVATE", "SHARED",

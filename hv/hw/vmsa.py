@@ -22,14 +22,12 @@ loaded.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 
 import numpy as np
+from sevwire import EFER_SVME, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE, VMSA_TMR_SLOT, vmsa_integrity
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
-from hv.boot import (EFER_SVME, VMSA_INTEGRITY_END, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE,
-                     VMSA_TMR_SLOT)
 from hv.hw.memctl import PAGE, MemoryController
 
 __all__ = ["VmsaUnit", "vmsa_integrity"]
@@ -49,12 +47,6 @@ _VMSA_OFF["fs_base"] = VMSA_SEGMENTS["fs"] + 8
 _VMSA_OFF["gs_base"] = VMSA_SEGMENTS["gs"] + 8
 _GDTR, _IDTR = VMSA_SEGMENTS["gdtr"], VMSA_SEGMENTS["idtr"]
 _TAG_OK = 1
-
-
-def vmsa_integrity(page) -> bytes:
-    """Integrity value of a VMSA plaintext, bytes [0, 0xFC0): the same function as the PSP's
-    `firmware._launch.vmsa_integrity` (the firmware writes the first value, the CPU the rest)."""
-    return hashlib.blake2b(bytes(page[:VMSA_INTEGRITY_END]), digest_size=8, person=b"hv-vmsa").digest()
 
 
 def _calibrate() -> dict[str, int] | None:

@@ -17,8 +17,8 @@ from collections import Counter
 
 import capstone
 from capstone import x86_const as CX
+from sevwire import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
 
-from hv.boot import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
 from hv.hw.cpu import GP, VC, Cpu
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, SvmExit, VmgexitExit, VmmcallExit,

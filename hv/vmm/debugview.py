@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sevwire import Status
+from sevwire import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE, Status
 
-from hv.boot import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
 from hv.kvm import KvmError
 from hv.kvm.sev import FirmwareError
 

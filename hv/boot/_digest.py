@@ -1,0 +1,28 @@
+"""The SEV and SEV-ES launch digest of an image: what the guest owner expects the PSP to measure.
+
+It sits above both halves of the launch it covers, the memory layout (hv.boot._layout) and the
+initial register state (hv.boot._vmsa); the SEV-SNP digest is hv.boot._snp's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hv.boot._layout import launch_regions
+from hv.boot._vmsa import launch_vmsas
+
+__all__ = ["launch_digest"]
+
+
+def launch_digest(image: bytes, mem_size: int, cbitpos: int, es: bool = False) -> bytes:
+    """GCTX.LD of a launch of `image`: SHA-256 over every measured byte in order.
+
+    For SEV-ES (`es`) the digest continues over the initial VMSA pages after the image, as
+    LAUNCH_UPDATE_VMSA extends it on hardware (hv.boot._vmsa.launch_vmsas)."""
+    h = hashlib.sha256()
+    for _gpa, data in launch_regions(image, mem_size, cbitpos):
+        h.update(data)
+    if es:
+        for page in launch_vmsas(image, mem_size):
+            h.update(page)
+    return h.digest()
