@@ -44,6 +44,15 @@ class Uart16550:
         """How many earlier bytes `transmitted` no longer holds."""
         return self.sent - min(len(self._tail), self._keep)
 
+    def _transmit(self, value: int) -> None:
+        """The byte leaves on the line at once: to `out`, and into the remembered tail."""
+        tail = self._tail
+        tail.append(value)
+        self.sent += 1
+        if len(tail) > 2 * self._keep:
+            del tail[:-self._keep]
+        self._out(bytes((value,)))
+
     def read(self, offset: int, size: int) -> int:
         dlab = self._regs[3] & 0x80
         if offset == 0:
@@ -62,12 +71,7 @@ class Uart16550:
         value &= 0xFF
         dlab = self._regs[3] & 0x80
         if offset == 0 and not dlab:
-            tail = self._tail
-            tail.append(value)
-            self.sent += 1
-            if len(tail) > 2 * self._keep:
-                del tail[:-self._keep]
-            self._out(bytes((value,)))
+            self._transmit(value)
         elif offset == 0:
             self._dll = value
         elif offset == 1 and dlab:
