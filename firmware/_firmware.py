@@ -47,6 +47,15 @@ from sevwire import (
     PekCsr,
     PlatformState,
     PlatformStatus,
+    ReceiveFinish,
+    ReceiveStart,
+    ReceiveUpdateData,
+    ReceiveUpdateVmsa,
+    SendCancel,
+    SendFinish,
+    SendStart,
+    SendUpdateData,
+    SendUpdateVmsa,
     SevWireError,
     SnpActivate,
     SnpDbgDecrypt,
@@ -61,7 +70,7 @@ from sevwire import (
     Status,
 )
 
-from firmware import _debug, _guest_cmds, _launch, _platform_cmds, _snp, _snp_attest, _snp_debug
+from firmware import _debug, _guest_cmds, _launch, _migrate, _platform_cmds, _snp, _snp_attest, _snp_debug
 from firmware._context import API_MAJOR, API_MINOR, BUILD, PspContext
 from firmware._errors import CommandError, NvStoreError, NvWriteError
 from firmware._identity import ChipIdentity, PlatformIdentity
@@ -101,6 +110,15 @@ HANDLERS: dict[Cmd, tuple[type | None, Handler]] = {
     Cmd.LAUNCH_SECRET: (LaunchSecret, _launch.cmd_launch_secret),
     Cmd.LAUNCH_FINISH: (LaunchFinish, _launch.cmd_launch_finish),
     Cmd.ATTESTATION: (Attestation, _launch.cmd_attestation),
+    Cmd.SEND_START: (SendStart, _migrate.cmd_send_start),
+    Cmd.SEND_UPDATE_DATA: (SendUpdateData, _migrate.cmd_send_update_data),
+    Cmd.SEND_UPDATE_VMSA: (SendUpdateVmsa, _migrate.cmd_send_update_vmsa),
+    Cmd.SEND_FINISH: (SendFinish, _migrate.cmd_send_finish),
+    Cmd.SEND_CANCEL: (SendCancel, _migrate.cmd_send_cancel),
+    Cmd.RECEIVE_START: (ReceiveStart, _migrate.cmd_receive_start),
+    Cmd.RECEIVE_UPDATE_DATA: (ReceiveUpdateData, _migrate.cmd_receive_update_data),
+    Cmd.RECEIVE_UPDATE_VMSA: (ReceiveUpdateVmsa, _migrate.cmd_receive_update_vmsa),
+    Cmd.RECEIVE_FINISH: (ReceiveFinish, _migrate.cmd_receive_finish),
     Cmd.DBG_DECRYPT: (DbgDecrypt, _debug.cmd_dbg_decrypt),
     Cmd.DBG_ENCRYPT: (DbgEncrypt, _debug.cmd_dbg_encrypt),
     Cmd.SNP_INIT: (None, _snp.cmd_snp_init),
@@ -116,7 +134,7 @@ HANDLERS: dict[Cmd, tuple[type | None, Handler]] = {
     Cmd.SNP_PAGE_RECLAIM: (SnpPageReclaim, _snp.cmd_snp_page_reclaim),
 }
 """Command id -> (buffer layout or None, handler).  Ids not listed (INIT_EX, DOWNLOAD_FIRMWARE,
-RING_BUFFER, COPY, ACTIVATE_EX, SEND_*, RECEIVE_*, SWAP_*, and the SNP commands other than the
+RING_BUFFER, COPY, ACTIVATE_EX, SWAP_*, and the SNP commands other than the
 launch set, SNP_GUEST_REQUEST, SNP_DBG_DECRYPT/ENCRYPT and SNP_PAGE_RECLAIM above: SNP_SHUTDOWN,
 SNP_PLATFORM_STATUS, SNP_DF_FLUSH, SNP_INIT_EX, SNP_GUEST_STATUS, SNP_ACTIVATE_EX, the
 SNP_PAGE_* swap/move/set-state commands, SNP_CONFIG, SNP_COMMIT, ...) are INVALID_COMMAND here."""

@@ -72,6 +72,9 @@ __all__ = [
     "cmd_attestation",
     "SECRET_MAX_LEN",
     "VMSA_SIZE",
+    "guest_vek",
+    "install_vmsa",
+    "vmsa_intact",
 ]
 
 SECRET_MAX_LEN = 1 << 16
@@ -94,13 +97,7 @@ def cmd_launch_start(ctx: PspContext, buf: LaunchStart) -> LaunchStart:
         # WrapMacError -> BAD_MEASUREMENT, PolicyMacError -> POLICY_FAILURE.
         tek, tik = open_session(blob, godh, ctx.identity.owner.pdh_key, policy)
         has_session = True
-    if buf.handle == 0:
-        vek = os.urandom(16)
-    else:
-        shared = ctx.guests.lookup(buf.handle)
-        if shared.policy != policy or policy & Policy.NOKS:
-            raise CommandError(Status.POLICY_FAILURE, "key sharing needs the same policy without NOKS")
-        vek = bytes(shared.vek)
+    vek = guest_vek(ctx, buf.handle, policy)
     handle = ctx.guests.free_handle()
     if policy & Policy.ES and not ctx.config_es:
         raise CommandError(Status.UNSUPPORTED, "SEV-ES policy on a platform INITed without SEV-ES")
@@ -109,6 +106,18 @@ def cmd_launch_start(ctx: PspContext, buf: LaunchStart) -> LaunchStart:
     ctx.guests.add(guest)
     ctx.update_working()
     return dataclasses.replace(buf, handle=handle)
+
+
+def guest_vek(ctx: PspContext, share_with: int, policy: int) -> bytes:
+    """A new guest's VEK: fresh and random for handle 0, else the key of guest ``share_with``,
+    which the spec's key sharing allows for the same policy without NOKS (LAUNCH_START and
+    RECEIVE_START alike)."""
+    if share_with == 0:
+        return os.urandom(16)
+    shared = ctx.guests.lookup(share_with)
+    if shared.policy != policy or policy & Policy.NOKS:
+        raise CommandError(Status.POLICY_FAILURE, "key sharing needs the same policy without NOKS")
+    return bytes(shared.vek)
 
 
 def _launching_guest(ctx: PspContext, handle: int, state: GuestState) -> GuestContext:
@@ -161,11 +170,28 @@ def cmd_launch_update_vmsa(ctx: PspContext, buf: LaunchUpdateVmsa) -> None:
         raise CommandError(Status.INVALID_CONFIG, "SEV-ES needs the TMR given at INIT")
     page = bytearray(ctx.mem.read(buf.paddr, VMSA_SIZE))
     guest.ld.update(bytes(page))
-    slot = _tmr_slot(ctx, buf.paddr)
+    install_vmsa(ctx, guest, buf.paddr, page)
+
+
+def install_vmsa(ctx: PspContext, guest: GuestContext, spa: int, page: bytearray) -> None:
+    """Encrypt the VMSA plaintext `page` into `spa` under the guest's key with its integrity
+    value in a TMR slot: the edits of LAUNCH_UPDATE_VMSA, redone by RECEIVE_UPDATE_VMSA."""
+    slot = _tmr_slot(ctx, spa)
     page[VMSA_TMR_RESERVED:VMSA_TMR_RESERVED + 8] = bytes(8)
     page[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8] = slot.to_bytes(8, "little")
-    ctx.mem.write_tmr(slot, (buf.paddr | 1).to_bytes(8, "little") + vmsa_integrity(page))
-    ctx.mem.write_guest(guest, buf.paddr, bytes(page))
+    ctx.mem.write_tmr(slot, (spa | 1).to_bytes(8, "little") + vmsa_integrity(page))
+    ctx.mem.write_guest(guest, spa, bytes(page))
+
+
+def vmsa_intact(ctx: PspContext, spa: int, page: bytes) -> bool:
+    """Whether the VMSA plaintext `page` at `spa` matches the integrity value in its TMR slot
+    (SEND_UPDATE_VMSA re-checks it, so a VMSA the hypervisor altered is never sent)."""
+    base, length = ctx.tmr
+    slot = int.from_bytes(page[VMSA_TMR_SLOT:VMSA_TMR_SLOT + 8], "little")
+    if slot % TMR_ENTRY or not base <= slot <= base + length - TMR_ENTRY:
+        return False
+    entry = ctx.mem.read_tmr()[slot - base:slot - base + TMR_ENTRY]
+    return entry == (spa | 1).to_bytes(8, "little") + vmsa_integrity(page)
 
 
 TMR_ENTRY = 16

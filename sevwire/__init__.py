@@ -12,6 +12,7 @@ Contents:
   session (KDF, blob, ECDH)                    build_session (owner), open_session (PSP)
   launch digest and measurement                LaunchDigest, launch_measure
   LAUNCH_SECRET packets                        package_secret (owner), open_secret (PSP)
+  migration buffers and packets                SendStart, ReceiveStart, ..., seal/open_packet
   legacy ATTESTATION report                    AttestationReport, sign/verify
   SNP guest messages, 1184-byte SNP report     seal/open_guest_message, SnpReport, sign/verify
   VMSA (SEV-ES save area) layout               VMSA_QWORDS, VMSA_SEGMENTS, vmsa_integrity
@@ -83,6 +84,25 @@ from sevwire._measure import (
     launch_measure,
     measurement_message,
     verify_launch_measure,
+)
+from sevwire._migrate import (
+    PACKET_HEADER_SIZE,
+    TRANSPORT_CONTEXT,
+    PacketFlags,
+    PacketHeader,
+    PacketMacError,
+    ReceiveFinish,
+    ReceiveStart,
+    ReceiveUpdateData,
+    ReceiveUpdateVmsa,
+    SendCancel,
+    SendFinish,
+    SendStart,
+    SendUpdateData,
+    SendUpdateVmsa,
+    open_packet,
+    packet_mac,
+    seal_packet,
 )
 from sevwire._policy import POLICY_RESERVED_MASK, Policy, parse_policy, policy_api_major, policy_api_minor
 from sevwire._secret import (
@@ -246,6 +266,11 @@ __all__ = [
     "verify_launch_measure", "LaunchDigest",
     # LAUNCH_SECRET
     "SECRET_HEADER_SIZE", "SecretFlags", "SecretHeader", "secret_mac", "package_secret", "open_secret",
+    # migration (SEND_* / RECEIVE_*)
+    "PACKET_HEADER_SIZE", "TRANSPORT_CONTEXT", "PacketFlags", "PacketHeader", "PacketMacError",
+    "packet_mac", "seal_packet", "open_packet", "SendStart", "SendUpdateData", "SendUpdateVmsa",
+    "SendFinish", "SendCancel", "ReceiveStart", "ReceiveUpdateData", "ReceiveUpdateVmsa",
+    "ReceiveFinish",
     # attestation
     "ATTESTATION_REPORT_SIZE", "ATTESTATION_SIGNED_LEN", "AttestationReport",
     "sign_attestation_report", "verify_attestation_report",

@@ -21,7 +21,7 @@ from sevwire._errors import FieldRangeError, SecretMacError
 from sevwire._measure import api_at_least
 from sevwire._session import aes128_ctr
 
-__all__ = ["SECRET_HEADER_SIZE", "SECRET_CONTEXT", "SecretFlags", "SecretHeader", "secret_mac",
+__all__ = ["SECRET_HEADER_SIZE", "SECRET_CONTEXT", "SecretFlags", "SecretHeader", "channel_message", "secret_mac",
            "package_secret", "open_secret"]
 
 SECRET_HEADER_SIZE = 52
@@ -58,15 +58,22 @@ class SecretHeader:
         return cls(*cls._FORMAT.unpack(buf))
 
 
+def channel_message(context: int, flags: int, iv: bytes, guest_len: int, trans_len: int,
+                    ciphertext: bytes) -> bytes:
+    """What a channel packet's MAC starts with: CONTEXT u8 || FLAGS u32 || IV[16] || GUEST_LEN u32
+    || TRANS_LEN u32 || CIPHERTEXT (0x01 LAUNCH_SECRET, 0x02 SEND/RECEIVE_UPDATE_*)."""
+    try:
+        return struct.pack("<BI16sII", context, flags, require_bytes(iv, 16, "packet IV"),
+                           guest_len, trans_len) + bytes(ciphertext)
+    except struct.error:
+        raise FieldRangeError("packet flags and lengths must be u32") from None
+
+
 def secret_mac(tik: bytes, flags: int, iv: bytes, guest_len: int, trans_len: int, ciphertext: bytes,
                measurement: bytes | None, api_major: int, api_minor: int) -> bytes:
     """The packet MAC; `measurement` is required from API 0.17 and ignored before."""
     tik = require_bytes(tik, 16, "TIK")
-    try:
-        msg = struct.pack("<BI16sII", SECRET_CONTEXT, flags, require_bytes(iv, 16, "secret IV"),
-                          guest_len, trans_len) + bytes(ciphertext)
-    except struct.error:
-        raise FieldRangeError("secret flags and lengths must be u32") from None
+    msg = channel_message(SECRET_CONTEXT, flags, iv, guest_len, trans_len, ciphertext)
     if api_at_least(api_major, api_minor):
         if measurement is None:
             raise FieldRangeError("the secret MAC needs the launch measurement from API 0.17")

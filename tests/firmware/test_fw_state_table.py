@@ -80,7 +80,6 @@ PLATFORM_TABLE = [
 ]
 
 NOT_IMPLEMENTED = [Cmd.INIT_EX, Cmd.DOWNLOAD_FIRMWARE, Cmd.RING_BUFFER, Cmd.COPY, Cmd.ACTIVATE_EX,
-                   Cmd.SEND_START, Cmd.SEND_UPDATE_DATA, Cmd.SEND_FINISH, Cmd.RECEIVE_START,
                    Cmd.SWAP_OUT, Cmd.SWAP_IN, 0x00, 0x10, 0x26, 0xFF, 0x1234, -1]
 
 
@@ -173,8 +172,8 @@ GUEST_TABLE_INACTIVE = [
 
 def _guest_in_state(mb, fw, state: GuestState, active: bool) -> int:
     """A guest (policy 0, with a session) driven to ``state`` through the mailbox.  SUPDATE,
-    RUPDATE and SENT are only reachable through migration, which this firmware does not
-    implement; for those the RUNNING guest's context is set directly (test-only access)."""
+    RUPDATE and SENT are reached through migration (tests/firmware/test_fw_migrate.py); here
+    the RUNNING guest's context is set directly (test-only access)."""
     init_platform(mb)
     launched = launch(mb, 5, bytes(range(256)) * 16, IMG, measure=state is not LU,
                       finish=state not in (LU, LS))
