@@ -5,8 +5,12 @@ its tty layer only moves output when the transmit-holding-register-empty (THRE) 
 its autoconfig probes the FIFO bits of IIR and the loopback wiring of MSR, and its startup checks
 that THRE is raised again each time IER.THRI is set (or it falls back to a polling timer).
 
-Transmission is instantaneous: THR and the transmit shift register are always empty again by the
-time the guest looks, so LSR always shows THRE and TEMT, and a THRE interrupt follows every byte.
+Transmission takes no guest time, but its THRE interrupt comes at the next look: a byte written
+to THR is on the line at once; the interrupt saying so is raised at the guest's next IIR or LSR
+read, or at the VMM's next `sync` (`tx_busy` says one is owed), not at the write. So Linux's
+interrupt handler, which writes 16 bytes and reads IIR again, drains its whole buffer in one
+interrupt, and stopping THRI after the last byte leaves no stray edge behind. LSR always shows
+THRE and TEMT.
 Input is paced by the VMM instead: `feed` (any thread) queues bytes on the "wire"; they enter the
 16-byte receive FIFO as it has room, each time the vCPU thread touches the UART or calls `sync`.
 """
@@ -65,6 +69,7 @@ class Uart16550A(Uart16550):
         self._rx: deque[int] = deque()
         self._overrun = False           # LSR.OE until LSR is read
         self._thre_pending = False
+        self._tx_busy = False           # a byte was written; its THRE interrupt is still owed
         self._msr_delta = 0
         self._wire = bytearray()        # fed bytes not yet received; guarded by _wire_lock
         self._wire_overrun = False
@@ -83,9 +88,21 @@ class Uart16550A(Uart16550):
                 self._wire_overrun = True
 
     def sync(self) -> None:
-        """Move waiting input into the receive FIFO and update the interrupt line (vCPU thread)."""
+        """Move waiting input into the receive FIFO, complete transmissions, update the line
+        (vCPU thread)."""
+        self._finish_tx()
         self._receive_from_wire()
         self._update_irq()
+
+    @property
+    def tx_busy(self) -> bool:
+        """A THRE interrupt is owed: the VMM should `sync` soon even if the guest sleeps."""
+        return self._tx_busy
+
+    def _finish_tx(self) -> None:
+        if self._tx_busy:
+            self._tx_busy = False
+            self._thre_pending = True
 
     def _rx_capacity(self) -> int:
         return FIFO_SIZE if self._fifo_enabled else 1
@@ -183,6 +200,7 @@ class Uart16550A(Uart16550):
         if offset == IER:
             return self._dlm if dlab else self._ier
         if offset == IIR_FCR:
+            self._finish_tx()
             iid = self._interrupt_id()
             if iid == IIR_THRI:
                 self._thre_pending = False  # reading IIR acknowledges THRE when it is shown
@@ -192,6 +210,7 @@ class Uart16550A(Uart16550):
         if offset == MCR:
             return self._mcr
         if offset == LSR:
+            self._finish_tx()
             value = LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0) \
                 | (LSR_OE if self._overrun else 0)
             self._overrun = False
@@ -217,12 +236,13 @@ class Uart16550A(Uart16550):
                 self._receive(value)
             else:
                 self._transmit(value)
-            self._thre_pending = True   # THR is empty again at once
+            self._thre_pending = False  # writing THR acknowledges THRE...
+            self._tx_busy = True        # ...until the byte is seen to have gone
         elif offset == IER:
             if dlab:
                 self._dlm = value
                 return
-            if value & IER_THRI and not self._ier & IER_THRI:
+            if value & IER_THRI and not self._ier & IER_THRI and not self._tx_busy:
                 self._thre_pending = True   # enabling THRI with THR empty raises it
             self._ier = value & 0x0F
         elif offset == IIR_FCR:

@@ -104,10 +104,26 @@ def test_transmit_path_with_thri_drives_irq4():
         p.wr(THR, b)                    # serial8250_tx_chars
     assert bytes(p.out) == b"hello"
     assert p.uart.transmitted == b"hello" and p.uart.sent == 5
-    assert p.line                       # THR emptied again: a fresh rising edge
-    assert p.rd(IIR) == 0xC2
+    assert not p.line and p.uart.tx_busy
+    assert p.rd(IIR) == 0xC2            # the handler's next look: THRE, more room
+    p.wr(THR, ord("!"))
     p.wr(IER, 0x05)                     # circ buffer empty: __stop_tx clears THRI
-    assert p.rd(IIR) == 0xC1 and not p.line
+    assert p.rd(IIR) == 0xC1
+    assert p.levels.count(True) == 1    # one rising edge for the whole burst
+    p.uart.sync()
+    assert not p.line
+
+
+def test_thre_after_a_write_outside_the_handler_comes_at_sync():
+    p = Port()
+    startup(p)
+    p.wr(IER, 0x07)
+    p.rd(IIR)                           # acknowledged
+    p.wr(THR, ord("x"))                 # a write with THRI on and no IIR read after it
+    assert not p.line and p.uart.tx_busy
+    p.uart.sync()                       # the VMM's next update: the byte has gone
+    assert p.line and not p.uart.tx_busy
+    assert p.rd(IIR) == 0xC2
 
 
 def test_writing_thr_clears_a_shown_thre_until_the_byte_is_gone():
