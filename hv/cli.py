@@ -31,6 +31,7 @@ from hv.owner.cli import owner
 from hv.vmm.okcheck import ok
 from hv.vmm.hostfiles import TraceSink, check_writable, default_psp_state, prepare_psp_state
 from hv.vmm.pspctl import psp
+from hv.vmm.migrate_cli import MigrationError, Moves, migration_options
 from hv.vmm import EXIT_INTERRUPTED, EXIT_LAUNCH, EXIT_USAGE, LaunchError, Vmm, VmmConfig
 from hv.sizes import parse_int, parse_size
 
@@ -74,6 +75,9 @@ class _HvGroup(click.Group):
         except ImageError as e:
             click.echo(f"hv: bad image: {e}", err=True)
             ctx.exit(EXIT_USAGE)
+        except MigrationError as e:
+            click.echo(f"hv: migration failed: {e}", err=True)
+            ctx.exit(EXIT_LAUNCH)
         except LaunchError as e:
             click.echo(f"hv: launch failed: {e}", err=True)
             ctx.exit(EXIT_LAUNCH)
@@ -117,7 +121,7 @@ psp_state_option = click.option(
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--mem", default="64M", callback=_size, show_default=True,
               help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
 @click.option("--sev", is_flag=True, help="Run as an SEV guest (measured launch through the PSP).")
@@ -163,13 +167,19 @@ psp_state_option = click.option(
               help="Write a JSON Lines trace: exits, TLB fills, page encryptions/decryptions, PSP commands.")
 @click.option("--trace-insn", is_flag=True, help="Add every instruction to --trace (capstone; slow).")
 @psp_state_option
+@migration_options
 def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet,
         as_json, dump_dram, secret_file, session_dir, owner_exec, id_block_dir, gdb, gdb_wait,
-        trace_file, trace_insn, psp_state):
-    """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout."""
+        trace_file, trace_insn, psp_state, **migration):
+    """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout.
+    With --incoming or --restore, receive a moved guest instead and run it to its end."""
     mode = _one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
-    data = Path(image).read_bytes()
+    moves = Moves.from_options(migration, image=image, mode=mode, psp_state=psp_state, others=dict(
+        secret_file=secret_file, session_dir=session_dir, owner_exec=owner_exec,
+        id_block=id_block_dir, policy=policy is not None, cbitpos=cbitpos is not None,
+        gdb=gdb, trace=trace_file))
+    data = Path(image).read_bytes() if image else b""
     secret = _read_secret(secret_file, mode) if secret_file else None
     if (session_dir or owner_exec) and not mode:
         raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
@@ -193,15 +203,17 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
         tweak=TweakMode(tweak), tsme=tsme, max_insns=max_insns, timeout=timeout, secret=secret,
         session_dir=session_dir, owner_exec=owner_exec, id_block=id_block, id_auth=id_auth,
         psp_state=(psp_state or default_psp_state()) if mode else None,
-        serial_out=stream, image_name=Path(image).name)
+        serial_out=stream, image_name=Path(image).name if image else "guest")
     if config.psp_state:
         prepare_psp_state(config.psp_state)
     for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
         if path:
             check_writable(path, option)
-    vmm = Vmm(config)
+    config.on_exit = moves.exit_hook()
+    vmm = moves.make_vmm(config)
     with _sigint_stops(vmm):
-        result = _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file) else vmm.run()
+        result = (_run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn) if (gdb or trace_file)
+                  else vmm.run(load=not moves.receiving))
     if dump_dram:
         try:
             Path(dump_dram).write_bytes(vmm.dump_guest_memory())
@@ -209,6 +221,7 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
             click.echo(f"hv: cannot write --dump-dram {dump_dram}: {e.strerror}", err=True)
     if result.message:
         click.echo(f"hv: {result.message}", err=True)
+    moves.report(result)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     sys.exit(result.exit_code)

@@ -151,11 +151,16 @@ class Vcpu:
         self._cpu.set_trace(sink)
 
     # -- run ------------------------------------------------------------------------------------------------
-    def run(self) -> K.KvmExit:
+    def complete_exit(self) -> None:
+        """Finish the instruction of the last exit with what user space filled in, without
+        entering the guest (run() does it first; a VM about to be saved or sent does it alone)."""
         if self.es is not None and self.es.busy:
             self.es.complete(self._pending)
             self._pending = None
         self._complete()
+
+    def run(self) -> K.KvmExit:
+        self.complete_exit()
         while True:
             e = self._cpu.run()
             if self.es is not None and isinstance(e, VmgexitExit):

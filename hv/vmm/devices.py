@@ -53,6 +53,16 @@ class Uart16550:
             del tail[:-self._keep]
         self._out(bytes((value,)))
 
+    def state(self) -> dict:
+        """The registers a guest driver set (a VM that moves takes them along; not the output)."""
+        return {"regs": list(self._regs), "dll": self._dll, "dlm": self._dlm}
+
+    def restore(self, state: dict) -> None:
+        regs = [int(v) & 0xFF for v in state["regs"]]
+        if len(regs) != 8:
+            raise ValueError("a 16550 has 8 registers")
+        self._regs, self._dll, self._dlm = regs, int(state["dll"]) & 0xFF, int(state["dlm"]) & 0xFF
+
     def read(self, offset: int, size: int) -> int:
         dlab = self._regs[3] & 0x80
         if offset == 0:

@@ -35,7 +35,7 @@ from hv.vmm.snp_launch import snp_launch, snp_prepare, snp_reclaim
 
 __all__ = [
     "EXIT_CRASH", "EXIT_INTERRUPTED", "EXIT_LAUNCH", "EXIT_TIMEOUT", "EXIT_USAGE", "LaunchError",
-    "RunResult",
+    "RunResult", "StopGuest",
     "Vmm", "VmmConfig",
 ]
 
@@ -50,6 +50,16 @@ DEFAULT_POLICY = 0x1  # NODBG: the guest owner must opt in to debugging
 
 class LaunchError(Exception):
     """The measured launch did not complete (firmware error or the owner refused)."""
+
+
+class StopGuest(Exception):
+    """Raised by an exit hook to end the run cleanly: `reason` and `exit_code` go into the
+    RunResult, the text into its message (hv.vmm.migrate: the guest was sent away)."""
+
+    def __init__(self, reason: str, exit_code: int, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -395,8 +405,12 @@ class Vmm:
         try:
             while True:
                 e = self.vcpu.run()
-                if hook is not None and hook(self, e):
-                    continue  # the hook handled this exit itself (e.g. resolved a MemoryFault)
+                try:
+                    if hook is not None and hook(self, e):
+                        continue  # the hook handled this exit itself (e.g. resolved a MemoryFault)
+                except StopGuest as stop:
+                    reason, code, message = stop.reason, stop.exit_code, str(stop)
+                    break
                 if isinstance(e, K.Io):
                     if e.is_in:
                         e.data = self.pio.read(e.port, e.size)
