@@ -186,16 +186,15 @@ class Pit8254:
         self._irq = irq
         # Channels 0 and 1 have their gates tied high; channel 2's is port 0x61 bit 0.
         self.channels = [_Channel(self, 0, True), _Channel(self, 1, True), _Channel(self, 2, False)]
-        self._next_irq_tick: int | None = None
-        self._seen_tick = 0     # IRQ 0 edges up to this tick have been raised
+        self._next_irq_tick: int | None = None   # channel 0's next rising OUT edge
 
     def _tick(self) -> int:
         return ticks_at(self._clock.now_ns(), PIT_HZ)
 
     def reprogrammed(self, channel: _Channel) -> None:
         if channel.index == 0:
-            self._seen_tick = channel.start if channel.start is not None else self._tick()
-            self._next_irq_tick = channel.next_rise(self._seen_tick)
+            start = channel.start
+            self._next_irq_tick = None if start is None else channel.next_rise(start)
 
     def read(self, offset: int, size: int) -> int:
         if offset == 3:
@@ -244,7 +243,6 @@ class Pit8254:
             return
         self._irq(0, True)
         self._irq(0, False)
-        self._seen_tick = tick
         self._next_irq_tick = self.channels[0].next_rise(tick)
 
     # -- channel 2 as port 0x61 sees it ---------------------------------------------------------

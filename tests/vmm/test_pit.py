@@ -204,3 +204,16 @@ def test_port61_refresh_bit_toggles_and_stores_low_bits():
     assert first & 0x0F == 0x0E
     clock.advance(15_085)                       # a refresh half-period
     assert (bus.read(0x61, 1) ^ first) & 0x10
+
+
+def test_oneshot_mode4_rearms_with_each_count_written():
+    clock, pit, bus, edges = make()
+    bus.write(0x43, 1, 0x38)
+    for delta in (500, 20, 65535):
+        bus.write(0x40, 1, delta & 0xFF)
+        bus.write(0x40, 1, delta >> 8)
+        due = ns_of(tick_of(clock.now_ns()) + delta + 1)
+        assert pit.next_deadline_ns() == due
+        clock.set(due)
+        pit.update(due)
+    assert rises(edges) == 3
