@@ -159,10 +159,10 @@ __attribute__((noinline, aligned(PAGE_SIZE))) uint64_t branch_zero(uint64_t x)
 __attribute__((noinline, aligned(PAGE_SIZE))) uint64_t branch_walk(void)
 {
     uint64_t acc = 0;
-    uint16_t bits;
+    uint64_t bits;
 
     memcpy(&bits, secret, sizeof(bits));
-    for (int i = 15; i >= 0; i--)
+    for (int i = 63; i >= 0; i--)
         acc = (bits >> i) & 1 ? branch_one(acc) : branch_zero(acc);
     return acc;
 }

@@ -9,7 +9,7 @@ def psp_state(tmp_path_factory):
     from hv.hw.machine import Machine, MachineConfig
 
     path = tmp_path_factory.mktemp("psp") / "psp-state.json"
-    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(path))).psp.firmware  # noqa: B018
+    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(path))).psp_firmware  # noqa: B018
     return str(path)
 
 

@@ -6,6 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,7 @@ def lint_tree(tmp_path: Path, broken: dict[str, str]) -> subprocess.CompletedPro
         "hv/hw/__init__.py": "", "hv/hw/engine.py": "",
         "hv/hw/memctl.py": "", "hv/hw/mmu.py": "", "hv/hw/ports.py": "",
         "hv/hw/cpu.py": "", "hv/hw/psp.py": "", "hv/hw/vmsa.py": "",
+        "hv/hw/machine.py": "", "hv/hw/inspect.py": "",
         "hv/kvm/__init__.py": "", "hv/vmm/__init__.py": "", "hv/attacks/__init__.py": "",
         "hv/owner/__init__.py": "", "hv/boot/__init__.py": "",
         "firmware/__init__.py": "", "sevwire/__init__.py": "",
@@ -53,6 +56,22 @@ def test_a_firmware_import_from_the_hypervisor_breaks_a_contract(tmp_path):
     assert r.returncode != 0
     assert "hv.kvm -> firmware" in r.stdout
     assert "hv.attacks -> hv.hw.memctl" in r.stdout
+
+
+@pytest.mark.parametrize("cheat,arrow", [
+    ("from hv.hw.machine import Machine\n", "hv.attacks.a99_cheat -> hv.hw.machine"),
+    ("from hv.hw import inspect\n", "hv.attacks.a99_cheat -> hv.hw.inspect"),
+    ("import hv.hw.inspect\n", "hv.attacks.a99_cheat -> hv.hw.inspect"),
+])
+def test_the_attack_lab_importing_the_machine_or_its_probe_breaks_a_contract(tmp_path, cheat, arrow):
+    """The machine (tweak constants, the DMA and cold-boot ports, the PSP firmware behind it) and
+    its probe (which reads through guest key slots) are not a hypervisor's: an attack module that
+    imports either breaks the attack lab's contract. Reaching them through an object instead
+    (`lab.vmm.machine`, `.psp_firmware`) is what tests/security/test_attack_boundaries.py scans for."""
+    r = lint_tree(tmp_path, {"hv/attacks/__init__.py": "", "hv/attacks/a99_cheat.py": cheat})
+    assert r.returncode != 0
+    assert "The attack lab uses only what a hypervisor has" in r.stdout and "BROKEN" in r.stdout
+    assert arrow in r.stdout
 
 
 def test_an_upward_import_breaks_the_layers(tmp_path):

@@ -9,10 +9,12 @@ this test honest is the HV-SHARED-MARKER the guest put in its shared page, which
 
 from __future__ import annotations
 
-from hv.attacks.evidence import find_all, find_windows, hexs
-from hv.attacks.lab import SHARED_MARKER
+from hv.attacks.evidence import find_all, hexs
+from hv.attacks.findings import Findings, Seen
+from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
+from hv.attacks.verdict import Trial, judge
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -22,16 +24,19 @@ PAPER = "baseline of the SEV threat model (AMD memory encryption whitepaper, 201
 PRIMITIVES = ("R",)
 
 
-def run(mode: str) -> Outcome:
-    dump, lab, secret = snoop(mode, lambda lab: lab.vmm.dump_guest_memory())
-    hits = find_windows(dump, secret)
+def _read(lab: Lab) -> bytes:
+    """All of guest memory as the hypervisor reads it, at an exit while the secret is live."""
+    return lab.vmm.dump_guest_memory()
+
+
+def _attack(trial: Trial) -> Findings:
+    dump, _lab = snoop(trial, _read)
     marker = find_all(dump, SHARED_MARKER)
     control = f"control {SHARED_MARKER.decode()} at GPA {hexs(marker)}" if marker else \
-        "control HV-SHARED-MARKER NOT found (the dump is broken)"
-    if hits:
-        return Outcome(ID, mode, "succeeded",
-                       f"secret {secret[:16].decode()}... found at GPA {hexs(hits)} of the "
-                       f"{len(dump) >> 20} MiB dump; {control}")
-    return Outcome(ID, mode, "failed",
-                   f"no 16-byte window of the {len(secret)}-byte secret in the {len(dump) >> 20} MiB "
-                   f"dump (ciphertext); {control}")
+        f"control {SHARED_MARKER.decode()} NOT found"
+    return Findings(f"read the guest's {len(dump) >> 20} MiB at an exit; {control}",
+                    seen=(Seen("the dump", dump),), control=bool(marker))
+
+
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)

@@ -10,11 +10,12 @@ ciphertext from the old boot decrypts to garbage.
 
 from __future__ import annotations
 
-from hv.attacks.evidence import find_all, find_windows, hexs
+from hv.attacks.evidence import find_all, hexs
+from hv.attacks.findings import Findings, Seen
 from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
-from hv.hw.machine import Machine, MachineConfig
+from hv.attacks.verdict import Trial, judge
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -25,24 +26,26 @@ PRIMITIVES = ("Phys", "R")
 
 
 def _freeze(lab: Lab) -> bytes:
-    return lab.machine.cold_boot.dump()
+    return lab.physical().cold_boot.dump()
+
+
+def _attack(trial: Trial, tsme: bool) -> Findings:
+    cells, lab = snoop(trial, _freeze, tsme=tsme, physical=True)
+    marker = find_all(cells, SHARED_MARKER)
+    # Power cycle: same cells, new machine, new keys. Read them back through the new host key.
+    rebooted = lab.physical().power_cycle_read(cells)
+    host = "host with TSME" if tsme else "host without SME"
+    # The control is the guest's shared page, plaintext in DRAM; under TSME no cell is plaintext,
+    # so there is no control to find (and its absence proves nothing either way).
+    control = f"control marker at SPA {hexs(marker)}" if marker else "control marker NOT in the cells"
+    if tsme and not marker:
+        control = "no control: under TSME no cell holds plaintext, the shared page's neither"
+    return Findings(f"{host}: froze {len(cells) >> 20} MiB of DRAM cells and read them after a power "
+                    f"cycle through the new host key; {control}",
+                    seen=(Seen("the raw DRAM cells", cells, space="SPA"),
+                          Seen("the cells read through the new host key", rebooted, space="SPA")),
+                    control=None if tsme and not marker else bool(marker))
 
 
 def run(mode: str, *, tsme: bool = False) -> Outcome:
-    cells, lab, secret = snoop(mode, _freeze, tsme=tsme)
-    hits = find_windows(cells, secret)
-    marker = find_all(cells, SHARED_MARKER)
-    # Power cycle: same cells, new machine, new keys. Read them back through the new host key.
-    fresh = Machine(MachineConfig(dram_size=len(cells), tweak=lab.machine.tweak_mode(), tsme=tsme))
-    fresh.host.write(0, cells)
-    reboot_hits = find_windows(fresh.host.read(0, len(cells), c_bit=True), secret)
-    host = "host with TSME" if tsme else "host without SME"
-    control = (f"control marker at SPA {hexs(marker)}" if marker else "control marker not in the cells either")
-    after = "after a power cycle the new host key " + ("also finds it" if reboot_hits else "decrypts the cells to garbage")
-    if hits or reboot_hits:
-        where = hexs(hits) if hits else "(only through the new key)"
-        return Outcome(ID, mode, "succeeded",
-                       f"{host}: secret found in raw DRAM at SPA {where}; {control}; {after}")
-    return Outcome(ID, mode, "failed",
-                   f"{host}: no 16-byte window of the secret in {len(cells) >> 20} MiB of DRAM cells; "
-                   f"{control}; {after}")
+    return judge(ID, mode, lambda trial: _attack(trial, tsme))

@@ -8,10 +8,12 @@ SWIOTLB) in plaintext by design: the guest's shared page is the honest control.
 
 from __future__ import annotations
 
-from hv.attacks.evidence import find_all, find_windows, hexs
+from hv.attacks.evidence import find_all, hexs
+from hv.attacks.findings import Findings, Seen
 from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
+from hv.attacks.verdict import Trial, judge
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -23,16 +25,17 @@ PRIMITIVES = ("Phys", "R")
 
 def _dma(lab: Lab) -> tuple[int, bytes]:
     base = lab.vm.gpa_to_spa(0)
-    return base, lab.machine.dma.read(base, lab.config.mem_size)
+    return base, lab.physical().dma.read(base, lab.config.mem_size)
+
+
+def _attack(trial: Trial) -> Findings:
+    (base, data), _lab = snoop(trial, _dma, physical=True)
+    marker = [base + m for m in find_all(data, SHARED_MARKER)]
+    control = f"DMA of the shared page at SPA {hexs(marker)} returns the marker" if marker else \
+        "the shared page's marker was NOT seen"
+    return Findings(f"a device read all {len(data) >> 20} MiB of guest memory by DMA; {control}",
+                    seen=(Seen("the DMA read", data, base, "SPA"),), control=bool(marker))
 
 
 def run(mode: str) -> Outcome:
-    (base, data), _lab, secret = snoop(mode, _dma)
-    hits = [base + h for h in find_windows(data, secret)]
-    marker = [base + m for m in find_all(data, SHARED_MARKER)]
-    control = f"DMA of the shared page at SPA {hexs(marker)} returns the marker" if marker else \
-        "the shared page's marker was NOT seen (the read is broken)"
-    if hits:
-        return Outcome(ID, mode, "succeeded", f"DMA returns the secret at SPA {hexs(hits)}; {control}")
-    return Outcome(ID, mode, "failed",
-                   f"DMA of all {len(data) >> 20} MiB of guest memory: ciphertext, no window of the secret; {control}")
+    return judge(ID, mode, _attack)

@@ -12,10 +12,11 @@ copies into the GHCB.
 from __future__ import annotations
 
 from hv.attacks.evidence import text_of
-from hv.attacks.lab import OP_REGS, PORT_REGS, Lab, Request, Stop
+from hv.attacks.findings import Findings, Seen
+from hv.attacks.lab import OP_REGS, PORT_REGS, Request, Stop
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
-from hv.kvm import exits as K
+from hv.attacks.verdict import Trial, judge
+from hv.kvm import RmpViolation, exits as K
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -24,26 +25,24 @@ NAME = "registers at exits"
 PAPER = "Hetzelt & Buhren, Security Analysis of Encrypted Virtual Machines, VEE 2017"
 PRIMITIVES = ("X",)
 
+REDIRECTED = 0x42  # debug_shell's exit status: the guest ran the code the hypervisor chose
 
-def run(mode: str) -> Outcome:
-    secret = fresh_secret()
+
+def _attack(trial: Trial) -> Findings:
     seen: dict[str, object] = {}
 
-    with Lab("service", mode, secret=secret) as lab:
+    with trial.lab("service") as lab:
         target = lab.symbols["debug_shell"]
 
         def on_exit(e) -> None:
             if not (isinstance(e, K.Io) and e.port == PORT_REGS) or "rbx" in seen:
                 return
             seen["vmsa"] = lab.vcpu.guest_state_protected
-            try:
-                seen["rbx"] = lab.vcpu.get_regs()["rbx"]
-            except Exception as err:  # the state is not the hypervisor's to read
-                seen["rbx"] = err
+            seen["rbx"] = lab.vcpu.get_regs()["rbx"]   # under SEV-ES: the VMSA's ciphertext
             try:
                 lab.vcpu.set_regs({"rip": target})
                 seen["rip"] = None
-            except Exception as err:  # SEV-SNP: the RMP refuses host writes to the VMSA page
+            except RmpViolation as err:  # SEV-SNP: the RMP refuses host writes to the VMSA page
                 seen["rip"] = err
 
         lab.launch()
@@ -52,41 +51,42 @@ def run(mode: str) -> Outcome:
             yield Request(OP_REGS)
 
         stop = lab.run(script(), on_exit=on_exit)
-        serial = lab.serial()
+        console = lab.serial()
     rbx = seen.get("rbx")
-    leaked = isinstance(rbx, int) and rbx.to_bytes(8, "little") == secret[:8]
-    redirected = stop.reason == "exit" and stop.code == 0x42 and secret.hex() in serial
-    verdict = "succeeded" if leaked or redirected else "failed"
-    return Outcome(ID, mode, verdict, f"{_read_text(seen, leaked)}; {_write_text(seen, stop, target, redirected)}")
+    redirected = stop.reason == "exit" and stop.code == REDIRECTED
+    write, defence = _write_text(seen, stop, target, redirected)
+    return Findings(f"{_read_text(seen)}; {write}",
+                    recovered=rbx.to_bytes(8, "little") if isinstance(rbx, int) else b"",
+                    seen=(Seen("the guest's console", console.encode(), space="offset"),),
+                    completed=stop.reason == "exit", defence=defence)
 
 
-def _read_text(seen: dict[str, object], leaked: bool) -> str:
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)
+
+
+def _read_text(seen: dict[str, object]) -> str:
     """What the hypervisor's read of RBX at the exit gave it."""
     rbx = seen.get("rbx")
-    if "rbx" not in seen:
-        return "the guest never made the exit the hypervisor waited for"
     if not isinstance(rbx, int):
-        return f"the hypervisor could not read RBX ({rbx})"
+        return "the guest never made the exit the hypervisor waited for"
     where = "from the encrypted VMSA" if seen.get("vmsa") else "at the exit"
-    if leaked:
-        return (f"the hypervisor read RBX {where}: {rbx:#018x}, the secret's first 8 bytes "
-                f"{text_of(rbx.to_bytes(8, 'little'))}")
-    return f"the hypervisor read RBX {where}: {rbx:#018x}, not the secret"
+    return f"the hypervisor read RBX {where}: {rbx:#018x} (the bytes {text_of(rbx.to_bytes(8, 'little'))})"
 
 
-def _write_text(seen: dict[str, object], stop: Stop, target: int, redirected: bool) -> str:
-    """What the hypervisor's RIP write did to the guest."""
+def _write_text(seen: dict[str, object], stop: Stop, target: int, redirected: bool) -> tuple[str, str]:
+    """What the hypervisor's RIP write did to the guest, and the defence that stopped it."""
     if redirected:
-        return (f"it set RIP to debug_shell ({target:#x}) and the guest printed its secret and "
-                f"exited 0x42")
+        return (f"it set RIP to debug_shell ({target:#x}) and the guest ran it and exited "
+                f"{REDIRECTED:#x}", "")
     if "rip" not in seen:
-        return f"it never wrote RIP; {stop.describe()}"
+        return f"it never wrote RIP; {stop.describe()}", ""
     err = seen["rip"]
     if err is not None:
-        return f"its RIP write was refused ({err}); the guest ran on: {stop.describe()}"
+        return f"its RIP write was refused ({err}); the guest ran on: {stop.describe()}", f"RMP: {err}"
     if isinstance(stop.exit, K.FailEntry):
         check = "VMSA integrity check failed: "
         why = (f"VMRUN failed the VMSA integrity check ({stop.exit.detail.removeprefix(check)})"
                if stop.exit.detail.startswith(check) else f"VMRUN failed ({stop.exit.detail})")
-        return f"its RIP write was refused: {why}, so the guest never ran again"
-    return f"it set RIP to debug_shell ({target:#x}), but the guest did not run it: {stop.describe()}"
+        return f"its RIP write was refused: {why}, so the guest never ran again", why
+    return f"it set RIP to debug_shell ({target:#x}), but the guest did not run it: {stop.describe()}", ""

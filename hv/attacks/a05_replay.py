@@ -10,12 +10,15 @@ hypervisor's write-back faults and changes nothing.
 
 from __future__ import annotations
 
-from hv.attacks.lab import OP_CHECK_PIN, Lab, Request
+import os
+
+from hv.attacks.findings import Findings
+from hv.attacks.lab import OP_CHECK_PIN, Request
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import Trial, judge
 from hv.kvm import RmpViolation
 
-__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
+__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "TRIES", "run", "wrong_pin"]
 
 ID = "A05"
 NAME = "memory replay"
@@ -23,37 +26,50 @@ PAPER = "Hetzelt & Buhren, Security Analysis of Encrypted Virtual Machines, VEE 
 PRIMITIVES = ("T", "X", "R", "W")
 
 WRONG, LOCKED = 1, 2
+TRIES = 5  # the guest locks after 3 wrong PINs (guests/service.c, MAX_TRIES)
 
 
-def run(mode: str) -> Outcome:
-    secret = fresh_secret()
-    wrong_pin = int.from_bytes(secret[:4], "little") ^ 0x5A5A5A5A
+def wrong_pin() -> int:
+    """A PIN the hypervisor guesses: random, so wrong but for one chance in 2^32 (which the judge
+    checks against the truth: a right guess voids the run)."""
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _attack(trial: Trial) -> Findings:
+    pin = wrong_pin()
     log: list[tuple[int, int]] = []
     refused: list[str] = []
 
-    with Lab("service", mode, secret=secret) as lab:
+    with trial.lab("service") as lab:
         page = lab.symbols["pin_state"]
 
         def script():
             saved = lab.vm.read_gpa(page, 0x1000)           # the counter's ciphertext at t0
             for _ in range(2):
-                r = yield Request(OP_CHECK_PIN, wrong_pin)
+                r = yield Request(OP_CHECK_PIN, pin)
                 log.append((r.status, r.value))
             try:
                 lab.vm.write_gpa(page, saved)                # replay
             except RmpViolation as e:                        # SNP: only the guest writes its pages
                 refused.append(str(e))
-            for _ in range(3):
-                r = yield Request(OP_CHECK_PIN, wrong_pin)
+            for _ in range(TRIES - 2):
+                r = yield Request(OP_CHECK_PIN, pin)
                 log.append((r.status, r.value))
 
         lab.launch()
-        lab.run(script())
+        stop = lab.run(script())
     counts = ", ".join(f"{'locked' if s == LOCKED else v}" for s, v in log)
-    replayed = log[2] == (WRONG, 1) and all(s == WRONG for s, _ in log)
+    replayed = len(log) == TRIES and log[2] == (WRONG, 1) and all(s == WRONG for s, _ in log)
     if replayed:
-        return Outcome(ID, mode, "succeeded",
-                       f"wrong-PIN counter after each try: {counts}; replaying the page's old "
-                       f"ciphertext (GPA {page:#x}) reset it, 5 wrong PINs and no lockout")
-    why = f"the write-back was refused ({refused[0]})" if refused else "the replay did not take"
-    return Outcome(ID, mode, "failed", f"wrong-PIN counter after each try: {counts}; {why}")
+        story = (f"wrong-PIN counter after each try: {counts}; replaying the page's old "
+                 f"ciphertext (GPA {page:#x}) reset it, {TRIES} wrong PINs and no lockout")
+    else:
+        why = f"the write-back was refused ({refused[0]})" if refused else "the replay did not take"
+        story = f"wrong-PIN counter after each try: {counts or 'none'}; {why}"
+    return Findings(story, achieved=replayed, completed=len(log) == TRIES and stop.reason == "exit",
+                    defence=f"RMP: {refused[0]}" if refused else "",
+                    guesses=(pin.to_bytes(4, "little"),))
+
+
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)

@@ -11,9 +11,10 @@ SEV-ES does not stop it; SEV-SNP's RMP (which binds each host page to one GPA) d
 from __future__ import annotations
 
 from hv.attacks.evidence import text_of
-from hv.attacks.lab import OP_READ_PAGE, Lab, Request
+from hv.attacks.findings import Findings
+from hv.attacks.lab import OP_READ_PAGE, Request
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import SECRET_SIZE, Trial, judge
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -23,30 +24,34 @@ PAPER = "Morbitzer et al., SEVered: Subverting AMD's Virtual Machine Encryption,
 PRIMITIVES = ("T", "M")
 
 
-def run(mode: str) -> Outcome:
-    secret = fresh_secret()
+def _attack(trial: Trial) -> Findings:
     got: dict[str, bytes] = {}
 
-    with Lab("service", mode, secret=secret) as lab:
+    with trial.lab("service") as lab:
         public = lab.symbols["public_pages"]     # the page the service returns for READ_PAGE 0
         target = lab.symbols["secret"]           # the page the hypervisor wants
 
         def script():
             r = yield Request(OP_READ_PAGE, 0)
-            got["honest"] = r.data[:32]
+            got["honest"] = r.data[:SECRET_SIZE]
             original = lab.spa(public)
             lab.vm.npt_map(public, lab.spa(target))
             r = yield Request(OP_READ_PAGE, 0)
-            got["remapped"] = r.data[:32]
+            got["remapped"] = r.data[:SECRET_SIZE]
             lab.vm.npt_map(public, original)
 
         lab.launch()
         stop = lab.run(script())
     remapped = got.get("remapped")
-    leaked = remapped == secret
     answer = "got no answer" if remapped is None else f"returned {text_of(remapped)}"
-    text = (f"READ_PAGE 0 with GPA {public:#x} remapped to the host page of GPA {target:#x} "
-            f"{answer}" + (" (the secret)" if leaked else " (not the secret)"))
-    if not leaked and "remapped" not in got:
-        text += f"; {stop.describe()}"
-    return Outcome(ID, mode, "succeeded" if leaked else "failed", text)
+    story = (f"READ_PAGE 0 with GPA {public:#x} remapped to the host page of GPA {target:#x} "
+             f"{answer}")
+    rmp = stop.fault is not None and stop.fault.rmp
+    if remapped is None:
+        story += f"; {stop.describe()}"
+    return Findings(story, recovered=remapped or b"", completed=stop.reason == "exit",
+                    defence=stop.describe() if rmp else "")
+
+
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)

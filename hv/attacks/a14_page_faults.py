@@ -11,9 +11,10 @@ page-oblivious guest code does.
 from __future__ import annotations
 
 from hv.attacks.evidence import text_of
-from hv.attacks.lab import OP_BRANCH, Lab, Request
+from hv.attacks.findings import Findings
+from hv.attacks.lab import OP_BRANCH, Request
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import Trial, judge
 from hv.hw.npt import NPT_R, NPT_RWX, NPT_W
 from hv.kvm import MemoryFault
 
@@ -27,11 +28,13 @@ PRIMITIVES = ("T",)
 _PAGE = 0x1000
 
 
-def run(mode: str) -> Outcome:
-    secret = fresh_secret()
+BITS = 64  # guests/service.c's branch_walk: the secret's first 64 bits, most significant first
+
+
+def _attack(trial: Trial) -> Findings:
     trace: list[str] = []
 
-    with Lab("service", mode, secret=secret) as lab:
+    with trial.lab("service") as lab:
         pages = {lab.symbols[n] & ~0xFFF: n for n in ("branch_walk", "branch_one", "branch_zero")}
 
         def arm(except_page: int | None) -> None:
@@ -58,10 +61,11 @@ def run(mode: str) -> Outcome:
     value = 0
     for b in bits:
         value = value << 1 | (b == "branch_one")
-    truth = int.from_bytes(secret[:2], "little")
-    if len(bits) == 16 and value == truth:
-        return Outcome(ID, mode, "succeeded",
-                       f"{len(trace)} nested page faults; the branch pages spell the secret's 16 bits "
-                       f"{value:016b} = {value:#06x} (the bytes {text_of(value.to_bytes(2, 'little'))})")
-    return Outcome(ID, mode, "failed",
-                   f"{len(bits)} branch faults, recovered {value:#x}, secret bits {truth:#x}; {stop.describe()}")
+    recovered = value.to_bytes(len(bits) // 8, "little") if len(bits) == BITS else b""
+    shown = f"{value:#018x} (the bytes {text_of(recovered)})" if recovered else f"{len(bits)} bits, not {BITS}"
+    return Findings(f"{len(trace)} nested page faults; the branch pages spell {shown}",
+                    recovered=recovered, completed=stop.reason == "exit")
+
+
+def run(mode: str) -> Outcome:
+    return judge(ID, mode, _attack)

@@ -16,10 +16,13 @@ for the secret, the attestation report shows that digest and the owner refuses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from hv.attacks.findings import Findings
 from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, honest_placer, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
+from hv.attacks.verdict import Trial, judge
 from hv.kvm import RmpViolation
 from hv.kvm.sev import SevGuest
 from sevwire import SnpPageType
@@ -47,20 +50,34 @@ def _snp_stub(entry: int) -> bytes:
             + bytes.fromhex("48b8") + entry.to_bytes(8, "little") + bytes.fromhex("ffe0"))
 
 
-def _raw_write(mode: str) -> str:
-    with Lab("service", mode, secret=fresh_secret()) as lab:
+@dataclass(frozen=True)
+class _Try:
+    """One way in: what happened, whether the hypervisor's code ran with the guest's trust (the
+    stub ran, or the owner released the secret to the launch that carries it), and the defence."""
+    text: str
+    won: bool
+    defence: str = ""
+
+
+def _raw_write(trial: Trial) -> _Try:
+    with trial.lab("service") as lab:
         lab.launch()
         try:
             lab.vm.write_gpa(lab.vmm.loaded.entry, STUB)  # after the launch: unmeasured, unencrypted
         except RmpViolation as e:                        # SNP: the guest's page is not ours
-            return f"the write faulted ({e})"
+            return _Try(f"the write faulted ({e})", False, f"RMP: {e}")
         stop = lab.run(max_exits=10_000)
-    return "ran" if stop.reason == "exit" and stop.code == MARK else stop.describe()
+    if stop.reason == "exit" and stop.code == MARK:
+        return _Try(f"it ran (exit {MARK:#x})", True)
+    if trial.mode == "plain":
+        return _Try(stop.describe(), False)
+    # Instruction fetches are always private: the plaintext stub decrypted to garbage.
+    return _Try(f"decrypted to garbage, {stop.describe()}", False,
+                f"private fetch decrypted the stub to garbage ({stop.describe()})")
 
 
-def _measured_snp(mode: str) -> str:
-    secret = fresh_secret()
-    with Lab("service", mode, secret=secret) as lab:
+def _measured_snp(trial: Trial) -> _Try:
+    with trial.lab("service") as lab:
         entry = lab.vmm.loaded.entry
         stub_gpa = None
 
@@ -78,16 +95,17 @@ def _measured_snp(mode: str) -> str:
         snp_launch_with(lab, rewrite)
         stop = lab.run(max_exits=10_000)
         ran = lab.vm.read_gpa(MARK_GPA, 4) == MARK_WORD
-        serial = lab.serial()
-        leaked = any(o["result"] == "released" for o in lab.vmm.secret_release.outcomes)
-    line = next((ln for ln in serial.splitlines() if "secret" in ln), "nothing about the secret")
-    return (f"the stub at GPA {stub_gpa:#x} {'ran' if ran else 'did not run'} and "
-            + ("the secret was released" if leaked else "no secret reached it")
+        console = lab.serial()
+        released = any(o["result"] == "released" for o in lab.vmm.secret_release.outcomes)
+    line = next((ln for ln in console.splitlines() if "secret" in ln), "nothing about the secret")
+    text = (f"the stub at GPA {stub_gpa:#x} {'ran' if ran else 'did not run'} and "
+            + ("the secret was released" if released else "no secret reached it")
             + f"; guest console: '{line[:90]}'; {stop.describe()}")
+    return _Try(text, released, "" if released else "the owner released no secret to the report's launch digest")
 
 
-def _measured(mode: str) -> str:
-    with Lab("service", mode, secret=fresh_secret()) as lab:
+def _measured(trial: Trial) -> _Try:
+    with trial.lab("service") as lab:
         entry = lab.vmm.loaded.entry
 
         def place(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> None:
@@ -100,22 +118,26 @@ def _measured(mode: str) -> str:
             honest_placer(lab, sev, patched)
 
         report = measured_launch(lab, place)
-    return f"owner {report.owner_said}"
+    return _Try(f"owner {report.owner_said}", report.secret_injected,
+                "" if report.secret_injected else f"the owner {report.owner_said}")
+
+
+def _attack(trial: Trial) -> Findings:
+    raw = _raw_write(trial)
+    if trial.mode == "plain":
+        return Findings(f"stub written at the entry point: {raw.text}", achieved=raw.won,
+                        completed=raw.won, defence=raw.defence)
+    if trial.mode == "sev-snp":
+        measured = _measured_snp(trial)
+        how = "stub page measured with SNP_LAUNCH_UPDATE and the VMSA's RIP pointed at it"
+    else:
+        measured = _measured(trial)
+        how = "stub measured with LAUNCH_UPDATE_DATA"
+    won = raw.won or measured.won
+    return Findings(f"(a) plaintext stub written after launch: {raw.text}; (b) {how}: {measured.text}",
+                    achieved=won, completed=won,
+                    defence="; ".join(d for d in (raw.defence, measured.defence) if d))
 
 
 def run(mode: str) -> Outcome:
-    raw = _raw_write(mode)
-    if mode == "plain":
-        verdict = "succeeded" if raw == "ran" else "failed"
-        return Outcome(ID, mode, verdict, f"stub written at the entry point: {'it ran (exit 0x42)' if raw == 'ran' else raw}")
-    if mode == "sev-snp":
-        measured = _measured_snp(mode)
-        ran = raw == "ran" or "secret was released" in measured
-        return Outcome(ID, mode, "succeeded" if ran else "failed",
-                       f"(a) plaintext stub written after launch: {raw}; (b) stub page measured with "
-                       f"SNP_LAUNCH_UPDATE and the VMSA's RIP pointed at it: {measured}")
-    measured = _measured(mode)
-    ran = raw == "ran" or "injected" in measured
-    return Outcome(ID, mode, "succeeded" if ran else "failed",
-                   f"(a) plaintext stub written after launch: {'it ran' if raw == 'ran' else 'decrypted to garbage, ' + raw}; "
-                   f"(b) stub measured with LAUNCH_UPDATE_DATA: {measured}")
+    return judge(ID, mode, _attack)

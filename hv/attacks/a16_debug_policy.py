@@ -12,11 +12,13 @@ for the page of the guest's copy of it while the guest runs.
 from __future__ import annotations
 
 from hv import boot
+from hv.attacks.findings import Findings
 from hv.attacks.lab import Lab
 from hv.attacks.outcome import Outcome
-from hv.attacks.secrets import fresh_secret
 from hv.attacks.snoop import snoop
+from hv.attacks.verdict import SECRET_SIZE, Trial, judge
 from hv.kvm.sev import FirmwareError
+from sevwire import Policy, SnpPolicy
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -26,43 +28,51 @@ PAPER = "AMD SEV API 55766 (DBG_DECRYPT, guest policy NODBG)"
 PRIMITIVES = ("P",)
 
 
-def run(mode: str, *, policy: int | None = None) -> Outcome:
-    """`policy`: the guest's (default: hv's, which forbids debugging)."""
-    if mode == "plain":
-        return Outcome(ID, mode, "n/a", "a plain VM has no PSP guest context; its memory is plaintext anyway (A01)")
-    secret = fresh_secret()
+def _status(e: FirmwareError) -> str:
+    return f"status {e.status:#04x} POLICY_FAILURE" if e.status == 0x07 else f"refused: {e}"
+
+
+def _debug_bit(mode: str, policy: int) -> str:
+    """What the policy says about debugging, from its bits (never assumed)."""
     if mode == "sev-snp":
-        return _run_snp(mode, secret, policy)
-    with Lab("secret", mode, secret=secret, policy=policy) as lab:
+        return "DEBUG set" if policy & SnpPolicy.DEBUG else "DEBUG clear"
+    return "NODBG" if policy & Policy.NODBG else "NODBG clear"
+
+
+def _attack(trial: Trial, policy: int | None) -> Findings:
+    if trial.mode == "plain":
+        return Findings("", na="a plain VM has no PSP guest context; its memory is plaintext anyway (A01)")
+    if trial.mode == "sev-snp":
+        return _attack_snp(trial, policy)
+    with trial.lab("secret", policy=policy) as lab:
         lab.launch()
         policy = lab.vmm.sev.policy
+        what = f"DBG_DECRYPT of GPA {boot.SECRET_GPA:#x} under policy {policy:#x} ({_debug_bit(trial.mode, policy)})"
         try:
-            plain = lab.vmm.sev.dbg_decrypt(boot.SECRET_GPA, len(secret))
+            plain = lab.vmm.sev.dbg_decrypt(boot.SECRET_GPA, SECRET_SIZE)
         except FirmwareError as e:
-            return Outcome(ID, mode, "failed",
-                           f"DBG_DECRYPT of GPA {boot.SECRET_GPA:#x} under policy {policy:#x} (NODBG): "
-                           f"status {e.status:#04x} POLICY_FAILURE" if e.status == 0x07 else
-                           f"DBG_DECRYPT refused: {e}")
-    if plain == secret:
-        return Outcome(ID, mode, "succeeded", f"DBG_DECRYPT under policy {policy:#x} returned the secret")
-    return Outcome(ID, mode, "failed", f"DBG_DECRYPT under policy {policy:#x} returned no secret")
+            return Findings(f"{what}: {_status(e)}", defence=_status(e))
+    return Findings(f"{what} returned {SECRET_SIZE} bytes", recovered=plain)
 
 
-def _run_snp(mode: str, secret: bytes, policy: int | None) -> Outcome:
+def _attack_snp(trial: Trial, policy: int | None) -> Findings:
     def look(lab: Lab) -> tuple[int, int, bytes | FirmwareError]:
         where = lab.symbols["static_copy"]
         try:
-            return where, lab.vmm.sev.policy, lab.vmm.sev.dbg_decrypt(where & ~0xFFF)[where & 0xFFF:]
+            page = lab.vmm.sev.dbg_decrypt(where & ~0xFFF)
+            return where, lab.vmm.sev.policy, page[where & 0xFFF:][:SECRET_SIZE]
         except FirmwareError as e:
             return where, lab.vmm.sev.policy, e
 
-    (where, policy, got), _lab, _secret = snoop(mode, look, secret=secret, policy=policy)
+    (where, policy, got), _lab = snoop(trial, look, policy=policy)
+    what = (f"SNP_DBG_DECRYPT of the page holding the guest's copy at GPA {where:#x} under policy "
+            f"{policy:#x} ({_debug_bit(trial.mode, policy)})")
     if isinstance(got, FirmwareError):
         name = "POLICY_FAILURE" if got.status == 0x07 else f"status {got.status:#04x}"
-        return Outcome(ID, mode, "failed", f"SNP_DBG_DECRYPT of the page holding the guest's copy at GPA "
-                                           f"{where:#x} under policy {policy:#x} (DEBUG clear): {name}")
-    if got.startswith(secret):
-        return Outcome(ID, mode, "succeeded", f"SNP_DBG_DECRYPT of GPA {where:#x} under policy {policy:#x} "
-                                              f"(DEBUG set) returned the secret")
-    return Outcome(ID, mode, "failed", f"SNP_DBG_DECRYPT under policy {policy:#x} returned no secret")
+        return Findings(f"{what}: {name}", defence=name)
+    return Findings(f"{what} returned {len(got)} bytes", recovered=got)
 
+
+def run(mode: str, *, policy: int | None = None) -> Outcome:
+    """`policy`: the guest's (default: hv's, which forbids debugging)."""
+    return judge(ID, mode, lambda trial: _attack(trial, policy))

@@ -10,12 +10,13 @@ from typing import Callable, Iterator
 
 import click
 
-from hv.attacks.outcome import MODES, ModeUnavailable, Outcome
+from hv.attacks.outcome import MODES, Outcome
 from hv.attacks.registry import ATTACKS, PRIMITIVE_CODES, by_id, run_matrix
 
 __all__ = ["attack", "one_mode"]
 
-_STYLE = {"succeeded": "bold red", "failed": "bold green", "n/a": "dim"}
+_STYLE = {"succeeded": "bold red", "failed": "bold green", "n/a": "dim", "error": "bold yellow reverse"}
+EXIT_ERROR_CELL = 1  # the run finished, but at least one experiment broke: no verdict there
 _LEGEND_TITLE = "Primitive codes (what the hypervisor does):"
 
 
@@ -38,7 +39,8 @@ def attack() -> None:
     """The attack lab: a malicious hypervisor against plain, SEV, SEV-ES and SEV-SNP guests.
 
     "succeeded" means the hypervisor got what the attack is after; "failed" means a defence
-    held. Where the literature says an attack beats SEV, it succeeds here too.
+    held; "error" means the experiment broke (no verdict; status 1). Where the literature says
+    an attack beats SEV, it succeeds here too. The lab alone holds each guest's secret and judges.
     """
 
 
@@ -65,51 +67,52 @@ def list_(as_json: bool) -> None:
 @click.option("--sev-snp", is_flag=True, help="Against an SEV-SNP guest. The modes exclude each other.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, as_json: bool) -> None:
-    """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp."""
+    """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp.
+    Status 1 when the experiment broke (an "error" outcome: no verdict)."""
     mode = one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     try:
         a = by_id(name)
     except KeyError as e:
         raise click.BadParameter(str(e.args[0]), param_hint="NAME") from None
-    try:
-        out = a.run(mode)
-    except ModeUnavailable as e:
-        click.echo(f"hv attack: {e}", err=True)
-        sys.exit(2)
+    out = a.run(mode)
     if as_json:
         click.echo(json.dumps(out.to_json(), indent=2))
     else:
         click.echo(f"{out.attack} {a.NAME} [{out.mode}]: {out.outcome}\n  {out.evidence}")
+    if out.outcome == "error":
+        click.echo(f"hv attack: {out.attack} {out.mode}: the experiment broke, no verdict", err=True)
+        sys.exit(EXIT_ERROR_CELL)
 
 
 @attack.command()
-@click.option("--json", "as_json", is_flag=True, help='{"cells": [{"attack", "mode", "outcome", "evidence"}]}')
+@click.option("--json", "as_json", is_flag=True,
+              help='{"cells": [{"attack", "mode", "outcome", "evidence", "findings"}]}')
 def matrix(as_json: bool) -> None:
-    """Every attack against every mode this hv can launch, each cell a real run (a minute or
-    two). Progress goes to stderr, a line per cell as it ends (a bar on a terminal); stdout
-    gets only the table, or the JSON."""
+    """Every attack against every mode, each cell a real run (a minute or two). Progress goes
+    to stderr, a line per cell as it ends (a bar on a terminal); stdout gets only the table, or
+    the JSON. A cell whose experiment broke is an "error" cell, and the status is then 1."""
     with _progress(sys.stderr.isatty()) as report:
-        cells, skipped = run_matrix(progress=report)
+        cells = run_matrix(progress=report)
     if as_json:
-        out = {"cells": [c.to_json() for c in cells]}
-        if skipped:
-            out["skipped"] = skipped
-        click.echo(json.dumps(out, indent=2))
-        return
-    _table(cells, skipped)
+        click.echo(json.dumps({"cells": [c.to_json() for c in cells]}, indent=2))
+    else:
+        _table(cells)
+    errors = [f"{c.attack} {c.mode}" for c in cells if c.outcome == "error"]
+    if errors:
+        click.echo(f"hv attack matrix: no verdict (the experiment broke) in {', '.join(errors)}", err=True)
+        sys.exit(EXIT_ERROR_CELL)
 
 
 @contextmanager
-def _progress(terminal: bool) -> Iterator[Callable[[int, int, str, str, Outcome | str], None]]:
+def _progress(terminal: bool) -> Iterator[Callable[[int, int, str, str, Outcome], None]]:
     """The matrix's progress reporter on stderr: a rich bar on a terminal, else one plain line
     per cell (what logs and tests read), with the cell's time."""
     last = [time.perf_counter()]
 
-    def line(done: int, total: int, attack_id: str, mode: str, result: Outcome | str) -> str:
+    def line(done: int, total: int, attack_id: str, mode: str, result: Outcome) -> str:
         now = time.perf_counter()
         took, last[0] = now - last[0], now
-        what = result.outcome if isinstance(result, Outcome) else "not run"
-        return f"[{done:>{len(str(total))}}/{total}] {attack_id} {mode}: {what} ({took:.1f} s)"
+        return f"[{done:>{len(str(total))}}/{total}] {attack_id} {mode}: {result.outcome} ({took:.1f} s)"
 
     if not terminal:
         yield lambda *cell: click.echo(line(*cell), err=True)
@@ -122,19 +125,20 @@ def _progress(terminal: bool) -> Iterator[Callable[[int, int, str, str, Outcome 
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=None)
 
-        def report(done: int, total: int, attack_id: str, mode: str, result: Outcome | str) -> None:
+        def report(done: int, total: int, attack_id: str, mode: str, result: Outcome) -> None:
             bar.update(task, completed=done, total=total,
                        description=line(done, total, attack_id, mode, result).split("] ", 1)[1])
 
         yield report
 
 
-def _table(cells: list[Outcome], skipped: dict[str, str]) -> None:
+def _table(cells: list[Outcome]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     modes = [m for m in MODES if any(c.mode == m for c in cells)]
-    table = Table(title="hv attack matrix (red: the hypervisor won, green: the defence held)")
+    table = Table(title="hv attack matrix (red: the hypervisor won, green: the defence held, "
+                        "error: the experiment broke)")
     table.add_column("attack")
     for m in modes:
         table.add_column(m)
@@ -149,5 +153,3 @@ def _table(cells: list[Outcome], skipped: dict[str, str]) -> None:
     console.print(table)
     for c in cells:
         console.print(f"[bold]{c.attack} {c.mode}[/]: {c.evidence}", highlight=False)
-    for what, why in skipped.items():
-        console.print(f"[dim]not run: {what}: {why}[/]")

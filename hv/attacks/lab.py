@@ -8,8 +8,9 @@ protecting pages (hv.vmm's own loop treats those as crashes). Everything an atta
 from that API: registers from the vCPU, memory through the host port (ciphertext of private
 pages), the nested page table, the DMA and cold-boot ports, and PSP commands.
 
-The guests' secrets are the lab's ground truth; the attacks never read them, the outcome checks
-compare what an attack recovered with them.
+The guests' secrets are the lab's ground truth: a Lab is made by the judge's Trial
+(hv.attacks.verdict) with the trial's secret, which goes to the VMM, playing the guest owner, and
+from there into the guest. The attacks never read it; the judge compares what they found with it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Callable, Generator
 
 from elftools.elf.elffile import ELFFile
 
-from hv.hw.machine import Machine, TweakMode
+from hv import boot
+from hv.hw.grants import PhysicalAccess, TweakMode
 from hv.kvm import MemoryFault, exits as K
-from hv.vmm import LaunchError, Vmm, VmmConfig
-from hv.attacks.outcome import ModeUnavailable
+from hv.owner import LocalOwner
+from hv.vmm import Vmm, VmmConfig
 
 __all__ = [
     "GUESTS_DIR", "Lab", "OP_BRANCH", "OP_CHECK_PIN", "OP_EXIT", "OP_LADDER", "OP_READ_PAGE",
@@ -130,23 +132,17 @@ class Lab:
 
     def __init__(self, image: str, mode: str, *, secret: bytes | None = None,
                  policy: int | None = None, tweak: TweakMode = TweakMode.XEX_RANDOM,
-                 tsme: bool = False, machine: Machine | None = None, mem_size: int = MEM_SIZE):
+                 tsme: bool = False, physical: bool = False, mem_size: int = MEM_SIZE):
         self.image_name = image
         self.image = guest_image(image)
         self.symbols = guest_symbols(self.image)
         self.mode = mode
-        self.secret = secret
         self.config = VmmConfig(image=self.image, mem_size=mem_size, vm_type=mode, policy=policy,
                                 tweak=tweak, tsme=tsme, secret=secret,
                                 psp_state=psp_state_path() if mode != "plain" else None,
                                 image_name=f"{image}.img")
-        try:
-            self.vmm = Vmm(self.config, machine=machine)
-        except LaunchError as e:
-            if "not available" in str(e):
-                raise ModeUnavailable(f"{mode}: {e}") from e
-            raise
-        self.machine = self.vmm.machine
+        self.vmm = Vmm(self.config)
+        self._physical = self.vmm.physical_access() if physical else None
         self.vm = self.vmm.vm
         self.vcpu = self.vmm.vcpu
         self.ring_gpa: int | None = None
@@ -157,6 +153,22 @@ class Lab:
     def launch(self) -> None:
         """The honest launch (hv.vmm's), measured and with the owner's secret for SEV modes."""
         self.vmm.load()
+
+    def physical(self) -> PhysicalAccess:
+        """A physical attacker's access to this host (DMA, the DRAM cells): not a hypervisor's,
+        so a Lab has it only when made with physical=True (the attacks whose PRIMITIVES say Phys)."""
+        if self._physical is None:
+            raise PermissionError("this lab was not granted physical access (Lab(..., physical=True))")
+        return self._physical
+
+    def guest_owner(self) -> LocalOwner:
+        """The guest's owner, honest and apart, for a launch the lab drives itself
+        (hv.attacks.launch): it expects the genuine image's launch digest and holds the secret
+        and, once asked for a session, TEK and TIK; the hypervisor reaches it only through
+        `start` and `answer`."""
+        digest = boot.launch_digest(self.image, self.config.mem_size, self.vm.cbitpos,
+                                    es=self.mode == "sev-es")
+        return LocalOwner(self.config.secret or b"", digest)
 
     def close(self) -> None:
         if self.own_sev is not None:
@@ -227,11 +239,6 @@ class Lab:
 
     def _stopped(self, stop: Stop) -> Stop:
         self.stop = stop
-        if self.mode in ("sev-es", "sev-snp") and stop.reason == "crash" and "#VC" in stop.detail:
-            # The guest cannot even handle its own #VC exceptions: there is no SEV-ES guest to
-            # attack, so there is no outcome to report either.
-            raise ModeUnavailable(f"{self.mode}: the {self.image_name} image has no working #VC "
-                                  f"handler ({stop.detail.strip()}); {self.mode.upper()} not available")
         return stop
 
     def _doorbell(self, script: Script | None, started: bool) -> None:

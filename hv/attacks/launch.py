@@ -3,8 +3,10 @@
 hv.vmm's launch is honest. The launch attacks (A13, A15) need the same PSP command sequence with
 the hypervisor's freedom kept in: where each piece of the image lands and in which order
 LAUNCH_UPDATE_DATA sees it, what it writes outside the measured flow, the entry registers. The
-guest owner is played honestly and separately: it built the session, holds TEK/TIK, knows the
-genuine image, and injects the secret only when the measurement proves that image.
+guest owner is played honestly and separately (Lab.guest_owner, an hv.owner.LocalOwner): it makes
+the session and keeps TEK/TIK to itself, knows the genuine image, and packs the secret for
+LAUNCH_SECRET only when the measurement proves that image. The hypervisor talks to it through the
+channel's two messages and never holds its keys.
 
 Under SEV-SNP the hypervisor's freedom is smaller: SNP_LAUNCH_UPDATE measures each 4 KiB page
 as it lies in memory, with its GPA and page type, so all it can choose is which pages (and which
@@ -20,10 +22,7 @@ from typing import Callable
 
 from hv import boot
 from hv.attacks.lab import Lab
-from hv.attacks.outcome import ModeUnavailable
 from hv.kvm.sev import SevDevice, SevGuest
-from hv.owner import respond
-from sevwire import build_session
 
 __all__ = ["LaunchReport", "Placer", "SnpPages", "honest_placer", "measured_launch", "snp_launch_with"]
 
@@ -40,7 +39,6 @@ def honest_placer(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> 
 @dataclass(frozen=True)
 class LaunchReport:
     measurement: bytes
-    honest_digest: bytes
     secret_injected: bool
     owner_said: str
 
@@ -49,7 +47,7 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     """LAUNCH_START .. LAUNCH_FINISH with `place` loading the measured regions, then the boot
     information page and the entry registers, as hv.vmm does."""
     if lab.mode not in ("sev", "sev-es"):
-        raise ModeUnavailable(f"the lab's own launch drives SEV and SEV-ES, not {lab.mode}")
+        raise ValueError(f"the lab's own launch drives SEV and SEV-ES, not {lab.mode}")
     es = lab.mode == "sev-es"
     if es:
         policy |= 0x4  # ES: the PSP refuses an ES guest under a policy without it
@@ -61,8 +59,8 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     vm.sev = sev
     lab.own_sev = sev
     pdh, _chain = dev.pdh_cert_export()
-    owner = build_session(pdh, policy)                         # the owner's side
-    sev.launch_start(owner.godh_cert, owner.blob)
+    owner = lab.guest_owner()                                  # the owner's side, apart
+    sev.launch_start(*owner.start(pdh, policy))
     place(lab, sev, boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos))
     if es:  # the initial register state is measured and encrypted too: nothing to redirect later
         for vmsa in boot.launch_vmsas(cfg.image, cfg.mem_size):
@@ -70,21 +68,22 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
     measurement, mnonce = sev.launch_measure()
     request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(), "api_major": status.api_major,
                "api_minor": status.api_minor, "build": status.build, "policy": policy}
-    digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos, es=es)  # what the owner expects
-    answer = respond(request, owner.tek + owner.tik, digest, cfg.secret or b"")
+    answer = owner.answer(request)
     injected = "refuse" not in answer
+    secret_len = 0
     if injected:
-        sev.launch_secret(bytes.fromhex(answer["header"]), bytes.fromhex(answer["data"]), boot.SECRET_GPA)
+        data = bytes.fromhex(answer["data"])
+        sev.launch_secret(bytes.fromhex(answer["header"]), data, boot.SECRET_GPA)
+        secret_len = len(data)
     sev.launch_finish()
-    secret_len = len(cfg.secret or b"") if injected else 0
     vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
     if lab.vcpu.guest_state_protected:
-        return LaunchReport(measurement, digest, injected,
+        return LaunchReport(measurement, injected,
                             "injected the secret" if injected else f"refused: {answer['refuse']}")
     lab.vcpu.set_regs({"rip": lab.vmm.loaded.entry, "rsp": boot.BOOT_STACK_TOP,
                        "rsi": boot.BOOT_INFO_GPA, "rflags": 0x2})
     lab.vcpu.set_sregs({"cr3": boot.PAGE_TABLES_GPA})
-    return LaunchReport(measurement, digest, injected,
+    return LaunchReport(measurement, injected,
                         "injected the secret" if injected else f"refused: {answer['refuse']}")
 
 
@@ -92,6 +91,6 @@ def snp_launch_with(lab: Lab, rewrite: Callable[[SnpPages], SnpPages]) -> None:
     """hv.vmm's SNP launch of `lab`'s guest, with the pages SNP_LAUNCH_UPDATE sees replaced by
     `rewrite(pages)` (the genuine pages in launch order, the VMSA last)."""
     if lab.mode != "sev-snp":
-        raise ModeUnavailable(f"the lab's SNP launch drives SEV-SNP, not {lab.mode}")
+        raise ValueError(f"the lab's SNP launch drives SEV-SNP, not {lab.mode}")
     lab.vmm.load(snp_pages=rewrite)
 

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["MODES", "OUTCOMES", "ModeUnavailable", "Outcome"]
+__all__ = ["MODES", "OUTCOMES", "Outcome"]
 
 MODES = ("plain", "sev", "sev-es", "sev-snp")
-OUTCOMES = ("succeeded", "failed", "n/a")
-
-
-class ModeUnavailable(Exception):
-    """This version of hv cannot launch the mode at all (e.g. SEV-ES before it exists): the
-    cell has no outcome, and saying "failed" or "n/a" would be a lie."""
+OUTCOMES = ("succeeded", "failed", "n/a", "error")
 
 
 @dataclass(frozen=True)
 class Outcome:
     """`succeeded`: the hypervisor got what the attack is after; `failed`: a defence held;
-    `n/a`: the attack has no meaning in this mode. `evidence` is one checkable line."""
+    `n/a`: the attack has no meaning in this mode; `error`: the experiment broke (the guest
+    crashed where it should not, the honest control was missing, too little was recovered to
+    judge), so there is no verdict. `evidence` is one checkable line; `findings` is what the
+    attack reported, as JSON (hv.attacks.findings), or None when it reported nothing."""
 
     attack: str
     mode: str
     outcome: str
     evidence: str
+    findings: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -35,4 +34,4 @@ class Outcome:
 
     def to_json(self) -> dict:
         return {"attack": self.attack, "mode": self.mode, "outcome": self.outcome,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "findings": self.findings}

@@ -8,12 +8,14 @@ number to the POST port 64 times while the secret is live. The snoop pauses the 
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from hv.attacks.lab import Lab
-from hv.attacks.secrets import fresh_secret
-from hv.hw.machine import TweakMode
+from hv.hw.grants import TweakMode
 from hv.kvm import exits as K
+
+if TYPE_CHECKING:
+    from hv.attacks.verdict import Trial
 
 __all__ = ["POST_PORT", "SNOOP_ROUND", "snoop"]
 
@@ -22,18 +24,18 @@ SNOOP_ROUND = 32
 T = TypeVar("T")
 
 
-def snoop(mode: str, look: Callable[[Lab], T], *, tsme: bool = False,
-          secret: bytes | None = None, policy: int | None = None) -> tuple[T, Lab, bytes]:
-    """Boot `secret` in `mode`, call `look(lab)` at round 32, let the guest finish.
-    Returns (what look returned, the finished lab, the secret)."""
-    secret = fresh_secret() if secret is None else secret
+def snoop(trial: "Trial", look: Callable[[Lab], T], *, tsme: bool = False,
+          policy: int | None = None, physical: bool = False) -> tuple[T, Lab]:
+    """Boot `secret` with the trial's secret, call `look(lab)` at round 32, let the guest
+    finish. Returns (what look returned, the finished lab). `physical`: the lab also holds a
+    physical attacker's access (DMA, the DRAM cells), for A02 and A03 only."""
     seen: list[T] = []
 
     def on_exit(e) -> None:
         if isinstance(e, K.Io) and e.port == POST_PORT and not e.is_in and e.data == SNOOP_ROUND and not seen:
             seen.append(look(lab))
 
-    lab = Lab("secret", mode, secret=secret, tsme=tsme, tweak=TweakMode.XEX_RANDOM, policy=policy)
+    lab = trial.lab("secret", tsme=tsme, tweak=TweakMode.XEX_RANDOM, policy=policy, physical=physical)
     try:
         lab.launch()
         stop = lab.run(on_exit=on_exit)
@@ -41,4 +43,4 @@ def snoop(mode: str, look: Callable[[Lab], T], *, tsme: bool = False,
         lab.close()
     if not seen:
         raise RuntimeError(f"the secret guest never reached round {SNOOP_ROUND}: {stop.describe()}")
-    return seen[0], lab, secret
+    return seen[0], lab

@@ -15,15 +15,27 @@ The hypervisor does this once per host, before any guest is on it.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-from hv.hw.machine import Machine, TweakMode
+from hv.hw.grants import TweakMode
 
 __all__ = ["Unsolvable", "recover_constants", "tweak"]
 
 _REGION_BITS = 22          # phase 1: a 4 MiB region, bits 4..21
 _LOW_BITS = 20             # phase 2 regions: 1 MiB, bits 4..19 known from phase 1
 _MAX_ROUNDS = 8
+
+
+class HostPort(Protocol):
+    """The hypervisor's host memory port (Vm.host): DRAM as stored, or through the host's own
+    SME key with c_bit=True."""
+
+    @property
+    def size(self) -> int: ...
+    def read(self, spa: int, length: int, c_bit: bool = False) -> bytes: ...
+    def write(self, spa: int, data: bytes, c_bit: bool = False) -> None: ...
 
 
 class Unsolvable(Exception):
@@ -43,11 +55,11 @@ def _pattern(x: np.ndarray) -> np.ndarray:
     return np.repeat(x.astype(np.uint32)[:, None], 4, axis=1)
 
 
-def _keys(machine: Machine, base: int, words: np.ndarray, xex: bool) -> np.ndarray:
+def _keys(host: HostPort, base: int, words: np.ndarray, xex: bool) -> np.ndarray:
     """Write the pattern blocks through the host key at `base`, return each block's key."""
     blocks = _pattern(words)
-    machine.host.write(base, blocks.tobytes(), c_bit=True)
-    raw = np.frombuffer(machine.host.read(base, blocks.nbytes), dtype=np.uint32).reshape(-1, 4)
+    host.write(base, blocks.tobytes(), c_bit=True)
+    raw = np.frombuffer(host.read(base, blocks.nbytes), dtype=np.uint32).reshape(-1, 4)
     key = raw ^ blocks if xex else raw
     return key.view(np.uint64)[:, 0].copy()
 
@@ -85,20 +97,22 @@ def _solve(rows: list[tuple[int, int]], nvars: int) -> list[int] | None:
     return values
 
 
-def recover_constants(machine: Machine, rng: np.random.Generator | None = None) -> dict[int, int]:
-    """{bit: t_bit} for every address bit 4.. that the machine's DRAM uses."""
+def recover_constants(host: HostPort, mode: TweakMode,
+                      rng: np.random.Generator | None = None) -> dict[int, int]:
+    """{bit: t_bit} for every address bit 4.. that DRAM behind the hypervisor's `host` port
+    uses, on a part of tweak generation `mode` (public: which CPU it is)."""
     rng = rng or np.random.default_rng()
-    mode = machine.tweak_mode()
+    dram_size = host.size
     xex = mode is not TweakMode.XE_LINEAR
     region, nvars = 1 << _REGION_BITS, _REGION_BITS - 4
     base = region  # [4 MiB, 8 MiB): scratch host memory before any guest is loaded
-    zeros = _keys(machine, base, np.zeros(region // 16, dtype=np.uint32), xex)
+    zeros = _keys(host, base, np.zeros(region // 16, dtype=np.uint32), xex)
     order = np.argsort(zeros)
     rows: list[tuple[int, int]] = []
     values = None
     for _ in range(_MAX_ROUNDS):
         c = rng.integers(1, 1 << 32, size=region // 16, dtype=np.uint64).astype(np.uint32)
-        keys = _keys(machine, base, c, xex)
+        keys = _keys(host, base, c, xex)
         pos = np.searchsorted(zeros, keys, sorter=order)
         pos[pos >= len(zeros)] = 0
         hit = zeros[order[pos]] == keys
@@ -115,14 +129,14 @@ def recover_constants(machine: Machine, rng: np.random.Generator | None = None) 
     low = _low_tweaks(constants, _LOW_BITS)
     n = 1 << (_LOW_BITS - 4)
     j = np.arange(n, dtype=np.uint32)
-    for bit in range(_REGION_BITS, machine.dram_size.bit_length()):
+    for bit in range(_REGION_BITS, dram_size.bit_length()):
         p, q = 0, 1 << bit
-        if q + (1 << _LOW_BITS) > machine.dram_size:
+        if q + (1 << _LOW_BITS) > dram_size:
             p, q = (1 << _LOW_BITS), (1 << bit) | (1 << _LOW_BITS)
-            if q + (1 << _LOW_BITS) > machine.dram_size:
+            if q + (1 << _LOW_BITS) > dram_size:
                 continue  # no 1 MiB pair at this distance in DRAM: the bit is never used whole
-        a = _keys(machine, p, low ^ j, xex)
-        b = _keys(machine, q, low ^ (j << np.uint32(16)), xex)
+        a = _keys(host, p, low ^ j, xex)
+        b = _keys(host, q, low ^ (j << np.uint32(16)), xex)
         common, ia, ib = np.intersect1d(a, b, return_indices=True)
         if len(common) != 1:
             raise Unsolvable(f"bit {bit}: {len(common)} collisions instead of one")

@@ -1,8 +1,9 @@
 """The machine: one SoC with DRAM, a memory controller, an AES engine, a PSP and CPU cores.
 
-The machine hands out capabilities, never itself: the hypervisor gets a HostPort, a DmaPort and
-the PSP mailbox; the PSP firmware gets a PspPort with the key slots; a physical attacker gets a
-ColdBootPort. Nothing here returns a key.
+The machine hands out capabilities, never itself: the hypervisor gets a HypervisorPort (the host
+memory port, the PSP mailbox, CPUs, nested page tables, the RMP instructions); the PSP firmware
+gets a PspPort with the key slots; a physical attacker gets PhysicalAccess (DMA, the DRAM cells),
+asked for separately (hv.hw.grants). Nothing here returns a key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from hv.hw.cpu import Cpu, GuestControl
 from hv.hw.cpuid import EPYC, CpuModel
 from hv.hw.engine import AesEngine, KeySlotPort, TweakMode
+from hv.hw.grants import HypervisorPort, KeyServer, PhysicalAccess
 from hv.hw.memctl import MemoryController
 from hv.hw.npt import NestedPageTable
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
@@ -44,6 +46,28 @@ class Machine:
         self.dma = DmaPort(self._mc)
         self.cold_boot = ColdBootPort(self._mc)
         self.psp = PspMailbox(self._make_firmware)
+        self.kds = KeyServer(lambda: self.psp_firmware)
+
+    @property
+    def psp_firmware(self):
+        """The PSP's firmware itself, booted: for the platform owner's diagnostics (`hv psp`'s
+        state-file faults) and for tests that check it. No hypervisor capability reaches it."""
+        self.psp.boot()
+        return self.psp._firmware()
+
+    def hypervisor_port(self) -> HypervisorPort:
+        """What a hypervisor on this machine may use (hv.kvm.Kvm's view of it)."""
+        return HypervisorPort(self)
+
+    def physical_access(self) -> PhysicalAccess:
+        """A physical attacker's reach: DMA, the DRAM cells, a power cycle of the same part."""
+        return PhysicalAccess(self.dma, self.cold_boot, self._power_cycled_read)
+
+    def _power_cycled_read(self, cells: bytes) -> bytes:
+        fresh = Machine(MachineConfig(dram_size=len(cells), model=self.model,
+                                      tweak=self.tweak_mode(), tsme=self.tsme))
+        fresh.host.write(0, cells)
+        return fresh.host.read(0, len(cells), c_bit=True)
 
     def _make_firmware(self):
         from firmware import Firmware  # the PSP's own code, loaded when the PSP first boots

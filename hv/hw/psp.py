@@ -27,8 +27,12 @@ class PspMailbox:
         self.addr_hi = 0
         self.log: list[tuple[int, int]] = []  # (command id, status), for traces
 
-    @property
-    def firmware(self):
+    def boot(self) -> None:
+        """Power the PSP on if it is not yet (it loads its firmware and non-volatile state);
+        raises what its boot raised. The driver sees the mailbox's registers, never the firmware."""
+        self._firmware()
+
+    def _firmware(self):
         if self._fw is None:
             self._fw = self._factory()
         return self._fw
@@ -40,7 +44,7 @@ class PspMailbox:
     def ring(self, cmd_id: int) -> int:
         """Write CMDRESP with the command id; returns CMDRESP after the firmware answered."""
         self.cmdresp = (cmd_id & 0x3FF) << _CMD_SHIFT
-        status = self.firmware.command(cmd_id, self.addr_hi << 32 | self.addr_lo)
+        status = self._firmware().command(cmd_id, self.addr_hi << 32 | self.addr_lo)
         self.cmdresp = CMDRESP_RESP | (status & _STATUS_MASK)
         self.log.append((cmd_id, status & _STATUS_MASK))
         return self.cmdresp

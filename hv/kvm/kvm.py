@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hv.hw.cpu import GuestControl
+from hv.hw.grants import HypervisorPort
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
 from hv.kvm.cpuid import guest_cpuid_table
@@ -37,8 +38,10 @@ class MemorySlot:
 class Kvm:
     """/dev/kvm on one machine."""
 
-    def __init__(self, machine: Machine):
-        self.machine = machine
+    def __init__(self, machine: Machine | HypervisorPort):
+        # The hypervisor's capabilities, never the machine itself: no DMA device, no DRAM probe,
+        # no tweak constants, nothing of the firmware (hv.hw.grants).
+        self.machine = machine if isinstance(machine, HypervisorPort) else machine.hypervisor_port()
         self._free = [(HOST_RESERVED, machine.dram_size - HOST_RESERVED)]
         self._host_next = _HOST_RING_START
         self._asids_used: set[int] = set()

@@ -69,7 +69,7 @@ class SevDevice:
     def issue(self, cmd: int, buf: CommandBuffer | None = None, check: bool = True):
         """Write `buf`, ring the doorbell, return (status, buffer as the firmware left it)."""
         try:
-            self._mailbox.firmware  # noqa: B018 - boots the PSP on first use
+            self._mailbox.boot()  # the PSP powers on at its first command
         except Exception as e:  # the PSP's own boot failed: nothing a command could fix
             raise PspError(f"the PSP did not start: {e}") from e
         if buf is None:
@@ -144,16 +144,16 @@ class SevDevice:
 
     def amd_chain(self) -> tuple[bytes, bytes]:
         """(ASK, ARK): public certificates of the emulated AMD root (what AMD's site serves)."""
-        return self._mailbox.firmware.export_amd_chain()
+        return self.kvm.machine.kds.amd_chain()
 
     def vcek(self) -> bytes:
         """The ASK-signed VCEK certificate (X.509 DER) that SNP attestation reports verify with."""
-        return self._mailbox.firmware.export_vcek()
+        return self.kvm.machine.kds.vcek()
 
     def kds_chain(self) -> tuple[bytes, bytes]:
         """(ASK, ARK) as X.509 DER, the form AMD's key distribution service serves: the same keys
         as amd_chain()'s AMD-format certificates."""
-        return self._mailbox.firmware.export_kds_chain()
+        return self.kvm.machine.kds.kds_chain()
 
     def snp_certificates(self) -> bytes:
         """The certificate table of the SNP extended guest request: the VCEK, the ASK and the

@@ -12,6 +12,7 @@ from hv.owner._chain import CHAIN_FILES, ChainReport, Link, verify_chain
 from hv.owner._digest import ImageDigest, image_digest
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._id_block import IdBlockFiles, make_id_block
+from hv.owner._local import LocalOwner
 from hv.owner._release import RELEASE_ANSWER_FIELDS, SNP_MAX_SECRET, release_key, release_secret
 from hv.owner._respond import MAX_SECRET, REQUEST_FIELDS, respond
 from hv.owner._snp_report import ReportCheck, SnpChain, read_snp_chain, verify_snp_report_chain
@@ -20,6 +21,7 @@ __all__ = [
     "make_id_block",
     "IdBlockFiles",
     "respond",
+    "LocalOwner",
     "release_secret",
     "release_key",
     "RELEASE_ANSWER_FIELDS",

@@ -42,7 +42,7 @@ class _PspGroup(click.Group):
             return super().invoke(ctx)
         except FirmwareError as e:
             machine = ctx.meta.get(_MACHINE)
-            fault = machine.psp.firmware.nv_fault if machine is not None and e.status else None
+            fault = machine.psp_firmware.nv_fault if machine is not None and e.status else None
             _fail(ctx, str(fault or e), 3)  # the PSP's own reason, when it has one
         except OcaError as e:
             _fail(ctx, str(e), 2)

@@ -327,8 +327,8 @@ class Vmm:
             info["released"] = True
 
     def _sev_launch(self) -> int:
-        from hv.owner import respond  # the guest owner's side, played locally when asked to
-        from sevwire import Policy, build_session
+        from hv.owner import LocalOwner  # the guest owner's side, played locally when asked to
+        from sevwire import Policy
 
         cfg = self.config
         policy = DEFAULT_POLICY if cfg.policy is None else cfg.policy
@@ -341,14 +341,16 @@ class Vmm:
             status = dev.platform_status()
             self.sev = sev = SevGuest(self.vm, dev, policy)
             self.vm.sev = sev
-            tk = None
+            owner = None
+            digest = boot.launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos, es=es)
             if cfg.session_dir is not None:
                 godh, session = _read_session(cfg.session_dir)
             else:
-                # The convenient local mode: hv plays the guest owner with a fresh owner key.
+                # The convenient local mode: hv plays the guest owner with a fresh owner key, behind
+                # a channel that keeps TEK and TIK out of the VMM's objects (hv.owner.LocalOwner).
                 pdh, _chain = dev.pdh_cert_export()
-                owner = build_session(pdh, policy)
-                godh, session, tk = owner.godh_cert, owner.blob, owner.tek + owner.tik
+                owner = LocalOwner(cfg.secret or b"", digest)
+                godh, session = owner.start(pdh, policy)
             sev.launch_start(godh, session)
             for gpa, data in boot.launch_regions(cfg.image, cfg.mem_size, self.vm.cbitpos):
                 self.vm.write_gpa(gpa, data)
@@ -361,18 +363,17 @@ class Vmm:
                        "api_major": status.api_major, "api_minor": status.api_minor,
                        "build": status.build, "policy": policy}
             self.launch_info = dict(request, handle=sev.handle, asid=self.vm.asid,
-                                    digest=boot.launch_digest(cfg.image, cfg.mem_size, self.vm.cbitpos, es=es).hex(),
+                                    digest=digest.hex(),
                                     mode=self.vm.type)
             secret_len = 0
             answer = None
             if cfg.owner_exec is not None:
                 answer = self._owner_exec(request, ("header", "data"))
             elif cfg.secret is not None:
-                if tk is None:
+                if owner is None:
                     raise LaunchError("--secret-file with --session needs --owner-exec: only the owner holds the transport keys")
                 self._check_secret(cfg.secret)
-                digest = bytes.fromhex(self.launch_info["digest"])
-                answer = respond(request, tk, digest, cfg.secret)
+                answer = owner.answer(request)
             if answer is not None:
                 if "refuse" in answer:
                     raise LaunchError(f"the guest owner refused the launch: {answer['refuse']}")
@@ -481,6 +482,11 @@ class Vmm:
     def dump_guest_memory(self) -> bytes:
         """Guest memory in GPA order as the hypervisor reads it (ciphertext for private pages)."""
         return self.vm.read_gpa(0, self.config.mem_size)
+
+    def physical_access(self):
+        """What a physical attacker at this host reaches (DMA, the DRAM cells; hv.hw.grants): a
+        separate grant from the hypervisor's, asked for explicitly (the attack lab's A02, A03)."""
+        return self.machine.physical_access()
 
     def close(self) -> None:
         if isinstance(self.sev, SnpGuest):

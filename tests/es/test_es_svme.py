@@ -17,7 +17,7 @@ EFER_OFF = 0xD0  # AMD's save-area offset of EFER (es-snp-reference 1)
 
 
 def _efer(vmm) -> int:
-    machine = vmm.vm.kvm.machine
+    machine = vmm.machine
     plain = machine._mc.read(vmm.vcpu.vmsa_spa, 4096, vmm.vm.asid)
     return struct.unpack_from("<Q", plain, EFER_OFF)[0]
 

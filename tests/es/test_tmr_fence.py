@@ -50,7 +50,7 @@ def _victim_slot(vmm) -> tuple[int, int, bytes]:
     DRAM) sees it: the firmware gives the first VMSA the first free slot of a fresh TMR."""
     tmr, spa = vmm.sev.dev._tmr, vmm.vcpu.vmsa_spa
     tag = (spa | 1).to_bytes(8, "little")
-    page = vmm.kvm.machine.cold_boot.dump(tmr, PAGE)
+    page = vmm.machine.cold_boot.dump(tmr, PAGE)
     assert page.find(tag) >= 0
     return tmr, page.find(tag), tag
 
@@ -96,7 +96,7 @@ def test_a_guest_of_the_hypervisor_cannot_replay_a_slot(make_vmm):
     being blocked); lets the victim run on; then puts both back, the TMR page through its
     accomplice, and resumes the victim. VMRUN must refuse."""
     vmm = make_vmm(GUEST, "sev-es")
-    host, spa, probe = vmm.vm.host, vmm.vcpu.vmsa_spa, vmm.kvm.machine.cold_boot
+    host, spa, probe = vmm.vm.host, vmm.vcpu.vmsa_spa, vmm.machine.cold_boot
     tmr, at, _tag = _victim_slot(vmm)
     helper = Accomplice(vmm.kvm)
     helper.vm.npt_map(WINDOW, tmr)
@@ -123,7 +123,7 @@ def test_an_sev_es_guest_cannot_write_into_the_tmr(make_vmm):
     vmm = make_vmm(GUEST, "sev-es")
     assert isinstance(vmm.vcpu.run(), K.Hlt)
     tmr, at, _tag = _victim_slot(vmm)
-    probe = vmm.kvm.machine.cold_boot
+    probe = vmm.machine.cold_boot
     before = probe.dump(tmr, 2 * PAGE)
     vmm.vm.npt_map(0x8000, tmr + PAGE)
     assert isinstance(vmm.vcpu.run(), K.Hlt)

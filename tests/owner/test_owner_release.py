@@ -57,7 +57,7 @@ class Platform:
         self.guest.launch_update(0x1000)
         self.guest.launch_update(0x2000, SnpPageType.SECRETS)
         self.guest.launch_finish()
-        self.vmpck = self.machine.psp.firmware._ctx.snp_guests[self.guest.gctx].vmpck[0]
+        self.vmpck = self.machine.psp_firmware._ctx.snp_guests[self.guest.gctx].vmpck[0]
         self.seqno = 1
         self.certs = dev.export_certificates()
         certs_dir.mkdir()
@@ -285,7 +285,7 @@ def test_exec_with_image_against_a_vmm_launch(psp_state, tmp_path):
     vmm = Vmm(VmmConfig(image=(guests / "hello.img").read_bytes(), vm_type="sev-snp", psp_state=str(state)))
     try:
         vmm.load()
-        vmpck = vmm.machine.psp.firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
+        vmpck = vmm.machine.psp_firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
         key, pub = guest_key()
         status, page = vmm.sev.guest_request(seal_guest_message(
             vmpck, 1, MsgType.MSG_REPORT_REQ, MsgReportReq(pub + bytes(32)).encode()))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hv.attacks import ATTACKS, a04_registers, registry
 from hv.attacks.cli import attack
-from hv.attacks.outcome import ModeUnavailable, Outcome
+from hv.attacks.outcome import Outcome
 from hv.attacks.registry import PRIMITIVE_CODES
 from hv.cli import main
 
@@ -71,10 +71,10 @@ def test_every_primitive_code_is_explained():
     assert as_json["primitive_codes"] == PRIMITIVE_CODES
 
 
-def _stand_in(attack_id: str, unavailable: str = ""):
+def _stand_in(attack_id: str, broken: str = ""):
     def run(mode):
-        if mode == unavailable:
-            raise ModeUnavailable(f"{mode}: not available here")
+        if mode == broken:
+            return Outcome(attack_id, mode, "error", f"stand-in {mode}: the experiment broke")
         return Outcome(attack_id, mode, "n/a" if mode == "plain" else "failed", f"stand-in {mode}")
 
     return types.SimpleNamespace(ID=attack_id, NAME="stand-in", run=run)
@@ -95,17 +95,36 @@ def test_matrix_reports_progress_on_stderr_and_only_the_result_on_stdout(monkeyp
     assert all(ln.endswith(" s)") for ln in lines)
 
 
-def test_matrix_progress_counts_cells_it_could_not_run(monkeypatch):
-    """Scenario: a mode this hv cannot launch is skipped, and the count still reaches the total."""
-    fakes = (_stand_in("A01", unavailable="sev-snp"), _stand_in("A16"))
+def test_matrix_shows_an_error_cell_as_such_and_exits_1(monkeypatch):
+    """Scenario: one experiment broke. Its cell says "error" in the table and in --json (never a
+    verdict), every other cell is still there, and the status is 1 with one line on stderr."""
+    fakes = (_stand_in("A01", broken="sev-snp"), _stand_in("A16"))
     monkeypatch.setattr(registry.run_matrix, "__defaults__", (("plain", "sev-snp"), fakes, None))
     r = CliRunner().invoke(attack, ["matrix"])
-    assert r.exit_code == 0, r.output
-    assert [ln.split(" (")[0] for ln in r.stderr.splitlines()] == [
-        "[1/4] A01 plain: n/a", "[2/4] A01 sev-snp: not run", "[3/4] A16 plain: n/a",
-        "[4/4] A16 sev-snp: not run"]
+    assert r.exit_code == 1, r.output
+    *cells, last = r.stderr.splitlines()
+    assert [ln.split(" (")[0] for ln in cells] == [
+        "[1/4] A01 plain: n/a", "[2/4] A01 sev-snp: error", "[3/4] A16 plain: n/a",
+        "[4/4] A16 sev-snp: failed"]
+    assert last == "hv attack matrix: no verdict (the experiment broke) in A01 sev-snp"
     assert "hv attack matrix" in r.stdout and "[1/4]" not in r.stdout
-    assert "not run: sev-snp: sev-snp: not available here" in r.stdout
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("│ A01"))
+    assert [c.strip() for c in row.split("│")[2:4]] == ["n/a", "error"], row
+    assert "A01 sev-snp: stand-in sev-snp: the experiment broke" in r.stdout
+    j = CliRunner().invoke(attack, ["matrix", "--json"])
+    assert j.exit_code == 1
+    cells = {(c["attack"], c["mode"]): c["outcome"] for c in json.loads(j.stdout)["cells"]}
+    assert cells == {("A01", "plain"): "n/a", ("A01", "sev-snp"): "error",
+                     ("A16", "plain"): "n/a", ("A16", "sev-snp"): "failed"}
+
+
+def test_run_of_a_broken_experiment_says_error_and_exits_1(monkeypatch):
+    """Scenario: `hv attack run` of an experiment that broke prints its error cell, then exits 1."""
+    monkeypatch.setattr(a04_registers, "run", _stand_in("A04", broken="sev").run)
+    r = CliRunner().invoke(main, ["attack", "run", "A04", "--sev", "--json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["outcome"] == "error"
+    assert r.stderr.strip() == "hv attack: A04 sev: the experiment broke, no verdict"
 
 
 def test_shell_completion_script_and_completions():

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.security
 def test_sevurity_recovers_the_machines_tweak_constants(mode):
     """Scenario: with only its own SME key the hypervisor learns every tweak constant DRAM uses."""
     machine = Machine(MachineConfig(dram_size=24 << 20, tweak=mode))
-    got = recover_constants(machine)
+    got = recover_constants(machine.hypervisor_port().host, mode)
     truth = machine.tweak_constants()
     assert sorted(got) == list(range(4, (24 << 20).bit_length()))
     assert got == {bit: truth[bit] for bit in got}
@@ -31,7 +31,8 @@ def test_sevurity_recovers_the_machines_tweak_constants(mode):
 def test_sevurity_finds_no_linear_tweak_on_a_random_tweak_part():
     """Scenario: Zen 2's random per-boot tweak leaves nothing to solve."""
     with pytest.raises(Unsolvable):
-        recover_constants(Machine(MachineConfig(dram_size=24 << 20, tweak=TweakMode.XEX_RANDOM)))
+        machine = Machine(MachineConfig(dram_size=24 << 20, tweak=TweakMode.XEX_RANDOM))
+        recover_constants(machine.hypervisor_port().host, TweakMode.XEX_RANDOM)
     assert a09_sevurity.run("sev", tweak_mode=TweakMode.XEX_RANDOM).outcome == "failed"
 
 
@@ -51,15 +52,18 @@ def test_cold_boot_finds_nothing_under_tsme(mode):
 
 def test_dump_evidence_names_where_the_secret_and_the_control_are():
     plain, sev = a01_dump.run("plain"), a01_dump.run("sev")
-    assert re.search(r"found at GPA 0x9000", plain.evidence)
+    assert re.search(r"the secret is in the dump at GPA 0x9000", plain.evidence)
     assert "no 16-byte window" in sev.evidence
     assert "HV-SHARED-MARKER at GPA" in sev.evidence   # the honest control leaks
+    assert sev.findings["control"] is True and sev.findings["seen"] == [{"what": "the dump", "bytes": 16 << 20}]
 
 
 def test_controlled_channel_prints_the_recovered_secret():
     out = a14_page_faults.run("sev")
     assert out.outcome == "succeeded"
-    assert re.search(r"16 bits [01]{16} = 0x[0-9a-f]{4}", out.evidence)
+    assert re.search(r"the branch pages spell 0x[0-9a-f]{16} \(the bytes hex [0-9a-f]{16}\); "
+                     r"the 64 recovered bits are the secret's$", out.evidence), out.evidence
+    assert out.findings["recovered_bits"] == 64
 
 
 def test_cli_list_run_and_matrix_json(monkeypatch):
@@ -76,7 +80,7 @@ def test_cli_list_run_and_matrix_json(monkeypatch):
     r = runner.invoke(attack, ["matrix", "--json"])
     cells = json.loads(r.stdout)["cells"]   # progress goes to stderr
     assert {(c["attack"], c["mode"]) for c in cells} >= {("A03", "plain"), ("A03", "sev"), ("A16", "sev")}
-    assert all(set(c) == {"attack", "mode", "outcome", "evidence"} for c in cells)
+    assert all(set(c) == {"attack", "mode", "outcome", "evidence", "findings"} for c in cells)
 
 
 def test_demo_explains_itself():

@@ -32,7 +32,7 @@ def test_demo_json_holds_every_boot_attack_and_the_attestation_step():
             ("secret found", True) if mode == "plain" else ("secret hidden", False))
         assert ("attestation" in b) == (mode == "sev-snp")
     # the plain guest's secret page holds the secret in the clear: the first 16 bytes are it
-    assert bytes.fromhex(boots["plain"]["secret_page_sample"]) == boots["plain"]["secret"].encode()[:16]
+    assert bytes.fromhex(boots["plain"]["secret_page_sample"]) == bytes.fromhex(boots["plain"]["secret"])[:16]
     att = boots["sev-snp"]["attestation"]
     assert att["report_verified"] is True and att["secret_released"] is True, att
     assert att["reports"] >= 1 and len(bytes.fromhex(att["launch_digest"])) == 48

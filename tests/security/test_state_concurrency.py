@@ -71,7 +71,7 @@ def _worker(kind: str, state: Path, count: int) -> None:
 def test_racing_platform_commands_lose_no_acknowledged_change(psp_state, tmp_path):
     from hv.hw.machine import Machine, MachineConfig
 
-    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(psp_state))).psp.firmware  # noqa: B018
+    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(psp_state))).psp_firmware  # noqa: B018
     state = tmp_path / "psp.json"
     shutil.copy(psp_state, state)
     first = _snapshot(state)

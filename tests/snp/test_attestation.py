@@ -53,7 +53,7 @@ def attest(psp_state, tmp_path):
     guest.launch_update(0x1000)
     guest.launch_update(0x2000, SnpPageType.SECRETS)
     guest.launch_finish(host_data=b"\x11" * 32)
-    vmpck = machine.psp.firmware._ctx.snp_guests[guest.gctx].vmpck[0]
+    vmpck = machine.psp_firmware._ctx.snp_guests[guest.gctx].vmpck[0]
     chain = tmp_path / "certs"
     r = CliRunner().invoke(main, ["psp", "export", "-o", str(chain), "--psp-state", str(state)])
     assert r.exit_code == 0, r.output
@@ -276,7 +276,7 @@ def test_owner_checks_the_measurement_against_the_image(psp_state, tmp_path):
                         psp_state=psp_state))
     try:
         vmm.load()
-        vmpck = vmm.machine.psp.firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
+        vmpck = vmm.machine.psp_firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
         report = _report(vmm.sev, vmpck, 1, b"\x42" * 64)
     finally:
         vmm.close()

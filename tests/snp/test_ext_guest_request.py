@@ -49,7 +49,7 @@ def snp(psp_state, tmp_path):
     guest.launch_update(0x1000)
     guest.launch_update(0x2000, SnpPageType.SECRETS)
     guest.launch_finish()
-    vmpck = machine.psp.firmware._ctx.snp_guests[guest.gctx].vmpck[0]
+    vmpck = machine.psp_firmware._ctx.snp_guests[guest.gctx].vmpck[0]
     chain = tmp_path / "certs"
     r = CliRunner().invoke(main, ["psp", "export", "-o", str(chain), "--psp-state", str(state)])
     assert r.exit_code == 0, r.output

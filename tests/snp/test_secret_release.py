@@ -42,7 +42,7 @@ class Guest:
 
     def __init__(self, vmm: Vmm):
         self.vmm = vmm
-        self.vmpck = vmm.machine.psp.firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
+        self.vmpck = vmm.machine.psp_firmware._ctx.snp_guests[vmm.sev.gctx].vmpck[0]
         self.seqno = 1
         self.key = X25519PrivateKey.generate()
         self.pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -76,7 +76,7 @@ def test_firmware_digest_is_the_owners_prediction(psp_state, hv_run):
     vmm = Vmm(VmmConfig(image=image, vm_type="sev-snp", psp_state=psp_state))
     try:
         vmm.load()
-        fw_ld = vmm.machine.psp.firmware._ctx.snp_guests[vmm.sev.gctx].ld
+        fw_ld = vmm.machine.psp_firmware._ctx.snp_guests[vmm.sev.gctx].ld
         cli = hv_run("owner", "measure", "--snp", str(GUESTS / "hello.img"), "--cbitpos",
                      str(vmm.vm.cbitpos))
         assert cli.exit_code == 0, cli.output

@@ -37,7 +37,7 @@ def _digest_of(pages):
 
 
 def _fw_digest(machine, guest):
-    return machine.psp.firmware._ctx.snp_guests[guest.gctx].ld
+    return machine.psp_firmware._ctx.snp_guests[guest.gctx].ld
 
 
 def test_launch_measures_encrypts_and_validates(launch):

@@ -55,7 +55,7 @@ def _launch(machine, vm, dev, pages):
     for gpa, kind, perms in pages:
         g.launch_update(gpa, kind, vmpl_perms=perms)
     g.launch_finish()
-    return machine.psp.firmware._ctx.snp_guests[g.gctx].ld
+    return machine.psp_firmware._ctx.snp_guests[g.gctx].ld
 
 
 def test_vmpl_permission_masks_are_measured_as_the_abi_table_says(launch):
@@ -102,4 +102,4 @@ def test_reserved_permission_bits_are_refused(launch, perms):
     with pytest.raises(FirmwareError) as err:
         g.launch_update(0x1000, SnpPageType.NORMAL, vmpl_perms=perms)
     assert err.value.status == Status.INVALID_PARAM
-    assert machine.psp.firmware._ctx.snp_guests[g.gctx].ld == bytes(48)
+    assert machine.psp_firmware._ctx.snp_guests[g.gctx].ld == bytes(48)

@@ -23,7 +23,7 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not insta
 def other_state(tmp_path_factory):
     """A second platform: its own chip, so its own ARK, ASK and VCEK."""
     path = tmp_path_factory.mktemp("other-psp") / "psp-state.json"
-    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(path))).psp.firmware  # noqa: B018
+    Machine(MachineConfig(dram_size=4 << 20, psp_state=str(path))).psp_firmware  # noqa: B018
     return path
 
 

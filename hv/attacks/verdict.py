@@ -1,0 +1,115 @@
+"""The lab's judge: it alone holds the ground truth, and it alone decides an attack's outcome.
+
+Each trial makes a fresh secret of random bytes, launches the guests that hold it, and hands the
+attack a `Trial`: a way to launch those guests, never the secret. The attack returns Findings
+(hv.attacks.findings); `verdict` compares them with the secret by fixed rules:
+
+- a claim of recovered bytes counts only with at least 64 bits (MIN_BITS), and only if they are
+  the secret's own leading bytes;
+- raw material the hypervisor read wins if a 16-byte window of the secret, or the secret in hex
+  (as the guests print it), is in it;
+- a dump whose honest control is missing, a guest that did not finish without a defence that
+  stopped it, an effect seen in a guest that did not finish, a "wrong" guess that was right by
+  chance, and an exception out of the experiment are all `error` cells: no verdict at all, never
+  a "failed" that would read as a defence.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from hv.attacks.evidence import find_all, find_windows, hexs
+from hv.attacks.findings import Findings
+from hv.attacks.lab import Lab
+from hv.attacks.outcome import Outcome
+
+__all__ = ["MIN_BITS", "SECRET_SIZE", "GroundTruth", "Trial", "judge", "verdict"]
+
+MIN_BITS = 64          # the fewest recovered bits the judge compares: a guess wins one time in 2^64
+SECRET_SIZE = 32       # bytes of the guests' secret (guests/service.c's SECRET_LEN)
+
+
+class GroundTruth:
+    """One trial's secret: random bytes, new each trial, seen by the judge and the guest only."""
+
+    __slots__ = ("secret",)
+
+    def __init__(self, secret: bytes | None = None):
+        self.secret = os.urandom(SECRET_SIZE) if secret is None else bytes(secret)
+        if len(self.secret) * 8 < MIN_BITS:
+            raise ValueError(f"a ground truth of {len(self.secret) * 8} bits cannot be judged")
+
+
+class Trial:
+    """What an attack gets from the lab for one run: the mode, and guests that hold the secret.
+
+    The secret goes from here into the guest launch (through the VMM, which plays the guest
+    owner); the attack's code never reads it (tests/security/test_attack_boundaries.py)."""
+
+    __slots__ = ("mode", "_truth")
+
+    def __init__(self, mode: str, truth: GroundTruth):
+        self.mode = mode
+        self._truth = truth
+
+    def lab(self, image: str, **options) -> Lab:
+        """A Lab running `image` in this trial's mode, its secret the trial's (hv.attacks.lab)."""
+        return Lab(image, self.mode, secret=self._truth.secret, **options)
+
+
+def _broke(e: BaseException) -> str:
+    words = " ".join(str(e).split()) or "no message"
+    return f"the experiment broke: {type(e).__name__}: {words[:300]}"
+
+
+def judge(attack_id: str, mode: str, experiment: Callable[[Trial], Findings],
+          truth: GroundTruth | None = None) -> Outcome:
+    """Run `experiment` as one trial and judge what it found against the trial's secret."""
+    truth = truth or GroundTruth()
+    try:
+        found = experiment(Trial(mode, truth))
+    except Exception as e:  # noqa: BLE001 - any breakage becomes an error cell, in words
+        return Outcome(attack_id, mode, "error", _broke(e))
+    outcome, why = verdict(found, truth.secret)
+    evidence = f"{found.story}; {why}" if found.story else why
+    return Outcome(attack_id, mode, outcome, evidence, found.to_json())
+
+
+def _hits(data: bytes, secret: bytes) -> list[int]:
+    return sorted(set(find_windows(data, secret)) | set(find_all(data, secret.hex().encode())))
+
+
+def verdict(f: Findings, secret: bytes) -> tuple[str, str]:
+    """(outcome, the judge's clause for the evidence line) for findings `f` against `secret`."""
+    if f.na:
+        return "n/a", f.na
+    if any(g and secret.startswith(g) for g in f.guesses):
+        return "error", "a guess offered as wrong was the secret by chance, so the run proves nothing"
+    if f.control is False:
+        return "error", "the honest control was not in what the hypervisor read: the read is broken, no verdict"
+    bits = 8 * len(f.recovered)
+    if f.recovered:
+        if bits < MIN_BITS:
+            return "error", f"only {bits} bits recovered; the judge compares at least {MIN_BITS}, no verdict"
+        if secret.startswith(f.recovered):
+            return "succeeded", f"the {bits} recovered bits are the secret's"
+    for s in f.seen:
+        hits = _hits(s.data, secret)
+        if hits:
+            return "succeeded", f"the secret is in {s.what} at {s.space} {hexs([s.base + h for h in hits])}"
+    if f.achieved:
+        if f.completed:
+            return "succeeded", "the effect is real: the guest finished its run"
+        return "error", "the effect was seen, but the guest did not finish its run: no verdict"
+    if not f.completed and not f.defence:
+        return "error", "the guest did not finish and no defence stopped the attack: the experiment broke"
+    missed = []
+    if f.recovered:
+        missed.append(f"the {bits} recovered bits are not the secret's")
+    if f.seen:
+        missed.append(f"no 16-byte window of the {len(secret)}-byte secret in "
+                      + " or ".join(s.what for s in f.seen))
+    if f.achieved is False:
+        missed.append("the effect did not happen")
+    return "failed", "; ".join(missed) or "nothing of the secret reached the hypervisor"
