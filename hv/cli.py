@@ -25,6 +25,7 @@ from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
 from hv import __version__
 from hv.boot import SECRET_MAX, ImageError, check_mem
 from hv.hw.machine import TweakMode
+from hv.kvm import Mode
 from hv.attacks.cli import attack
 from hv.attacks.demo import demo
 from hv.owner.cli import owner
@@ -181,9 +182,9 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
         gdb=gdb, trace=trace_file))
     data = Path(image).read_bytes() if image else b""
     secret = _read_secret(secret_file, mode) if secret_file else None
-    if (session_dir or owner_exec) and not mode:
+    if (session_dir or owner_exec) and not mode.encrypted:
         raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
-    if session_dir and mode == "sev-snp":
+    if session_dir and mode.snp:
         raise click.UsageError("--session is for --sev and --sev-es: SEV-SNP has no launch session "
                                "blob (use --secret-file or --owner-exec)")
     if secret_file and owner_exec:
@@ -194,15 +195,15 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
                                "that session's transport keys (its --owner-exec sends the secret)")
     id_block = id_auth = None
     if id_block_dir:
-        if mode != "sev-snp":
+        if not mode.snp:
             raise click.UsageError("--id-block is for --sev-snp")
         id_block, id_auth = _read_id_block(Path(id_block_dir))
     stream = None if (quiet or as_json) else _stdout_writer()
     config = VmmConfig(
-        image=data, mem_size=mem, vm_type=mode or "plain", policy=policy, cbitpos=cbitpos,
+        image=data, mem_size=mem, vm_type=mode, policy=policy, cbitpos=cbitpos,
         tweak=TweakMode(tweak), tsme=tsme, max_insns=max_insns, timeout=timeout, secret=secret,
         session_dir=session_dir, owner_exec=owner_exec, id_block=id_block, id_auth=id_auth,
-        psp_state=(psp_state or default_psp_state()) if mode else None,
+        psp_state=(psp_state or default_psp_state()) if mode.encrypted else None,
         serial_out=stream, image_name=Path(image).name if image else "guest")
     if config.psp_state:
         prepare_psp_state(config.psp_state)
@@ -227,17 +228,17 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
     sys.exit(result.exit_code)
 
 
-def _one_mode(**flags: bool) -> str | None:
-    """The one encryption mode given ("sev", "sev-es", "sev-snp"), None for a plain guest.  Two
+def _one_mode(**flags: bool) -> Mode:
+    """The one encryption mode given (SEV, SEV-ES, SEV-SNP), else plain.  Two
     modes at once are refused rather than letting the last one win: `--sev-snp --sev-es` would
     otherwise quietly run the weaker SEV-ES."""
     given = [name.replace("_", "-") for name, on in flags.items() if on]
     if len(given) > 1:
         raise click.UsageError(" and ".join(f"--{m}" for m in given) + " exclude each other: give one mode")
-    return given[0] if given else None
+    return Mode(given[0]) if given else Mode.PLAIN
 
 
-def _read_secret(path: str, mode: str | None) -> bytes:
+def _read_secret(path: str, mode: Mode) -> bytes:
     """The --secret-file's bytes: 1..4096 in every mode, as the guest's secret page holds 4 KiB
     (SEV-SNP releases the same range); an empty file is a mistake, not "no secret"."""
     try:
@@ -347,9 +348,9 @@ def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state)
     from hv.vmm.memmap import map_json, render_png, render_table
 
     mode = _one_mode(sev=sev, sev_es=sev_es)
-    config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode or "plain",
+    config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode,
                        policy=policy, timeout=timeout,
-                       psp_state=(psp_state or default_psp_state()) if mode else None,
+                       psp_state=(psp_state or default_psp_state()) if mode.encrypted else None,
                        image_name=Path(image).name)
     if config.psp_state:
         prepare_psp_state(config.psp_state)
@@ -367,7 +368,7 @@ def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state)
                           cr3=cr3, mem_size=mem)
     written = None
     if output:
-        title = f"HV MEMMAP {Path(image).name} {(mode or 'plain').upper()} {mem >> 20} MIB"
+        title = f"HV MEMMAP {Path(image).name} {mode.upper()} {mem >> 20} MIB"
         try:
             Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
         except OSError as e:  # a full disk after the run: the map stands, the status too
@@ -376,7 +377,7 @@ def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state)
             written = output
     if as_json:
         click.echo(json.dumps(dict(map_json(mm, KIND_NAMES), image=Path(image).name,
-                                   mode=mode or "plain", mem_size=mem, exit_reason=result.exit_reason,
+                                   mode=mode, mem_size=mem, exit_reason=result.exit_reason,
                                    exit_code=result.exit_code, png=written), indent=2))
     else:
         click.echo(render_table(mm, KIND_NAMES))

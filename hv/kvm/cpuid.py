@@ -6,6 +6,8 @@ hide SEV from the guest, which is why the guest confirms with SEV_STATUS, which 
 
 from __future__ import annotations
 
+from hv.kvm.mode import Mode
+
 __all__ = ["cpuid_lookup", "guest_cpuid_table"]
 
 _INDEXED = (4, 7, 0xB, 0xD)  # leaves whose ECX selects a subleaf
@@ -13,7 +15,7 @@ _INDEXED = (4, 7, 0xB, 0xD)  # leaves whose ECX selects a subleaf
 _KVM_SIG = b"KVMKVMKVM\0\0\0"
 
 
-def guest_cpuid_table(host_cpuid, vm_type: str, cbitpos: int) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+def guest_cpuid_table(host_cpuid, vm_type: Mode, cbitpos: int) -> dict[tuple[int, int], tuple[int, int, int, int]]:
     """Entries keyed by (leaf, subleaf); leaves not listed read as zeros."""
     t: dict[tuple[int, int], tuple[int, int, int, int]] = {}
     for leaf in (0x0, 0x80000000, 0x80000001, 0x80000008):
@@ -21,8 +23,8 @@ def guest_cpuid_table(host_cpuid, vm_type: str, cbitpos: int) -> dict[tuple[int,
     a, b, c, d = host_cpuid(1)
     t[(1, 0)] = (a, b & 0x00FFFFFF, c | (1 << 31), d)  # hypervisor present; APIC id 0
     t[(0x40000000, 0)] = (0x40000001, *(int.from_bytes(_KVM_SIG[i:i + 4], "little") for i in (0, 4, 8)))
-    if vm_type != "plain":
-        eax = 0x2 | (0x8 if vm_type in ("sev-es", "sev-snp") else 0) | (0x10 if vm_type == "sev-snp" else 0)
+    if vm_type.encrypted:
+        eax = 0x2 | (0x8 if vm_type.es else 0) | (0x10 if vm_type.snp else 0)
         # QEMU reports the C-bit and a reduced-phys-bits of 1; KVM clears the rest of EBX.
         t[(0x8000001F, 0)] = (eax, cbitpos | (1 << 6), 0, 0)
     return t

@@ -17,11 +17,12 @@ from hv.hw.npt import NPT_RWX
 from hv.kvm.cpuid import guest_cpuid_table
 from hv.kvm.errors import KvmError
 from hv.kvm.ghcb import MsrProto
+from hv.kvm.mode import Mode
 from hv.kvm.vcpu import Vcpu
 
 __all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
 
-VM_TYPES = ("plain", "sev", "sev-es", "sev-snp")
+VM_TYPES = tuple(Mode)
 _PAGE = 0x1000
 HOST_RESERVED = 1 << 20  # the hypervisor's own pages (PSP command buffers, certificates)
 _HOST_RING_START = 16    # the host-buffer ring starts past SPA 0 (see alloc_host_buffer)
@@ -101,10 +102,11 @@ class Kvm:
         self._asids_used.discard(asid)
 
     # -- VMs -------------------------------------------------------------------------------------------
-    def create_vm(self, vm_type: str = "plain", cbitpos: int | None = None) -> "Vm":
+    def create_vm(self, vm_type: Mode | str = Mode.PLAIN, cbitpos: int | None = None) -> "Vm":
         if vm_type not in VM_TYPES:
             raise KvmError(f"unknown VM type {vm_type!r} (one of {', '.join(VM_TYPES)})")
-        if vm_type == "sev-snp" and not self.machine.snp_enabled:
+        vm_type = Mode(vm_type)
+        if vm_type.snp and not self.machine.snp_enabled:
             raise KvmError("a sev-snp VM needs SNP enabled first (SNP_INIT: hv.kvm.sev_snp.snp_init)")
         vm = Vm(self, vm_type, self.machine.model.cbitpos if cbitpos is None else cbitpos)
         self.vms.append(vm)
@@ -112,14 +114,14 @@ class Kvm:
 
 
 class Vm:
-    def __init__(self, kvm: Kvm, vm_type: str, cbitpos: int):
+    def __init__(self, kvm: Kvm, vm_type: Mode, cbitpos: int):
         if not 32 <= cbitpos <= 51:
             raise KvmError(f"C-bit position {cbitpos} is outside 32..51")
         self.kvm = kvm
         self.type = vm_type
         self.cbitpos = cbitpos
-        self.encrypted = vm_type != "plain"
-        self.asid = kvm.alloc_asid(vm_type in ("sev-es", "sev-snp")) if self.encrypted else 0
+        self.encrypted = vm_type.encrypted
+        self.asid = kvm.alloc_asid(vm_type.es) if self.encrypted else 0
         self.npt = kvm.machine.new_npt()
         self.slots: dict[int, MemorySlot] = {}
         self.vcpus: list[Vcpu] = []
@@ -193,9 +195,9 @@ class Vm:
 
     # -- vCPUs -----------------------------------------------------------------------------------------
     def create_vcpu(self) -> Vcpu:
-        es = self.type in ("sev-es", "sev-snp")
+        es = self.type.es
         control = GuestControl(asid=self.asid, npt=self.npt, sev=self.encrypted, sev_es=es,
-                               cbitpos=self.cbitpos, sev_snp=self.type == "sev-snp")
+                               cbitpos=self.cbitpos, sev_snp=self.type.snp)
         if es:
             # At reset the GHCB MSR holds the SEV_INFO response (protocol versions, C-bit).
             control.ghcb_msr = MsrProto.sev_info(self.cbitpos)

@@ -15,8 +15,8 @@ import struct
 from hv.kvm import exits as K
 from hv.kvm.cpuid import cpuid_lookup
 from hv.kvm.ghcb import GHCB_ERR, GHCB_SIZE, Ghcb, MsrProto, SwExit, eventinj_exception
-from hv.kvm.sev_snp import (PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES, page_state_change,
-                            page_state_change_msr)
+from hv.kvm import sev_snp
+from hv.kvm.sev_snp import PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES
 
 __all__ = ["EsExits"]
 
@@ -77,8 +77,8 @@ class EsExits:
                 self.control.ghcb_msr = gfn << 12 | MsrProto.REG_GPA_RESP
             else:  # all-ones GFN: the guest sees its GPA was not accepted
                 self.control.ghcb_msr = (_MASK64 & ~0xFFF) | MsrProto.REG_GPA_RESP
-        elif info == MsrProto.PSC_REQ and self.vm.type == "sev-snp":
-            self.control.ghcb_msr = page_state_change_msr(self.vm, msr)
+        elif info == MsrProto.PSC_REQ and self.vm.type.snp:
+            self.control.ghcb_msr = sev_snp.page_state_change_msr(self.vm, msr)
         elif info == MsrProto.HV_FEATURES_REQ:
             self.control.ghcb_msr = MsrProto.HV_FEATURES_RESP  # no SNP features
         elif info == MsrProto.TERM_REQ:
@@ -94,7 +94,7 @@ class EsExits:
     def _ghcb_request(self, gpa: int) -> K.KvmExit | None:
         if gpa % GHCB_SIZE or not self._in_guest_memory(gpa):
             return K.SystemEvent(f"guest terminated: its GHCB GPA {gpa:#x} is not a page of guest memory")
-        if self.vm.type == "sev-snp" and self.vm.kvm.machine.rmpread(self.vm.gpa_to_spa(gpa)).assigned:
+        if self.vm.type.snp and self.vm.kvm.machine.rmpread(self.vm.gpa_to_spa(gpa)).assigned:
             # A private GHCB (e.g. made private with a page-state change) cannot be answered:
             # the hypervisor's writes to it fail.
             return K.SystemEvent(f"guest terminated: its GHCB at GPA {gpa:#x} is not a shared page")
@@ -179,7 +179,7 @@ class EsExits:
             if code == SwExit.MMIO_WRITE:
                 return K.Mmio(gpa, length, True, int.from_bytes(g.page[off:off + length], "little"))
             return K.Mmio(gpa, length, False)
-        if code == SwExit.SNP_PSC and self.vm.type == "sev-snp":
+        if code == SwExit.SNP_PSC and self.vm.type.snp:
             return self._snp_psc(g, inputs)
         if code == SwExit.HV_FEATURES:
             g.answer(0, 0)
@@ -245,7 +245,7 @@ class EsExits:
         if end < PSC_MAX_ENTRIES and _scratch(g, inputs, size) is None:
             raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
         self.stats["psc"] += 1
-        g.answer(0, page_state_change(self.vm, g.page, off, ghcb_gpa=g.gpa))
+        g.answer(0, sev_snp.page_state_change(self.vm, g.page, off, ghcb_gpa=g.gpa))
         return None
 
     # -- completion -----------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class SnpGuest:
     """The KVM_SEV_SNP_LAUNCH_* operations of one sev-snp VM."""
 
     def __init__(self, vm, dev: SevDevice, policy: int = SNP_POLICY_DEFAULT):
-        if vm.type != "sev-snp":
+        if not vm.type.snp:
             raise KvmError(f"SNP launch for a VM of type {vm.type}")
         self.vm = vm
         self.dev = dev

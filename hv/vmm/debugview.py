@@ -64,7 +64,7 @@ class DebugView:
     @property
     def _guest(self):
         """The PSP launch context the debug commands go through (DBG_* or SNP_DBG_*)."""
-        return self._vm.snp if self._vm.type == "sev-snp" else self._vm.sev
+        return self._vm.snp if self._vm.type.snp else self._vm.sev
 
     # -- memory ------------------------------------------------------------------------------------
     def read(self, gva: int, length: int) -> bytes:
@@ -120,7 +120,7 @@ class DebugView:
         """DBG_ENCRYPT works on 16-byte blocks: read the blocks around `data`, patch, write.
         Not under SEV-SNP: SNP_DBG_ENCRYPT leaves the page unvalidated, and the guest library
         treats that as an attack and stops (a breakpoint would kill the guest)."""
-        if self._vm.type == "sev-snp":
+        if self._vm.type.snp:
             self._warn_once("snp-write", "warning: SEV-SNP: writes to private memory (software "
                                          "breakpoints too) are refused; the page would lose its "
                                          "validation")

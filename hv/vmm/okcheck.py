@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from hv.hw.machine import Machine, MachineConfig
-from hv.kvm import Kvm
+from hv.kvm import Kvm, Mode
 from hv.kvm.sev import FirmwareError, SevDevice
 
 __all__ = ["Check", "ok", "run_checks"]
@@ -111,7 +111,7 @@ def _guest_check(psp_state: str) -> Check:
     image = bytes.fromhex("b9310101c0" "0f32" "66ba0105" "ee")
     c = Check("an SEV guest sees SEV_STATUS.SEV")
     try:
-        vmm = Vmm(VmmConfig(image=image, mem_size=4 << 20, vm_type="sev", psp_state=psp_state,
+        vmm = Vmm(VmmConfig(image=image, mem_size=4 << 20, vm_type=Mode.SEV, psp_state=psp_state,
                             timeout=10))
         result = vmm.run()
         vmm.close()

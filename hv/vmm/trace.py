@@ -69,7 +69,7 @@ class Tracer:
         vcpu.set_trace(self._hardware)
         if not self._instructions:
             return
-        if self._vmm.vm.type in ("sev-es", "sev-snp"):
+        if self._vmm.vm.type.es:
             self._warn("warning: --trace-insn: an SEV-ES guest's instructions and RIP are hidden "
                        "from the hypervisor; no instruction trace")
             return

@@ -23,7 +23,7 @@ from sevwire import ID_AUTH_SIZE, ID_BLOCK_SIZE
 from hv import boot
 from hv.hw.machine import TweakMode
 from hv.hw.machine import Machine, MachineConfig
-from hv.kvm import Kvm, MemoryFault, exits as K
+from hv.kvm import Kvm, MemoryFault, Mode, exits as K
 from hv.kvm.sev import FirmwareError, SevDevice, SevGuest
 from hv.kvm.sev_snp import SnpGuest
 from hv.vmm.bus import Bus
@@ -66,7 +66,7 @@ class StopGuest(Exception):
 class VmmConfig:
     image: bytes
     mem_size: int = 64 << 20
-    vm_type: str = "plain"
+    vm_type: Mode | str = Mode.PLAIN
     policy: int | None = None
     cbitpos: int | None = None
     tweak: TweakMode = TweakMode.XEX_RANDOM
@@ -172,12 +172,12 @@ class Vmm:
         if (config.id_block is None) != (config.id_auth is None):
             raise LaunchError("an ID block and its ID authentication structure go together")
         if config.id_block is not None:
-            if config.vm_type != "sev-snp":
+            if config.vm_type != Mode.SEV_SNP:
                 raise LaunchError("an ID block is for SEV-SNP launches")
             if len(config.id_block) != ID_BLOCK_SIZE or len(config.id_auth) != ID_AUTH_SIZE:
                 raise LaunchError(f"the ID block is {ID_BLOCK_SIZE} bytes and the ID "
                                   f"authentication structure {ID_AUTH_SIZE}")
-        if config.vm_type == "sev-snp":
+        if config.vm_type == Mode.SEV_SNP:
             if config.session_dir is not None:
                 raise LaunchError("--session is for SEV and SEV-ES launches: SEV-SNP has no launch "
                                   "session blob (the owner releases the secret after attestation)")
@@ -203,7 +203,7 @@ class Vmm:
         self.pio.register(0x501, 1, self.debug_exit)
         self.pio.register(0x80, 1, self.post)
         self.secret_release: SecretRelease | None = None
-        if config.vm_type == "sev-snp" and (config.secret is not None or config.owner_exec):
+        if config.vm_type == Mode.SEV_SNP and (config.secret is not None or config.owner_exec):
             self.secret_release = SecretRelease(self.vm, config.mem_size, self._release_owner,
                                                 self._record_release)
             self.pio.register(SECRET_RELEASE_PORT, 1, self.secret_release)
@@ -252,7 +252,7 @@ class Vmm:
                 self._check_secret(cfg.secret)
                 self.vm.write_gpa(boot.SECRET_GPA, cfg.secret)
                 secret_len = len(cfg.secret)
-        elif self.vm.type == "sev-snp":
+        elif self.vm.type.snp:
             try:
                 self.sev = snp_launch(self, self._snp_dev, snp_pages)
                 if self.secret_release is not None and cfg.owner_exec is None:
@@ -332,7 +332,7 @@ class Vmm:
 
         cfg = self.config
         policy = DEFAULT_POLICY if cfg.policy is None else cfg.policy
-        es = self.vm.type == "sev-es"
+        es = self.vm.type is Mode.SEV_ES
         if es:
             policy |= Policy.ES  # the VM type decides: an ES guest runs under an ES policy
         dev = SevDevice(self.kvm)
