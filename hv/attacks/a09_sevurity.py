@@ -19,7 +19,7 @@ from hv.attacks.outcome import Outcome
 from hv.attacks.tweak_solver import Unsolvable, recover_constants, tweak
 from hv.attacks.verdict import Trial, judge
 from hv.hw.grants import TweakMode
-from hv.kvm import RmpViolation
+from hv.kvm import Mode, RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -61,7 +61,7 @@ def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, i
 
 
 def _attack(trial: Trial, tweak_mode: TweakMode) -> Findings:
-    if trial.mode == "plain":
+    if trial.mode == Mode.PLAIN:
         return Findings("", na="a plain VM is not encrypted: the hypervisor writes code directly")
     pin = wrong_pin()
     statuses: list[int] = []

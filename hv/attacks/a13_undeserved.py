@@ -21,6 +21,7 @@ from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
+from hv.kvm import Mode
 from hv.kvm.sev import SevGuest
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -66,11 +67,11 @@ def _console_line(console: str, *words: str) -> str:
 
 
 def _attack(trial: Trial) -> Findings:
-    if trial.mode == "plain":
+    if trial.mode == Mode.PLAIN:
         return Findings("", na="a plain VM has no launch measurement to fool")
     with trial.lab("service") as lab:
         switch, public = lab.symbols["config"], lab.symbols["public_pages"]
-        if trial.mode == "sev-snp":
+        if trial.mode == Mode.SEV_SNP:
             snp_launch_with(lab, _swapped_pages(switch, public))
             report = None
         else:

@@ -23,7 +23,7 @@ from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, honest_placer, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
-from hv.kvm import RmpViolation
+from hv.kvm import Mode, RmpViolation
 from hv.kvm.sev import SevGuest
 from sevwire import SnpPageType
 
@@ -69,7 +69,7 @@ def _raw_write(trial: Trial) -> _Try:
         stop = lab.run(max_exits=10_000)
     if stop.reason == "exit" and stop.code == MARK:
         return _Try(f"it ran (exit {MARK:#x})", True)
-    if trial.mode == "plain":
+    if trial.mode == Mode.PLAIN:
         return _Try(stop.describe(), False)
     # Instruction fetches are always private: the plaintext stub decrypted to garbage.
     return _Try(f"decrypted to garbage, {stop.describe()}", False,
@@ -124,10 +124,10 @@ def _measured(trial: Trial) -> _Try:
 
 def _attack(trial: Trial) -> Findings:
     raw = _raw_write(trial)
-    if trial.mode == "plain":
+    if trial.mode == Mode.PLAIN:
         return Findings(f"stub written at the entry point: {raw.text}", achieved=raw.won,
                         completed=raw.won, defence=raw.defence)
-    if trial.mode == "sev-snp":
+    if trial.mode == Mode.SEV_SNP:
         measured = _measured_snp(trial)
         how = "stub page measured with SNP_LAUNCH_UPDATE and the VMSA's RIP pointed at it"
     else:

@@ -17,6 +17,7 @@ from hv.attacks.lab import Lab
 from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
 from hv.attacks.verdict import SECRET_SIZE, Trial, judge
+from hv.kvm import Mode
 from hv.kvm.sev import FirmwareError
 from sevwire import Policy, SnpPolicy
 
@@ -34,15 +35,15 @@ def _status(e: FirmwareError) -> str:
 
 def _debug_bit(mode: str, policy: int) -> str:
     """What the policy says about debugging, from its bits (never assumed)."""
-    if mode == "sev-snp":
+    if mode == Mode.SEV_SNP:
         return "DEBUG set" if policy & SnpPolicy.DEBUG else "DEBUG clear"
     return "NODBG" if policy & Policy.NODBG else "NODBG clear"
 
 
 def _attack(trial: Trial, policy: int | None) -> Findings:
-    if trial.mode == "plain":
+    if trial.mode == Mode.PLAIN:
         return Findings("", na="a plain VM has no PSP guest context; its memory is plaintext anyway (A01)")
-    if trial.mode == "sev-snp":
+    if trial.mode == Mode.SEV_SNP:
         return _attack_snp(trial, policy)
     with trial.lab("secret", policy=policy) as lab:
         lab.launch()

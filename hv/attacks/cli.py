@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import click
 
 from hv.attacks.outcome import MODES, Outcome
+from hv.kvm import Mode
 from hv.attacks.registry import ATTACKS, PRIMITIVE_CODES, by_id, run_matrix
 
 __all__ = ["attack", "one_mode"]
@@ -25,13 +26,13 @@ def _legend() -> list[str]:
 
 
 def one_mode(**flags: bool) -> str:
-    """The one mode the flags name ("plain" when none). Two at once are refused (status 2)
+    """The one mode the flags name (plain when none). Two at once are refused (status 2)
     rather than letting the last one win: `--sev-snp --sev-es` would quietly attack the weaker
     SEV-ES guest and report SEV-ES's verdict under the name the user asked for."""
     given = [name.replace("_", "-") for name, on in flags.items() if on]
     if len(given) > 1:
         raise click.UsageError(" and ".join(f"--{m}" for m in given) + " exclude each other: give one mode")
-    return given[0] if given else "plain"
+    return given[0] if given else Mode.PLAIN
 
 
 @click.group()

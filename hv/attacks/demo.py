@@ -21,13 +21,14 @@ from hv.attacks import a04_registers, a07_severed, a14_page_faults
 from hv.attacks.evidence import find_all, find_windows, hexs
 from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import MODES
+from hv.kvm import Mode
 from hv.attacks.snoop import snoop
 from hv.attacks.verdict import GroundTruth, Trial
 
 __all__ = ["demo"]
 
 SHOWN_ATTACKS = (a04_registers, a07_severed, a14_page_faults)
-_TITLES = {"plain": "plain", "sev": "SEV", "sev-es": "SEV-ES", "sev-snp": "SEV-SNP"}
+_TITLES = {m: m.label for m in Mode}
 _WON, _HELD, _NEUTRAL = "bold red", "bold green", "dim"
 
 _INTRO = """\
@@ -60,7 +61,7 @@ def _boot(mode: str) -> dict:
         "dump_bytes": len(dump), "secret_found_at": hits, "marker_found_at": marker,
         "secret_page_sample": dump[0x9000:0x9010].hex(),
     }
-    if mode == "sev-snp":
+    if mode == Mode.SEV_SNP:
         boot["attestation"] = _attestation(lab)
     return boot
 
@@ -88,7 +89,7 @@ def _show_boot(b: dict) -> None:
     if not b["run"]:
         click.echo(f"\n[{mode}] not run: {b['why']}")
         return
-    if mode == "sev-snp":
+    if mode == Mode.SEV_SNP:
         click.echo(f"\n[{mode}] the guest's secret is {b['secret']} (the owner keeps it until attestation)")
         _show_attestation(b["attestation"], b["guest_has_secret"])
     else:
@@ -98,7 +99,7 @@ def _show_boot(b: dict) -> None:
         click.echo(f"  hypervisor found the secret in plaintext at GPA {hexs(hits)}")
         click.echo("  -> nothing protects a plain VM's memory from its hypervisor")
     else:
-        page = "the PSP's secrets page" if mode == "sev-snp" else "the secret's page"
+        page = "the PSP's secrets page" if mode == Mode.SEV_SNP else "the secret's page"
         click.echo(f"  hypervisor searched {b['dump_bytes'] >> 20} MiB: no 16 bytes of the secret anywhere")
         click.echo(f"  {page} (GPA 0x9000) reads as ciphertext: {b['secret_page_sample']}...")
     marker = b["marker_found_at"]
@@ -174,9 +175,9 @@ def _table(boots: list[dict], cells: list[dict]) -> None:
 
 
 def _delivery(b: dict) -> str:
-    if b["mode"] == "plain":
+    if b["mode"] == Mode.PLAIN:
         return "by hv"
-    if b["mode"] != "sev-snp":
+    if b["mode"] != Mode.SEV_SNP:
         return "LAUNCH_SECRET"
     return "released" if b["attestation"]["secret_released"] else f"[{_WON}]none[/]"
 

@@ -25,7 +25,7 @@ from elftools.elf.elffile import ELFFile
 
 from hv import boot
 from hv.hw.grants import PhysicalAccess, TweakMode
-from hv.kvm import MemoryFault, exits as K
+from hv.kvm import MemoryFault, Mode, exits as K
 from hv.owner import LocalOwner
 from hv.vmm import Vmm, VmmConfig
 
@@ -139,7 +139,7 @@ class Lab:
         self.mode = mode
         self.config = VmmConfig(image=self.image, mem_size=mem_size, vm_type=mode, policy=policy,
                                 tweak=tweak, tsme=tsme, secret=secret,
-                                psp_state=psp_state_path() if mode != "plain" else None,
+                                psp_state=psp_state_path() if mode != Mode.PLAIN else None,
                                 image_name=f"{image}.img")
         self.vmm = Vmm(self.config)
         self._physical = self.vmm.physical_access() if physical else None
@@ -167,7 +167,7 @@ class Lab:
         and, once asked for a session, TEK and TIK; the hypervisor reaches it only through
         `start` and `answer`."""
         digest = boot.launch_digest(self.image, self.config.mem_size, self.vm.cbitpos,
-                                    es=self.mode == "sev-es")
+                                    es=self.mode == Mode.SEV_ES)
         return LocalOwner(self.config.secret or b"", digest)
 
     def close(self) -> None:

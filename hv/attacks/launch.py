@@ -22,6 +22,7 @@ from typing import Callable
 
 from hv import boot
 from hv.attacks.lab import Lab
+from hv.kvm import Mode
 from hv.kvm.sev import SevDevice, SevGuest
 
 __all__ = ["LaunchReport", "Placer", "SnpPages", "honest_placer", "measured_launch", "snp_launch_with"]
@@ -46,9 +47,9 @@ class LaunchReport:
 def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) -> LaunchReport:
     """LAUNCH_START .. LAUNCH_FINISH with `place` loading the measured regions, then the boot
     information page and the entry registers, as hv.vmm does."""
-    if lab.mode not in ("sev", "sev-es"):
+    if lab.mode not in (Mode.SEV, Mode.SEV_ES):
         raise ValueError(f"the lab's own launch drives SEV and SEV-ES, not {lab.mode}")
-    es = lab.mode == "sev-es"
+    es = lab.mode == Mode.SEV_ES
     if es:
         policy |= 0x4  # ES: the PSP refuses an ES guest under a policy without it
     cfg, vm = lab.config, lab.vm
@@ -90,7 +91,7 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
 def snp_launch_with(lab: Lab, rewrite: Callable[[SnpPages], SnpPages]) -> None:
     """hv.vmm's SNP launch of `lab`'s guest, with the pages SNP_LAUNCH_UPDATE sees replaced by
     `rewrite(pages)` (the genuine pages in launch order, the VMSA last)."""
-    if lab.mode != "sev-snp":
+    if lab.mode != Mode.SEV_SNP:
         raise ValueError(f"the lab's SNP launch drives SEV-SNP, not {lab.mode}")
     lab.vmm.load(snp_pages=rewrite)
 

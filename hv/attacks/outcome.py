@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hv.kvm.mode import Mode
+
 __all__ = ["MODES", "OUTCOMES", "Outcome"]
 
-MODES = ("plain", "sev", "sev-es", "sev-snp")
+MODES = tuple(Mode)
 OUTCOMES = ("succeeded", "failed", "n/a", "error")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from sevwire import PACKET_HEADER_SIZE
 
 from hv import boot
-from hv.kvm import exits as K
+from hv.kvm import Mode, exits as K
 from hv.kvm import migrate as M
 from hv.kvm.sev import FirmwareError, SevDevice
 from hv.vmm.vmm import LaunchError, StopGuest, Vmm, VmmConfig
@@ -51,7 +51,7 @@ PAGE = M.PAGE
 _GPA = struct.Struct("<Q")
 _MEMORY_RECORD = _GPA.size + PACKET_HEADER_SIZE + PAGE
 _SHARED_RECORD = _GPA.size + PAGE
-_SENDABLE = ("sev", "sev-es")
+_SENDABLE = (Mode.SEV, Mode.SEV_ES)
 DEBUG_EXIT_PORT = 0x501
 
 
@@ -265,7 +265,7 @@ def receive(stream: Stream, config: VmmConfig) -> Vmm:
             M.receive_update_data(sev, gpa, (header, trans))
         for gpa, page, _ in _records(files.get("shared.bin", b""), mem_size, packet=False):
             vmm.vm.write_gpa(gpa, page)
-        if mode == "sev-es":
+        if mode == Mode.SEV_ES:
             vmsa = files.get("vmsa.bin", b"")
             if len(vmsa) != PACKET_HEADER_SIZE + PAGE:
                 raise MigrationError("an SEV-ES stream needs its VMSA packet (vmsa.bin)")

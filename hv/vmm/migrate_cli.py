@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import click
 
+from hv.kvm import Mode
 from hv.vmm.hostfiles import check_writable, default_psp_state, prepare_psp_state
 from hv.vmm.migrate import MigrationError, Stream, receive, send_after, target_from_export
 from hv.vmm.vmm import Vmm, VmmConfig
@@ -61,12 +62,12 @@ class Moves:
     psp_state: str | None = None
 
     @classmethod
-    def from_options(cls, options: dict, *, image: str | None, mode: str | None, psp_state: str | None,
+    def from_options(cls, options: dict, *, image: str | None, mode: Mode, psp_state: str | None,
                      others: dict) -> "Moves":
         """`options` are the six options' values; `others` the run options that only a launch
         takes (a received guest brings its own). click.UsageError on any bad combination."""
         m = cls(**options, psp_state=psp_state)
-        encrypted, snp = mode in ("sev", "sev-es", "sev-snp"), mode == "sev-snp"
+        encrypted, snp = mode.encrypted, mode.snp
         source = m.incoming or m.restore
         if m.incoming and m.restore:
             raise click.UsageError("--incoming and --restore exclude each other")
