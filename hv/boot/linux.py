@@ -1,0 +1,123 @@
+"""Where a 64-bit boot loader puts a Linux kernel: boot_params, the command line, the initrd, the
+e820 map, the ACPI tables, the entry page tables and GDT. A pure function of the files.
+
+Layout (guest-physical), after Documentation/x86/boot.rst's "64-bit BOOT PROTOCOL":
+  0x1000   GDT: __BOOT_CS 0x10 (64-bit code), __BOOT_DS 0x18 (data)
+  0x2000   PML4, 0x3000 PDPT, 0x4000-0x7fff four page directories: 0-4 GiB identity, 2 MiB pages
+  0x9000   boot_params (the "zero page"), 0xa000 the command line
+  0x9fc00  up to 1 MiB: reserved in the e820 map (ACPI tables at 0xe0000)
+  pref_address (16 MiB): the protected-mode code; the kernel decompresses itself from there and
+           needs init_size bytes
+  the initrd as high as it fits (place_initrd)
+Entry: RIP = load address + 0x200, RSI = boot_params, long mode with those tables, interrupts off.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from hv.boot.bzimage import BzImage, BzImageError, parse_bzimage, place_initrd
+
+__all__ = ["ACPI_GPA", "BOOT_PARAMS_GPA", "CMDLINE_GPA", "E820_RAM", "E820_RESERVED",
+           "LinuxBoot", "linux_boot"]
+
+GDT_GPA, PML4_GPA, PDPT_GPA, PD_GPA = 0x1000, 0x2000, 0x3000, 0x4000
+BOOT_PARAMS_GPA, CMDLINE_GPA = 0x9000, 0xA000
+LOW_RAM_END = 0x9FC00
+ACPI_GPA = 0xE0000
+E820_RAM, E820_RESERVED = 1, 2
+BOOT_CS, BOOT_DS = 0x10, 0x18
+_GDT = (0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF)
+_IDENTITY_GIB = 4
+
+# boot_params fields (struct boot_params, arch/x86/include/uapi/asm/bootparam.h)
+_ACPI_RSDP_ADDR = 0x070
+_EXT_RAMDISK_IMAGE, _EXT_RAMDISK_SIZE, _EXT_CMD_LINE_PTR = 0x0C0, 0x0C4, 0x0C8
+_E820_ENTRIES, _E820_TABLE, _E820_MAX = 0x1E8, 0x2D0, 128
+_TYPE_OF_LOADER, _LOADFLAGS = 0x210, 0x211
+_RAMDISK_IMAGE, _RAMDISK_SIZE, _CMD_LINE_PTR = 0x218, 0x21C, 0x228
+_CAN_USE_HEAP = 0x80
+_LOADER_UNDEFINED = 0xFF  # "a boot loader without an assigned id"
+
+
+@dataclass(frozen=True)
+class LinuxBoot:
+    """What to write into guest memory and how to enter the kernel."""
+
+    image: BzImage
+    writes: list[tuple[int, bytes]] = field(repr=False)
+    entry: int
+    boot_params: int
+    initrd_gpa: int
+    cmdline: str
+    e820: list[tuple[int, int, int]]
+    kernel_end: int  # the top of what the decompressor may use (load address + init_size)
+
+    @property
+    def gdtr(self) -> tuple[int, int]:
+        return GDT_GPA, len(_GDT) * 8 - 1
+
+    @property
+    def cr3(self) -> int:
+        return PML4_GPA
+
+
+def _page_tables() -> list[tuple[int, bytes]]:
+    pml4 = struct.pack("<Q", PDPT_GPA | 3)
+    pdpt = b"".join(struct.pack("<Q", (PD_GPA + 0x1000 * i) | 3) for i in range(_IDENTITY_GIB))
+    pds = b"".join(struct.pack("<Q", (i << 21) | 0x83) for i in range(512 * _IDENTITY_GIB))
+    return [(PML4_GPA, pml4), (PDPT_GPA, pdpt), (PD_GPA, pds)]
+
+
+def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
+               acpi: tuple[bytes, int] | None = None) -> LinuxBoot:
+    """The boot plan for `kernel` (a bzImage) with `initrd` and `cmdline` in `mem_size` bytes.
+    `acpi` is (tables, RSDP address), placed at ACPI_GPA. BzImageError on anything that does not
+    fit, with one line saying what."""
+    image = parse_bzimage(kernel)
+    h = image.header
+    raw_cmdline = cmdline.encode()
+    if b"\0" in raw_cmdline:
+        raise BzImageError("the kernel command line holds a NUL byte")
+    if len(raw_cmdline) > h.cmdline_size:
+        raise BzImageError(f"the kernel command line is {len(raw_cmdline)} bytes; this kernel "
+                           f"takes at most {h.cmdline_size}")
+    if mem_size > _IDENTITY_GIB << 30:
+        raise BzImageError(f"at most {_IDENTITY_GIB} GiB of memory for a kernel")
+    load = h.pref_address
+    if load % h.kernel_alignment or load < 0x100000:
+        raise BzImageError(f"bad bzImage: pref_address {load:#x} is not a usable load address")
+    initrd = initrd or b""
+    initrd_gpa = place_initrd(h, len(initrd), mem_size) if initrd else 0
+    if not initrd and load + h.init_size > mem_size:
+        place_initrd(h, 0, mem_size)  # the same message for a kernel alone that does not fit
+    e820 = [(0, LOW_RAM_END, E820_RAM), (LOW_RAM_END, 0x100000 - LOW_RAM_END, E820_RESERVED),
+            (0x100000, mem_size - 0x100000, E820_RAM)]
+
+    bp = bytearray(4096)
+    bp[0x1F1:image.setup_header_end] = kernel[0x1F1:image.setup_header_end]
+    bp[_TYPE_OF_LOADER] = _LOADER_UNDEFINED
+    bp[_LOADFLAGS] |= _CAN_USE_HEAP
+    struct.pack_into("<I", bp, _CMD_LINE_PTR, CMDLINE_GPA)
+    struct.pack_into("<I", bp, _EXT_CMD_LINE_PTR, 0)
+    struct.pack_into("<II", bp, _RAMDISK_IMAGE, initrd_gpa & 0xFFFFFFFF, len(initrd) & 0xFFFFFFFF)
+    struct.pack_into("<II", bp, _EXT_RAMDISK_IMAGE, initrd_gpa >> 32, len(initrd) >> 32)
+    for i, (addr, size, kind) in enumerate(e820):
+        struct.pack_into("<QQI", bp, _E820_TABLE + 20 * i, addr, size, kind)
+    bp[_E820_ENTRIES] = len(e820)
+
+    writes = [(GDT_GPA, b"".join(struct.pack("<Q", d) for d in _GDT)), *_page_tables(),
+              (CMDLINE_GPA, raw_cmdline + b"\0"), (load, image.kernel)]
+    if acpi is not None:
+        tables, rsdp = acpi
+        if ACPI_GPA + len(tables) > 0x100000:
+            raise BzImageError("the ACPI tables do not fit below 1 MiB")
+        struct.pack_into("<Q", bp, _ACPI_RSDP_ADDR, rsdp)
+        writes.append((ACPI_GPA, tables))
+    writes.append((BOOT_PARAMS_GPA, bytes(bp)))
+    if initrd:
+        writes.append((initrd_gpa, initrd))
+    return LinuxBoot(image=image, writes=writes, entry=load + 0x200, boot_params=BOOT_PARAMS_GPA,
+                     initrd_gpa=initrd_gpa, cmdline=cmdline, e820=e820,
+                     kernel_end=load + h.init_size)

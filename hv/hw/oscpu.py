@@ -1,0 +1,461 @@
+"""A vCPU for a whole operating system: what a stock kernel needs of an x86-64 core.
+
+The small guests' Cpu (cpu.py) turns every intercept into a precise #VMEXIT through a scan of
+each code page. A kernel has tens of thousands of candidate instructions, far more than Unicorn
+can hook (it checks every code hook for every instruction it translates), and it needs things
+the small guests never asked for: exceptions and interrupts delivered through its IDT with a
+privilege change, SYSCALL, a TSC that agrees with its timer, and interrupts that arrive while
+it computes. So this core, for plain guests:
+- runs on Unicorn's own MMU over the guest's RAM (guest-physical = Unicorn-physical, the slot's
+  host memory mapped at 0): no Python on the TLB-miss path;
+- handles port I/O, CPUID and RDTSC/RDTSCP inside Unicorn's instruction hooks, synchronously
+  (the platform devices are "in the kernel", as KVM's irqchip and PIT are), so none of them
+  stops the guest;
+- delivers exceptions, INT n, external interrupts and SYSCALL as the architecture does (64-bit
+  IDT gates, IST stacks, the TSS's RSP0 on a change to CPL 0, error codes, IF cleared by
+  interrupt gates); Unicorn stops at them instead, and refuses to load CS or SS of another
+  privilege level through its register interface, so the CPL changes go through the saved CPU
+  state (see _CpuState);
+- stops only at clean points: a stop requested from another thread (a timer deadline, terminal
+  input) raises a flag that a tiny machine-code block hook checks at the start of each
+  translated block. Unicorn's own asynchronous stop is not clean: it is checked after guest
+  loads and stores and restarts the instruction after its store happened, so a locked
+  increment or an RMW on memory runs twice (measured: ~1 in 2 stops of such a loop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_MODE_64, UC_PROT_ALL, Uc, UcError)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uccallback, uclib as _uclib
+
+__all__ = ["OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
+
+_MASK64 = (1 << 64) - 1
+_HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
+UD, DF, GP = 6, 8, 13
+_IF, _TF, _NT, _RF, _VM, _AC = 0x200, 0x100, 0x4000, 0x10000, 0x20000, 0x40000
+
+
+class CpuStateError(RuntimeError):
+    """The saved CPU state does not have the layout this module was written for."""
+
+
+@dataclass(frozen=True)
+class OsExit:
+    """Why OsCpu.run() returned."""
+
+
+@dataclass(frozen=True)
+class OsHalt(OsExit):
+    """HLT. With interrupts enabled the OS is idle until its next interrupt; with them disabled
+    nothing but an NMI (which no device here raises) would wake the core: it has stopped."""
+    interrupts_enabled: bool
+
+
+@dataclass(frozen=True)
+class OsInterrupted(OsExit):
+    """A stop requested with request_stop() (timer, input, a debugger) or kick()."""
+
+
+@dataclass(frozen=True)
+class OsStop(OsExit):
+    """A device asked to stop the machine from inside an I/O instruction (power off, reset)."""
+
+
+@dataclass(frozen=True)
+class OsShutdown(OsExit):
+    """Triple fault, or an emulator error the guest cannot recover from."""
+    reason: str
+
+
+class _CpuState:
+    """QEMU's CPUX86State as uc_context_save copies it (Unicorn 2.1.x, x86-64).
+
+    Unicorn has no register for a #PF's error code or for the exception tracker that turns a
+    second fault into #DF, and loads CS/SS only at the current privilege level; all of these
+    live in the saved state. The offsets are checked against registers at start-up (check()),
+    so a Unicorn with another layout fails loudly instead of corrupting a guest."""
+
+    DATA = 40                  # the state's offset inside struct uc_context
+    EIP, HFLAGS = 128, 176
+    SEGS, SEG_SIZE = 184, 24   # segs[ES, CS, SS, DS, FS, GS]: selector, base, limit, flags
+    CS, SS = 1, 2
+    CR0 = 424
+    ERROR_CODE, IS_INT, NEXT_EIP = 5384, 5388, 5392
+    OLD_EXCEPTION = 5496
+    HF_CPL = 3
+    HF_CS32, HF_SS32, HF_CS64 = 1 << 4, 1 << 5, 1 << 15
+    # flat 64-bit ring-0 code (P, S, type 0xB, L) and data (P, S, type 3, D/B) descriptors' flags
+    CODE64_FLAGS = 0x00209B00 | (1 << 23)
+    DATA_FLAGS = 0x00409300 | (1 << 23)
+
+    def __init__(self, uc: Uc):
+        self._uc = uc
+        self._ctx = uc.context_save()
+        self._base = self._ctx.context.value + self.DATA
+
+    def get(self, off: int, fmt: str) -> int:
+        return struct.unpack(fmt, ctypes.string_at(self._base + off, struct.calcsize(fmt)))[0]
+
+    def put(self, off: int, fmt: str, value: int) -> None:
+        data = struct.pack(fmt, value)
+        ctypes.memmove(self._base + off, data, len(data))
+
+    def save(self) -> None:
+        self._uc.context_update(self._ctx)
+
+    def restore(self) -> None:
+        self._uc.context_restore(self._ctx)
+
+    def set_ring0(self, cs: int, ss: int) -> None:
+        for index, sel, flags in ((self.CS, cs, self.CODE64_FLAGS), (self.SS, ss, self.DATA_FLAGS)):
+            off = self.SEGS + index * self.SEG_SIZE
+            self.put(off, "<I", sel)
+            ctypes.memmove(self._base + off + 8, struct.pack("<QII", 0, 0xFFFFFFFF, flags), 16)
+        hflags = self.get(self.HFLAGS, "<I") & ~self.HF_CPL
+        self.put(self.HFLAGS, "<I", hflags | self.HF_CS64 | self.HF_CS32 | self.HF_SS32)
+
+    @classmethod
+    def check(cls, uc: Uc) -> None:
+        probe = {X.UC_X86_REG_RIP: 0x1122_3344_5566_7788, X.UC_X86_REG_RAX: 0x0BAD_F00D_CAFE_0001}
+        saved = {r: uc.reg_read(r) for r in probe}
+        for r, v in probe.items():
+            uc.reg_write(r, v)
+        state = cls(uc)
+        ok = (state.get(0, "<Q") == probe[X.UC_X86_REG_RAX] and state.get(cls.EIP, "<Q") == probe[X.UC_X86_REG_RIP]
+              and state.get(cls.CR0, "<Q") == uc.reg_read(X.UC_X86_REG_CR0)
+              and state.get(cls.SEGS + cls.CS * cls.SEG_SIZE, "<I") == uc.reg_read(X.UC_X86_REG_CS)
+              and state.get(cls.OLD_EXCEPTION, "<i") == -1)
+        for r, v in saved.items():
+            uc.reg_write(r, v)
+        if not ok:
+            raise CpuStateError("this Unicorn's saved CPU state has an unknown layout "
+                                "(hv's OS core needs Unicorn 2.1.x)")
+
+
+def _flag_hook_code(stop_fn: int) -> bytes:
+    """x86-64 SysV machine code for `void hook(uc, address, size, uint8_t *flag)`:
+    `if (*flag) uc_emu_stop(uc);` (a tail call). A Python block hook would cost a Python call
+    per translated block executed, this a few nanoseconds."""
+    return (bytes.fromhex("8a01"      # mov al, [rcx]
+                          "84c0"      # test al, al
+                          "7501"      # jnz +1
+                          "c3"        # ret
+                          "48b8")     # mov rax, imm64
+            + struct.pack("<Q", stop_fn)
+            + bytes.fromhex("ffe0"))  # jmp rax
+
+
+class OsCpu:
+    """One vCPU running a plain (unencrypted) operating system over `ram_size` bytes of RAM at
+    host address `ram_ptr` (guest-physical 0). `pio_in(port, size) -> int` and
+    `pio_out(port, size, value) -> bool` are the in-kernel port devices; pio_out returning True
+    stops the guest after the instruction (OsStop). `cpuid(leaf, subleaf)` answers CPUID;
+    `tsc()` gives the TSC's value."""
+
+    def __init__(self, ram_ptr: int, ram_size: int, pio_in: Callable[[int, int], int],
+                 pio_out: Callable[[int, int, int], bool],
+                 cpuid: Callable[[int, int], tuple[int, int, int, int]], tsc: Callable[[], int],
+                 tcg_buffer: int = 64 << 20):
+        uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64, cpu=X.UC_CPU_X86_EPYC)
+        _CpuState.check(uc)
+        uc.ctl_set_tcg_buffer_size(tcg_buffer)
+        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ram_ptr)
+        self.ram_size = ram_size
+        self._pio_in, self._pio_out, self._cpuid, self._tsc = pio_in, pio_out, cpuid, tsc
+        self._flag = ctypes.c_uint8(0)
+        stop_fn = ctypes.cast(_uclib.uc_emu_stop, ctypes.c_void_p).value
+        code = _flag_hook_code(stop_fn)
+        self._code = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        self._code.write(code)
+        fn = ctypes.addressof(ctypes.c_char.from_buffer(self._code))
+        self._flag_hook = uc_hook_h()
+        status = _uclib.uc_hook_add(uc._uch, ctypes.byref(self._flag_hook), UC_HOOK_BLOCK,
+                                    ctypes.c_void_p(fn), ctypes.c_void_p(ctypes.addressof(self._flag)),
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self._insn_cbs = []
+        for insn, fn_ in ((X.UC_X86_INS_CPUID, self._on_cpuid), (X.UC_X86_INS_RDTSC, self._on_rdtsc),
+                          (X.UC_X86_INS_RDTSCP, self._on_rdtscp)):
+            cb = uccallback(uc, HOOK_INSN_CPUID_CFUNC)(lambda _uc, _key, f=fn_: f())
+            self._insn_cbs.append(cb)
+            uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, insn)
+        self._exception: int | None = None
+        self._invalid = False
+        self._syscall = False
+        self._stop = False
+        self._kicked = threading.Event()
+        self.stats = {"exceptions": 0, "page_faults": 0, "interrupts": 0, "syscalls": 0,
+                      "io": 0, "halts": 0}
+
+    # -- registers and memory --------------------------------------------------------------------------
+    @property
+    def uc(self) -> Uc:
+        return self._uc
+
+    def reg(self, reg_id: int) -> int:
+        return self._uc.reg_read(reg_id)
+
+    def set_reg(self, reg_id: int, value: int) -> None:
+        self._uc.reg_write(reg_id, value)
+
+    def translate(self, gva: int) -> int | None:
+        """The guest-physical address of `gva` through the guest's 4-level tables, or None."""
+        table = self._uc.reg_read(X.UC_X86_REG_CR3) & 0x000F_FFFF_FFFF_F000
+        for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+            addr = table + ((gva >> shift) & 0x1FF) * 8
+            if addr + 8 > self.ram_size:
+                return None
+            entry = int.from_bytes(self._uc.mem_read(addr, 8), "little")
+            if not entry & 1:
+                return None
+            if level in (2, 3) and entry & 0x80:
+                mask = (1 << shift) - 1
+                return (entry & 0x000F_FFFF_FFFF_F000 & ~mask) | (gva & mask)
+            table = entry & 0x000F_FFFF_FFFF_F000
+        return table | (gva & 0xFFF)
+
+    def read_virt(self, gva: int, length: int) -> bytes | None:
+        out = b""
+        while length > 0:
+            n = min(length, 0x1000 - (gva & 0xFFF))
+            gpa = self.translate(gva)
+            if gpa is None or gpa + n > self.ram_size:
+                return None
+            out += bytes(self._uc.mem_read(gpa, n))
+            gva, length = (gva + n) & _MASK64, length - n
+        return out
+
+    def _write_virt(self, gva: int, data: bytes) -> bool:
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, 0x1000 - ((gva + pos) & 0xFFF))
+            gpa = self.translate((gva + pos) & _MASK64)
+            if gpa is None or gpa + n > self.ram_size:
+                return False
+            self._uc.mem_write(gpa, data[pos:pos + n])
+            pos += n
+        return True
+
+    # -- hooks (inside Unicorn) --------------------------------------------------------------------------
+    def _on_in(self, _uc, port, size, _user):
+        self.stats["io"] += 1
+        return self._pio_in(port, size) & ((1 << (8 * size)) - 1)
+
+    def _on_out(self, uc, port, size, value, _user):
+        self.stats["io"] += 1
+        if self._pio_out(port, size, value & ((1 << (8 * size)) - 1)):
+            # A synchronous request from inside the instruction: Unicorn takes it at the next
+            # check after a later access, which restarts that instruction before its store.
+            self._stop = True
+            uc.emu_stop()
+
+    def _on_cpuid(self) -> int:
+        r, w = self._uc.reg_read, self._uc.reg_write
+        leaf = r(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+        a, b, c, d = self._cpuid(leaf, r(X.UC_X86_REG_ECX) & 0xFFFFFFFF)
+        if leaf == 1:  # OSXSAVE mirrors CR4.OSXSAVE, as on the part
+            c = (c & ~(1 << 27)) | ((r(X.UC_X86_REG_CR4) >> 18 & 1) << 27)
+        w(X.UC_X86_REG_RAX, a)
+        w(X.UC_X86_REG_RBX, b)
+        w(X.UC_X86_REG_RCX, c)
+        w(X.UC_X86_REG_RDX, d)
+        return 1
+
+    def _on_rdtsc(self) -> int:
+        t = self._tsc() & _MASK64
+        self._uc.reg_write(X.UC_X86_REG_RAX, t & 0xFFFFFFFF)
+        self._uc.reg_write(X.UC_X86_REG_RDX, t >> 32)
+        return 1
+
+    def _on_rdtscp(self) -> int:
+        self._uc.reg_write(X.UC_X86_REG_RCX, self._uc.msr_read(0xC0000103) & 0xFFFFFFFF)  # TSC_AUX
+        return self._on_rdtsc()
+
+    def _on_syscall(self, uc, _user):
+        self._syscall = True
+        uc.emu_stop()
+
+    def _on_invalid(self, uc, _user):
+        self._exception = UD
+        self._invalid = True
+        uc.emu_stop()
+        return True
+
+    def _on_intr(self, uc, intno, _user):
+        self._exception = intno
+        uc.emu_stop()
+
+    # -- running -----------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Thread-safe: stop at the start of the next translated block (a clean point)."""
+        self._flag.value = 1
+
+    def kick(self) -> None:
+        """Thread-safe: stop as soon as possible, to end the run (not clean: never resume)."""
+        self._kicked.set()
+        self._flag.value = 1
+        self._uc.emu_stop()
+
+    def run(self) -> OsExit:
+        uc = self._uc
+        while True:
+            if self._kicked.is_set():
+                return OsInterrupted()
+            self._flag.value = 0
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            try:
+                uc.emu_start(rip, 0)
+            except UcError as e:
+                return OsShutdown(f"emulator error at RIP {uc.reg_read(X.UC_X86_REG_RIP):#x}: {e}")
+            if self._exception is not None:
+                vector, self._exception = self._exception, None
+                if self._invalid:
+                    self._invalid = False
+                    failed = self._deliver(UD, None, hardware=True)
+                else:
+                    failed = self._exception_entry(vector)
+                if failed is not None:
+                    return OsShutdown(failed)
+                continue
+            if self._syscall:
+                self._syscall = False
+                self.stats["syscalls"] += 1
+                self._syscall_entry()
+                continue
+            if self._stop:
+                self._stop = False
+                return OsStop()
+            if self._flag.value or self._kicked.is_set():
+                return OsInterrupted()
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            if self.read_virt(rip - 1, 1) == b"\xf4":
+                self.stats["halts"] += 1
+                return OsHalt(bool(uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF))
+            return OsShutdown(f"emulation stopped without a cause at RIP {rip:#x}")
+
+    def interrupts_enabled(self) -> bool:
+        """IF is set and no STI/MOV SS shadow holds interrupts off for one instruction."""
+        if not self._uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF:
+            return False
+        state = _CpuState(self._uc)
+        return not state.get(_CpuState.HFLAGS, "<I") & (1 << 3)  # HF_INHIBIT_IRQ
+
+    def inject_interrupt(self, vector: int) -> bool:
+        """Deliver an external interrupt now (the caller checked interrupts_enabled())."""
+        self.stats["interrupts"] += 1
+        return self._deliver(vector, None, hardware=True) is None
+
+    # -- delivery ----------------------------------------------------------------------------------------
+    def _exception_entry(self, vector: int) -> str | None:
+        state = _CpuState(self._uc)
+        error = state.get(_CpuState.ERROR_CODE, "<i") & 0xFFFFFFFF
+        soft = bool(state.get(_CpuState.IS_INT, "<i"))
+        next_rip = state.get(_CpuState.NEXT_EIP, "<Q")
+        state.put(_CpuState.OLD_EXCEPTION, "<i", -1)  # delivered here: no #DF for the next one
+        state.restore()
+        self.stats["exceptions"] += 1
+        if vector == 14:
+            self.stats["page_faults"] += 1
+        if soft:
+            # INT n, INT3, INTO: a trap; the frame holds the next instruction.
+            self._uc.reg_write(X.UC_X86_REG_RIP, next_rip)
+            return self._deliver(vector, None, hardware=False)
+        return self._deliver(vector, error if vector in _HAS_ERROR_CODE else None, hardware=True)
+
+    def _deliver(self, vector: int, error: int | None, hardware: bool, depth: int = 0) -> str | None:
+        """Push the frame and enter the handler; a fault on the way is #DF, then a triple fault."""
+        uc = self._uc
+        problem = self._try_deliver(vector, error, hardware)
+        if problem is None:
+            return None
+        if depth == 0 and problem == "gp" and vector != DF:
+            return self._deliver(GP, vector * 8 + 2 + (0 if hardware else 0), True, 1)
+        if depth < 2 and vector != DF:
+            return self._deliver(DF, 0, True, 2)
+        return (f"triple fault: vector {vector} could not be delivered at RIP "
+                f"{uc.reg_read(X.UC_X86_REG_RIP):#x} ({problem})")
+
+    def _try_deliver(self, vector: int, error: int | None, hardware: bool) -> str | None:
+        uc = self._uc
+        _sel, idt_base, idt_limit, _flags = uc.reg_read(X.UC_X86_REG_IDTR)
+        if vector * 16 + 15 > idt_limit:
+            return "no IDT entry"
+        gate = self.read_virt(idt_base + vector * 16, 16)
+        if gate is None:
+            return "IDT not mapped"
+        offset = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
+                  | int.from_bytes(gate[8:12], "little") << 32)
+        selector, ist, attr = int.from_bytes(gate[2:4], "little"), gate[4] & 7, gate[5]
+        if not attr & 0x80 or attr & 0xF not in (0xE, 0xF):
+            return "not a present 64-bit gate"
+        rip, rsp, rflags, cs, ss = uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP,
+                                                      X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS,
+                                                      X.UC_X86_REG_SS])
+        cpl = cs & 3
+        if not hardware and (attr >> 5) & 3 < cpl:
+            return "gp"  # INT n through a gate the caller's privilege may not use
+        if ist:
+            new_rsp = self._tss_stack(1 + ist)  # IST1..7 follow RSP0..2 in the 64-bit TSS
+        elif cpl:
+            new_rsp = self._tss_stack(0)
+        else:
+            new_rsp = rsp
+        if new_rsp is None:
+            return "TSS not mapped"
+        new_rsp &= ~0xF
+        frame = [rip, cs, rflags, rsp, ss]
+        if error is not None:
+            frame.insert(0, error)
+        new_rsp = (new_rsp - 8 * len(frame)) & _MASK64
+        if not self._write_virt(new_rsp, b"".join(struct.pack("<Q", v & _MASK64) for v in frame)):
+            return "stack not mapped"
+        new_flags = rflags & ~(_TF | _NT | _RF | _VM)
+        if attr & 0xF == 0xE:
+            new_flags &= ~_IF
+        if cpl:
+            self._enter_ring0(selector, 0, offset, new_rsp, new_flags)
+        else:
+            uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, new_flags),
+                                (X.UC_X86_REG_RIP, offset)])
+        return None
+
+    def _tss_stack(self, index: int) -> int | None:
+        _sel, base, _limit, _flags = self._uc.reg_read(X.UC_X86_REG_TR)
+        data = self.read_virt(base + 4 + 8 * index, 8)
+        return None if data is None else int.from_bytes(data, "little")
+
+    def _enter_ring0(self, cs: int, ss: int, rip: int, rsp: int, rflags: int) -> None:
+        state = _CpuState(self._uc)
+        state.set_ring0(cs & ~3, ss)
+        state.restore()
+        self._uc.reg_write_batch([(X.UC_X86_REG_RIP, rip), (X.UC_X86_REG_RSP, rsp),
+                                  (X.UC_X86_REG_RFLAGS, rflags)])
+
+    def _syscall_entry(self) -> None:
+        """SYSCALL (Unicorn only adds 2 to RIP): RCX = next RIP, R11 = RFLAGS, CS/SS from STAR,
+        RIP = LSTAR, RFLAGS &= ~FMASK, CPL 0."""
+        uc = self._uc
+        rip, rflags = uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RFLAGS)
+        star, lstar, fmask = (uc.msr_read(m) for m in (0xC0000081, 0xC0000082, 0xC0000084))
+        uc.reg_write(X.UC_X86_REG_RCX, rip)
+        uc.reg_write(X.UC_X86_REG_R11, rflags & ~_RF)
+        cs = (star >> 32) & 0xFFFC
+        self._enter_ring0(cs, cs + 8, lstar, uc.reg_read(X.UC_X86_REG_RSP),
+                          (rflags & ~fmask & ~_RF) | 2)

@@ -1,0 +1,290 @@
+"""The VMM for a Linux kernel: a PC platform (hv.vmm.pc) around an operating-system vCPU.
+
+One thread runs the guest. Time is the host's monotonic clock from power-on; the TSC counts it
+at TSC_KHZ, which hv tells the kernel (tsc_early_khz), so the TSC, the PIT and the ACPI PM timer
+agree. A second thread only wakes the guest: at the platform's next timer deadline it asks the
+vCPU to stop at its next clean point (hv.hw.oscpu), where the run loop lets the devices catch up
+and delivers the interrupt the PIC then has, if the guest takes interrupts; otherwise it looks
+again shortly. A HLT with interrupts enabled is idle: the loop sleeps until the next deadline or
+terminal input. The command line hv adds (PLATFORM_CMDLINE) comes before the user's --append, so
+the user's options win where the kernel lets the last one win.
+
+Ends: ACPI S5 (`poweroff -f`) is status 0; a reset (a reboot request, or a panic, which
+`panic=-1` turns into an immediate reboot) ends the run: status 1 for a reboot, 4 for a panic
+(the console shows "Kernel panic" since the kernel started); a HLT with interrupts disabled (the
+end of `halt -f`) is status 0 with reason "halted"; a triple fault 125.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from unicorn import x86_const as X
+
+from hv.boot.linux import ACPI_GPA, BOOT_CS, BOOT_DS, LinuxBoot, linux_boot
+from hv.hw.machine import Machine, MachineConfig
+from hv.hw.oscpu import OsHalt, OsInterrupted, OsShutdown, OsStop
+from hv.kvm.kvm import Kvm
+from hv.kvm.mode import Mode
+from hv.vmm.bus import Bus
+from hv.vmm.pc import PcPlatform
+from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
+
+__all__ = ["EXIT_PANIC", "EXIT_REBOOT", "KernelConfig", "KernelVmm", "PLATFORM_CMDLINE", "TSC_KHZ"]
+
+TSC_KHZ = 2_000_000
+PLATFORM_CMDLINE = f"console=ttyS0 tsc_early_khz={TSC_KHZ} panic=-1"
+EXIT_REBOOT = 1
+EXIT_PANIC = 4
+_PANIC_TEXT = b"Kernel panic - not syncing"
+_POLL_NS = 500_000  # how soon to look again when an interrupt waits for IF
+_ESCAPE = b"\x01x"  # Ctrl-A x ends an interactive run, as in QEMU's -nographic console
+
+
+@dataclass
+class KernelConfig:
+    kernel: bytes
+    initrd: bytes | None = None
+    append: str = ""
+    mem_size: int = 256 << 20
+    timeout: float | None = None
+    serial_out: Callable[[bytes], None] | None = None
+    input_fd: int | None = None  # terminal input for the UART's receive side (None: no input)
+    kernel_name: str = "bzImage"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cmdline(self) -> str:
+        return f"{PLATFORM_CMDLINE} {self.append}".strip()
+
+
+def _guest_cpuid(table: dict) -> dict:
+    """The VM's CPUID table for this platform: no local APIC (the 8259 pair is the interrupt
+    controller), no MONITOR/MWAITX (the core does not implement them), and an invariant TSC (it counts wall time at TSC_KHZ whatever the guest does)."""
+    t = dict(table)
+    a, b, c, d = t.get((1, 0), (0, 0, 0, 0))
+    t[(1, 0)] = (a, b, c & ~(1 << 21) & ~(1 << 3), d & ~(1 << 9))  # x2APIC, MONITOR, APIC
+    a, b, c, d = t.get((0x80000001, 0), (0, 0, 0, 0))
+    t[(0x80000001, 0)] = (a, b, c & ~(1 << 29), d)  # MWAITX: not in the emulated core
+    max_ext = t.get((0x80000000, 0), (0, 0, 0, 0))[0]
+    t[(0x80000000, 0)] = (max(max_ext, 0x80000007),) + t.get((0x80000000, 0), (0, 0, 0, 0))[1:]
+    t[(0x80000007, 0)] = (0, 0, 0, 1 << 8)
+    return t
+
+
+class _Waker:
+    """Asks the vCPU to stop at a deadline (ns of guest time); repeats until re-armed, so a
+    request that raced with the start of a run is not lost."""
+
+    def __init__(self, clock_ns: Callable[[], int], stop: Callable[[], None]):
+        self._clock, self._stop = clock_ns, stop
+        self._at: int | None = None
+        self._cond = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="hv-timer", daemon=True)
+        self._thread.start()
+
+    def arm(self, at_ns: int | None) -> None:
+        with self._cond:
+            self._at = at_ns
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._done:
+                if self._at is None:
+                    self._cond.wait()
+                    continue
+                delay = (self._at - self._clock()) / 1e9
+                if delay > 0:
+                    self._cond.wait(min(delay, 0.05))
+                    continue
+                self._stop()
+                self._cond.wait(0.001)
+
+
+class KernelVmm:
+    """One Linux guest: construct (the files are checked here: BzImageError), then run()."""
+
+    def __init__(self, config: KernelConfig):
+        self.config = config
+        self._t0 = time.monotonic_ns()
+        self.events: list[str] = []
+        self.platform = PcPlatform(self, self._serial_out, self.events.append,
+                                   on_input=self._on_input)
+        self.plan: LinuxBoot = linux_boot(config.kernel, config.initrd, config.cmdline,
+                                          config.mem_size, self.platform.build_acpi(ACPI_GPA))
+        self.machine = Machine(MachineConfig(dram_size=config.mem_size + (8 << 20)))
+        self.kvm = Kvm(self.machine)
+        self.vm = self.kvm.create_vm(Mode.PLAIN)
+        self.vm.set_user_memory_region(0, 0, config.mem_size)
+        self.vm.cpuid = _guest_cpuid(self.vm.cpuid)
+        self.pio = Bus("port I/O")
+        self.platform.attach(self.pio)
+        self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
+        self._idle = threading.Event()
+        self._interrupted = threading.Event()
+        self._timed_out = False
+        self._input_thread: threading.Thread | None = None
+        self._escape = b""
+        self._console_start = 0
+
+    # -- time and devices -----------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return time.monotonic_ns() - self._t0
+
+    def _tsc(self) -> int:
+        return self.now_ns() * TSC_KHZ // 1_000_000
+
+    def _serial_out(self, data: bytes) -> None:
+        if self.config.serial_out is not None:
+            self.config.serial_out(data)
+
+    def _pio_in(self, port: int, size: int) -> int:
+        value = self.pio.read(port, size)
+        if self.platform.has_interrupt():
+            self.cpu.request_stop()
+        return value
+
+    def _pio_out(self, port: int, size: int, value: int) -> bool:
+        self.pio.write(port, size, value)
+        if self.events:
+            return True
+        if self.platform.has_interrupt() or self.platform.next_deadline_ns() == 0:
+            self.cpu.request_stop()
+        return False
+
+    def _on_input(self) -> None:
+        self._idle.set()
+        self.cpu.request_stop()
+
+    def _read_input(self, fd: int) -> None:
+        while not self._interrupted.is_set():
+            try:
+                data = os.read(fd, 256)
+            except OSError:
+                return
+            if not data:
+                return
+            if _ESCAPE[0] in data or self._escape:
+                seq = self._escape + data
+                if _ESCAPE in seq:
+                    self.interrupt()
+                    return
+                self._escape = seq[-1:] if seq.endswith(_ESCAPE[:1]) else b""
+            self.platform.feed_input(data)
+
+    # -- running ----------------------------------------------------------------------------------------
+    def load(self) -> None:
+        for gpa, data in self.plan.writes:
+            self.vm.write_gpa(gpa, data)
+        cpu, uc = self.cpu, self.cpu.uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, *self.plan.gdtr, 0))
+        uc.reg_write(X.UC_X86_REG_CR3, self.plan.cr3)
+        uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
+        uc.msr_write(0xC0000080, 0x500)  # EFER: LME, LMA
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # PG, ET, PE
+        uc.reg_write(X.UC_X86_REG_CS, BOOT_CS)
+        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+            uc.reg_write(reg, BOOT_DS)
+        cpu.set_reg(X.UC_X86_REG_RSI, self.plan.boot_params)
+        cpu.set_reg(X.UC_X86_REG_RFLAGS, 2)
+        cpu.set_reg(X.UC_X86_REG_RIP, self.plan.entry)
+
+    def interrupt(self) -> None:
+        """Thread-safe: stop the guest for good (Ctrl-C, the escape sequence)."""
+        self._interrupted.set()
+        self._idle.set()
+        self.cpu.kick()
+
+    def _timeout(self) -> None:
+        self._timed_out = True
+        self.interrupt()
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.load()
+        waker = _Waker(self.now_ns, self.cpu.request_stop)
+        watchdog = threading.Timer(cfg.timeout, self._timeout) if cfg.timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        if cfg.input_fd is not None:
+            self._input_thread = threading.Thread(target=self._read_input, args=(cfg.input_fd,),
+                                                  name="hv-input", daemon=True)
+            self._input_thread.start()
+        try:
+            reason, code, message = self._loop(waker)
+        finally:
+            waker.close()
+            if watchdog is not None:
+                watchdog.cancel()
+        uart = self.platform.uart
+        stats = self.cpu.stats
+        return RunResult(
+            exit_reason=reason, exit_code=code, guest_exit_code=None,
+            serial=uart.transmitted.decode("utf-8", "replace"), serial_dropped=uart.dropped,
+            exits={"io": stats["io"], "hlt": stats["halts"]},
+            tlb_fills=None, pages_encrypted=0, pages_decrypted=0, instructions=None,
+            wall_time=time.perf_counter() - t0, message=message,
+            launch={"kernel": cfg.kernel_name, "kernel_release": self.plan.image.release,
+                    "cmdline": cfg.cmdline, "platform_cmdline": PLATFORM_CMDLINE,
+                    "mem_size": cfg.mem_size, "initrd_gpa": self.plan.initrd_gpa,
+                    "interrupts_injected": stats["interrupts"], "exceptions": stats["exceptions"],
+                    "page_faults": stats["page_faults"], "syscalls": stats["syscalls"]})
+
+    def _loop(self, waker: _Waker) -> tuple[str, int, str]:
+        cpu, plat = self.cpu, self.platform
+        while True:
+            exit_ = cpu.run()
+            plat.update(self.now_ns())
+            if self.events:
+                return self._event(self.events[0])
+            if isinstance(exit_, OsShutdown):
+                return "shutdown", EXIT_CRASH, f"guest stopped: {exit_.reason}"
+            if isinstance(exit_, OsInterrupted) and self._interrupted.is_set():
+                if self._timed_out:
+                    return ("timeout", EXIT_TIMEOUT,
+                            f"guest stopped: still running after the {self.config.timeout:g} s timeout")
+                return "interrupted", EXIT_INTERRUPTED, "guest stopped: interrupted"
+            if isinstance(exit_, OsHalt) and not plat.has_interrupt():
+                if not exit_.interrupts_enabled:
+                    return "halted", 0, ""
+                deadline = plat.next_deadline_ns()
+                self._idle.clear()
+                if not plat.has_interrupt():
+                    wait = None if deadline is None else max(0, deadline - self.now_ns()) / 1e9
+                    self._idle.wait(wait)
+                plat.update(self.now_ns())
+                if self.events:
+                    return self._event(self.events[0])
+            if plat.has_interrupt():
+                if cpu.interrupts_enabled():
+                    if not cpu.inject_interrupt(plat.acknowledge()):
+                        return "shutdown", EXIT_CRASH, "guest stopped: triple fault delivering an interrupt"
+                if plat.has_interrupt():
+                    waker.arm(self.now_ns() + _POLL_NS)
+                    continue
+            waker.arm(plat.next_deadline_ns())
+
+    def _event(self, event: str) -> tuple[str, int, str]:
+        if event == "poweroff":
+            return "poweroff", 0, ""
+        console = self.platform.uart.transmitted
+        if _PANIC_TEXT in console:
+            return "panic", EXIT_PANIC, "guest stopped: kernel panic (see the console)"
+        return "reboot", EXIT_REBOOT, "guest stopped: it asked for a reboot (hv does not restart it)"
+
+    def dump_guest_memory(self) -> bytes:
+        return self.vm.read_gpa(0, self.config.mem_size)
