@@ -70,7 +70,6 @@ class Guest:
 
     def __init__(self, *, pio_in=None, pio_out=None, cpuid=None, tsc=None, idt: bool = True):
         self.ram = np.zeros(RAM_SIZE, np.uint8)
-        self.io: list[tuple] = []
         self.write(PML4, struct.pack("<Q", PDPT | 0x7))            # P, RW, U/S
         self.write(PDPT, struct.pack("<Q", PD | 0x7))
         self.write(PD, struct.pack("<2Q", 0x83, UCODE | 0x87))     # 2 MiB: P, RW, PS (+ U/S)
@@ -88,7 +87,8 @@ class Guest:
             self.gate(vector)
         self.code(IRETQ_STUB, ("48cf", "iretq"))
         self.cpu = OsCpu(self.ram.ctypes.data, RAM_SIZE,
-                         pio_in=pio_in or self._no_in, pio_out=pio_out or self._no_out,
+                         pio_in=pio_in or (lambda port, size: 0xFFFFFFFF),
+                         pio_out=pio_out or (lambda port, size, value: False),
                          cpuid=cpuid or (lambda leaf, sub: (0, 0, 0, 0)), tsc=tsc or (lambda: 0),
                          tcg_buffer=8 << 20)
         uc = self.uc = self.cpu.uc
@@ -105,14 +105,6 @@ class Guest:
         uc.msr_write(MSR_STAR, STAR)
         uc.msr_write(MSR_LSTAR, SYSCALL_ENTRY)
         uc.msr_write(MSR_FMASK, FMASK)
-
-    def _no_in(self, port, size):
-        self.io.append(("in", port, size))
-        return 0xFFFFFFFF
-
-    def _no_out(self, port, size, value):
-        self.io.append(("out", port, size, value))
-        return False
 
     # -- memory ---------------------------------------------------------------------------------------
     def write(self, addr: int, data: bytes) -> None:
