@@ -184,3 +184,78 @@ def test_exit_bench_forms_hv_over_bare():
 @pytest.mark.skipif(bench.shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_speed_gives_a_figure():
     assert _sane(bench.openssl_throughput("sha256", seconds=1))
+
+
+# -- the Linux boot row, with stand-ins for hv and QEMU (no kernel boots here) -------------------
+
+def _linux_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "linux"
+    d.mkdir()
+    for name in ("vmlinuz", "initrd.cpio.gz"):
+        (d / name).write_bytes(b"")
+    return d
+
+
+def _stand_in(tmp_path: Path, name: str, body: str) -> str:
+    """An executable that ignores its arguments and runs `body` (Python)."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\nimport json, sys\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _hv_printing(tmp_path: Path, serial: str, status: int = 0):
+    body = f"print(json.dumps({{'serial': {serial!r}}})); sys.exit({status})"
+    exe = _stand_in(tmp_path, "hv", body)
+    return lambda kernel, initrd: [exe, "run", str(kernel), str(initrd)]
+
+
+UP = "Run /init as init process\r\nhv-init: user space is up\r\nhv-init: powering off\r\n"
+
+
+def test_linux_commands_share_the_kernel_initrd_and_command_line(tmp_path):
+    kernel, initrd = tmp_path / "k", tmp_path / "i"
+    hv = bench.hv_boot_command(kernel, initrd)
+    qemu = bench.qemu_boot_command("qemu", kernel, initrd)
+    assert hv[hv.index("--append") + 1] == "hv.init=poweroff" and "--json" in hv and "-q" in hv
+    assert qemu[qemu.index("-append") + 1] == f"{bench.PLATFORM_CMDLINE} hv.init=poweroff"
+    assert qemu[qemu.index("-accel") + 1] == "tcg" and "-no-reboot" in qemu
+    for cmd in (hv, qemu):
+        assert str(kernel) in cmd and str(initrd) in cmd
+
+
+def test_linux_row_without_the_kernel_is_skipped_saying_how_to_fetch(tmp_path):
+    [o] = bench.bench_linux(TINY, linux_dir=tmp_path)
+    assert o.ratios == [] and "python tools/linux.py fetch" in o.note and not o.met
+    assert o.to_json()["median"] is None and o.note in bench.format_table([o])
+
+
+def test_linux_row_forms_hv_over_qemu_and_checks_the_aim(tmp_path):
+    qemu = _stand_in(tmp_path, "qemu", f"sys.stdout.write({UP!r})")
+    [o] = bench.bench_linux(TINY, linux_dir=_linux_dir(tmp_path), qemu=qemu,
+                            hv_command=_hv_printing(tmp_path, UP))
+    assert o.goal.key == "linux" and len(o.ratios) == TINY.linux_rounds and _sane(o.median)
+    assert set(o.context) == {"hv", "qemu"}
+    assert o.goal.text == "<= 4 (aim 2)" and o.aim_met == o.goal.met(o.median, 2.0)
+    goal = bench.GOALS["linux"]
+    assert "met, aim not met" in bench.format_table([bench.summarize(goal, [3.0], [1.0], {})])
+    assert "NOT met" in bench.format_table([bench.summarize(goal, [5.0], [1.0], {})])
+
+
+def test_linux_row_without_qemu_times_hv_alone(tmp_path):
+    [o] = bench.bench_linux(TINY, linux_dir=_linux_dir(tmp_path), qemu="no-such-qemu-here",
+                            hv_command=_hv_printing(tmp_path, UP))
+    assert o.ratios == [] and len(o.samples["hv"]) == TINY.linux_rounds
+    assert "not installed" in o.note and "--install-qemu" in o.note
+    assert "linux: hv " in bench.format_table([o])
+
+
+@pytest.mark.parametrize("serial, status", [("Kernel panic - not syncing\r\n", 0), (UP, 4)])
+def test_a_boot_that_misses_init_or_fails_is_an_error_not_a_time(tmp_path, serial, status):
+    qemu = _stand_in(tmp_path, "qemu", f"sys.stdout.write({UP!r})")
+    with pytest.raises(bench.BenchError):
+        bench.bench_linux(TINY, linux_dir=_linux_dir(tmp_path), qemu=qemu,
+                          hv_command=_hv_printing(tmp_path, serial, status))
+    bad_qemu = _stand_in(tmp_path, "qemu-bad", "print('hv-init: powering off')")
+    with pytest.raises(bench.BenchError):
+        bench.boot_seconds([bad_qemu], "QEMU")
