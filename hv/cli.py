@@ -98,6 +98,8 @@ def main() -> None:
 
 
 def _size(ctx, param, value):
+    if value is None:
+        return None
     try:
         size = parse_size(value)
         check_mem(size)
@@ -123,8 +125,16 @@ psp_state_option = click.option(
 
 @main.command()
 @click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--mem", default="64M", callback=_size, show_default=True,
-              help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G).")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Boot a Linux bzImage through the 64-bit boot protocol instead of IMAGE "
+                   "(docs/linux.md).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --kernel: the initramfs (a cpio archive, compressed or not).")
+@click.option("--append", default="", help="With --kernel: the kernel command line, after the "
+                                          "options hv's platform needs (listed in --json).")
+@click.option("--mem", default=None, callback=_size,
+              help="Guest memory (K/M/G suffixes; a multiple of 2M, 4M..4G). [default: 64M; "
+                   "256M with --kernel]")
 @click.option("--sev", is_flag=True, help="Run as an SEV guest (measured launch through the PSP).")
 @click.option("--sev-es", is_flag=True, help="SEV-ES: encrypted register state as well (VMSA; exits through the GHCB).")
 @click.option("--sev-snp", is_flag=True, help="SEV-SNP: SEV-ES plus the RMP's memory integrity; the guest attests itself and "
@@ -169,12 +179,21 @@ psp_state_option = click.option(
 @click.option("--trace-insn", is_flag=True, help="Add every instruction to --trace (capstone; slow).")
 @psp_state_option
 @migration_options
-def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insns, timeout, quiet,
-        as_json, dump_dram, secret_file, session_dir, owner_exec, id_block_dir, gdb, gdb_wait,
-        trace_file, trace_insn, psp_state, **migration):
+def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme,
+        max_insns, timeout, quiet, as_json, dump_dram, secret_file, session_dir, owner_exec,
+        id_block_dir, gdb, gdb_wait, trace_file, trace_insn, psp_state, **migration):
     """Boot IMAGE (ELF64 or flat binary) and run it; the guest's serial console goes to stdout.
+    With --kernel, boot a Linux kernel instead (the terminal is its console; Ctrl-A x quits).
     With --incoming or --restore, receive a moved guest instead and run it to its end."""
     mode = _one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
+    if kernel or initrd or append:
+        _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
+                    {"--max-insns": max_insns, "--secret-file": secret_file, "--session": session_dir,
+                     "--owner-exec": owner_exec, "--id-block": id_block_dir, "--gdb": gdb,
+                     "--trace": trace_file, "--policy": policy is not None,
+                     "--cbitpos": cbitpos is not None, "--tsme": tsme,
+                     **{f"--{k.replace('_', '-')}": v for k, v in migration.items()}})
+    mem = mem or (64 << 20)
     _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
     moves = Moves.from_options(migration, image=image, mode=mode, psp_state=psp_state, others=dict(
         secret_file=secret_file, session_dir=session_dir, owner_exec=owner_exec,
@@ -223,6 +242,33 @@ def run(image, mem, sev, sev_es, sev_snp, policy, cbitpos, tweak, tsme, max_insn
     if result.message:
         click.echo(f"hv: {result.message}", err=True)
     moves.report(result)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    sys.exit(result.exit_code)
+
+
+def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
+                others) -> None:
+    from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, refuse_with_kernel, run_kernel
+
+    if not kernel:
+        raise click.UsageError("--initrd and --append go with --kernel")
+    if image:
+        raise click.UsageError("give IMAGE or --kernel, not both")
+    if mode.encrypted:
+        raise click.UsageError(f"--kernel runs plain guests for now, not --{mode.value}")
+    refuse_with_kernel(others)
+    if dump_dram:
+        check_writable(dump_dram, "--dump-dram")
+    vmm, result = run_kernel(kernel, initrd, append, mem or KERNEL_DEFAULT_MEM, timeout,
+                             quiet or as_json, _sigint_stops)
+    if dump_dram:
+        try:
+            Path(dump_dram).write_bytes(vmm.dump_guest_memory())
+        except OSError as e:
+            click.echo(f"hv: cannot write --dump-dram {dump_dram}: {e.strerror}", err=True)
+    if result.message:
+        click.echo(f"hv: {result.message}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     sys.exit(result.exit_code)

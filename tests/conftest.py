@@ -13,6 +13,22 @@ def psp_state(tmp_path_factory):
     return str(path)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--linux", action="store_true",
+                     help="Also boot the Debian kernel (tests marked `linux`; python tools/linux.py "
+                          "fetch first). .ci/run runs them as a tier of their own.")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Linux boots (about 30 s each) are a tier of their own: left out unless --linux."""
+    if config.getoption("--linux"):
+        return
+    kept = [item for item in items if item.get_closest_marker("linux") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 # The run ends with os._exit once pytest has reported: the interpreter's own teardown frees the
 # remaining Unicorn instances and the host buffers they map in an arbitrary order, which has been
 # seen to crash the process after a fully passed run (status 139 instead of 0). Tests never depend

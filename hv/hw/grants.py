@@ -38,7 +38,7 @@ class KeyServer:
 class HypervisorPort:
     """What /dev/kvm and the SEV driver need of the machine (hv.kvm.Kvm holds one)."""
 
-    __slots__ = ("host", "psp", "kds", "model", "host_cpuid", "tweak_mode", "new_npt", "new_cpu",
+    __slots__ = ("host", "psp", "kds", "model", "host_cpuid", "tweak_mode", "new_npt", "new_cpu", "new_os_cpu",
                  "stats", "rmpupdate", "rmpread", "flush_caches", "_snp", "_tsme")
 
     def __init__(self, machine) -> None:
@@ -50,6 +50,7 @@ class HypervisorPort:
         self.tweak_mode: Callable[[], TweakMode] = machine.tweak_mode
         self.new_npt = machine.new_npt
         self.new_cpu = machine.new_cpu
+        self.new_os_cpu = machine.new_os_cpu
         self.stats = machine.stats
         self.rmpupdate = machine.rmpupdate
         self.rmpread = machine.rmpread

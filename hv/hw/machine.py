@@ -17,6 +17,7 @@ from hv.hw.engine import AesEngine, KeySlotPort, TweakMode
 from hv.hw.grants import HypervisorPort, KeyServer, PhysicalAccess
 from hv.hw.memctl import MemoryController
 from hv.hw.npt import NestedPageTable
+from hv.hw.oscpu import OsCpu
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
 from hv.hw.psp import PspMailbox
 from hv.hw.rmp import RmpEntry
@@ -98,6 +99,13 @@ class Machine:
 
     def new_cpu(self, control: GuestControl) -> Cpu:
         return Cpu(self._mc, control)
+
+    def new_os_cpu(self, ram_spa: SPA, ram_size: int, **devices) -> OsCpu:
+        """A core for a plain operating system over host memory [ram_spa, ram_spa + ram_size)
+        (hv.hw.oscpu); `devices` are its in-kernel port devices, CPUID table and TSC."""
+        self._mc.check_range(ram_spa, ram_size)
+        self._mc.check_host(ram_spa, ram_size)
+        return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, **devices)
 
     def stats(self) -> dict[str, int]:
         return dict(self._mc.stats)

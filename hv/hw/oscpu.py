@@ -160,7 +160,9 @@ class OsCpu:
     """One vCPU running a plain (unencrypted) operating system over `ram_size` bytes of RAM at
     host address `ram_ptr` (guest-physical 0). `pio_in(port, size) -> int` and
     `pio_out(port, size, value) -> bool` are the in-kernel port devices; pio_out returning True
-    stops the guest after the instruction (OsStop). `cpuid(leaf, subleaf)` answers CPUID;
+    ends the run with OsStop at the next clean point after the OUT (before the next memory access
+    or at the end of the block: a few more instructions may run), which is meant for ending the
+    machine (power off, reset), not for resuming it at an exact instruction. `cpuid(leaf, subleaf)` answers CPUID;
     `tsc()` gives the TSC's value."""
 
     def __init__(self, ram_ptr: int, ram_size: int, pio_in: Callable[[int, int], int],
@@ -374,10 +376,26 @@ class OsCpu:
         if vector == 14:
             self.stats["page_faults"] += 1
         if soft:
-            # INT n, INT3, INTO: a trap; the frame holds the next instruction.
+            # INT n, INT3, INTO: a trap; the frame holds the next instruction (but a #GP for a
+            # gate the caller may not use is a fault at the INT itself).
+            rip = self._soft_interrupt_rip(vector, next_rip)
             self._uc.reg_write(X.UC_X86_REG_RIP, next_rip)
-            return self._deliver(vector, None, hardware=False)
+            problem = self._try_deliver(vector, None, hardware=False)
+            if problem is None:
+                return None
+            self._uc.reg_write(X.UC_X86_REG_RIP, rip)
+            if problem == "gp":
+                return self._deliver(GP, vector * 8 + 2, True, 1)
+            return self._deliver(DF, 0, True, 2)
         return self._deliver(vector, error if vector in _HAS_ERROR_CODE else None, hardware=True)
+
+    def _soft_interrupt_rip(self, vector: int, next_rip: int) -> int:
+        """Where INT n (CD ib), INT3 (CC), INTO (CE) or INT1 (F1) started: Unicorn reports the
+        next instruction by then. The vector tells `CD CC` (INT 0xCC) from a lone CC."""
+        tail = self.read_virt((next_rip - 2) & _MASK64, 2) or b""
+        if len(tail) == 2 and tail[0] == 0xCD and tail[1] == vector:
+            return (next_rip - 2) & _MASK64
+        return (next_rip - 1) & _MASK64
 
     def _deliver(self, vector: int, error: int | None, hardware: bool, depth: int = 0) -> str | None:
         """Push the frame and enter the handler; a fault on the way is #DF, then a triple fault."""
@@ -385,8 +403,6 @@ class OsCpu:
         problem = self._try_deliver(vector, error, hardware)
         if problem is None:
             return None
-        if depth == 0 and problem == "gp" and vector != DF:
-            return self._deliver(GP, vector * 8 + 2 + (0 if hardware else 0), True, 1)
         if depth < 2 and vector != DF:
             return self._deliver(DF, 0, True, 2)
         return (f"triple fault: vector {vector} could not be delivered at RIP "
@@ -412,7 +428,7 @@ class OsCpu:
         if not hardware and (attr >> 5) & 3 < cpl:
             return "gp"  # INT n through a gate the caller's privilege may not use
         if ist:
-            new_rsp = self._tss_stack(1 + ist)  # IST1..7 follow RSP0..2 in the 64-bit TSS
+            new_rsp = self._tss_stack(3 + ist)  # IST1..7 follow RSP0..2 and a reserved slot
         elif cpl:
             new_rsp = self._tss_stack(0)
         else:

@@ -14,7 +14,8 @@ from hv.hw.cpu import GuestControl
 from hv.hw.grants import HypervisorPort
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
-from hv.kvm.cpuid import guest_cpuid_table
+from hv.hw.oscpu import OsCpu
+from hv.kvm.cpuid import cpuid_lookup, guest_cpuid_table
 from hv.kvm.errors import KvmError
 from hv.kvm.ghcb import MsrProto
 from hv.kvm.mode import Mode
@@ -204,6 +205,19 @@ class Vm:
         vcpu = Vcpu(self, self.kvm.machine.new_cpu(control), len(self.vcpus))
         self.vcpus.append(vcpu)
         return vcpu
+
+    def create_os_vcpu(self, pio_in, pio_out, tsc) -> OsCpu:
+        """A vCPU for a whole operating system (hv.hw.oscpu), plain VMs with one memory slot at
+        GPA 0: the port devices are in-kernel (`pio_in(port, size) -> value`, `pio_out(port,
+        size, value) -> stop?`), CPUID answers from this VM's table."""
+        if self.encrypted:
+            raise KvmError("operating-system vCPUs run plain guests only")
+        if len(self.slots) != 1 or self.slots.get(0) is None or self.slots[0].gpa != 0:
+            raise KvmError("an operating-system vCPU needs exactly one memory slot, at GPA 0")
+        slot = self.slots[0]
+        return self.kvm.machine.new_os_cpu(slot.spa, slot.size, pio_in=pio_in, pio_out=pio_out,
+                                           cpuid=lambda leaf, sub: cpuid_lookup(self.cpuid, leaf, sub),
+                                           tsc=tsc)
 
     def destroy(self) -> None:
         for s in self.slots.values():

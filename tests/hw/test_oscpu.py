@@ -239,8 +239,6 @@ def test_ud2_is_delivered_as_ud_at_the_faulting_instruction():
     assert frame.rflags & ~RF == 0x202
 
 
-@pytest.mark.xfail(strict=True, reason="oscpu._try_deliver reads IST n at TSS + 4 + 8 * (1 + n): IST1 "
-                   "comes from RSP2 (offset 0x14) instead of offset 0x24 (SDM vol. 3, figure 8-11)")
 def test_gate_with_ist1_runs_on_ist1_stack():
     g = Guest()
     g.code(KCODE, ("0f0b", "ud2"))
@@ -303,14 +301,9 @@ def test_int_n_from_user_mode_checks_the_gate_dpl(case):
     assert frame == Frame(error, frame.rip, USER_CS, 0x202, USTACK, USER_DS)
 
 
-_GP_RIP = pytest.mark.xfail(strict=True, reason="oscpu._exception_entry moves RIP past INT n before "
-                            "_deliver turns a DPL violation into #GP; #GP is a fault and its frame must "
-                            "hold the INT instruction's RIP (SDM vol. 2, INT n; vol. 3, 6.12.1.1)")
-
-
 @pytest.mark.parametrize("case, faulting", [
-    pytest.param("int 0x80, DPL 0", True, marks=_GP_RIP),
-    pytest.param("int3, DPL 0", True, marks=_GP_RIP),
+    ("int 0x80, DPL 0", True),
+    ("int3, DPL 0", True),
     ("int 0x81, DPL 3", False),
 ])
 def test_int_n_frame_rip_from_user_mode(case, faulting):

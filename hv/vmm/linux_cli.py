@@ -1,0 +1,98 @@
+"""`hv run --kernel BZIMAGE [--initrd FILE] [--append CMDLINE]`: the CLI side of Linux guests.
+
+The console is the terminal: when stdin is one, it is put in raw mode so every key (Ctrl-C too)
+goes to the guest's serial port, and Ctrl-A x ends the run (status 130), as in QEMU's
+-nographic console. Input that is not a terminal (a pipe, a file) is fed to the serial port as
+it comes; /dev/null gives none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import termios
+import tty
+from pathlib import Path
+
+import click
+
+from hv.boot.bzimage import BzImageError
+from hv.vmm.linux import KernelConfig, KernelVmm
+from hv.vmm.vmm import EXIT_USAGE
+
+__all__ = ["KERNEL_DEFAULT_MEM", "refuse_with_kernel", "run_kernel"]
+
+KERNEL_DEFAULT_MEM = 256 << 20
+
+
+def refuse_with_kernel(given: dict[str, object]) -> None:
+    """One usage error naming the first option that does not work with --kernel yet."""
+    for option, value in given.items():
+        if value:
+            raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
+                                   "plain, with --mem, --append, --initrd, --timeout, -q, --json "
+                                   "and --dump-dram)")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        click.echo(f"hv: cannot read the {what} {path}: {e.strerror}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int):
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _input_fd() -> int | None:
+    """stdin's descriptor, or None when there is none (closed, or not a real file)."""
+    try:
+        return sys.stdin.fileno() if sys.stdin is not None else None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
+def _writer(stream):
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+    return write
+
+
+def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: float | None,
+               quiet: bool, sigint_stops):
+    """Build and run the kernel VMM; BzImageError becomes one line and status 2. Returns the
+    VMM and its RunResult (the caller reports, dumps and exits as for any guest)."""
+    data = _read(kernel, "kernel")
+    initrd_data = _read(initrd, "initrd") if initrd else None
+    stdin_fd = _input_fd()
+    interactive = stdin_fd is not None and os.isatty(stdin_fd)
+    out = None if quiet else _writer(getattr(sys.stdout, "buffer", sys.stdout))
+    config = KernelConfig(kernel=data, initrd=initrd_data, append=append, mem_size=mem,
+                          timeout=timeout, serial_out=out, input_fd=stdin_fd,
+                          kernel_name=Path(kernel).name)
+    try:
+        vmm = KernelVmm(config)
+    except BzImageError as e:
+        click.echo(f"hv: {kernel}: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    vmm.running = True
+    with sigint_stops(vmm), (_raw_terminal(stdin_fd) if interactive else contextlib.nullcontext()):
+        result = vmm.run()
+    vmm.running = False
+    if interactive and out is not None:
+        out(b"\r\n")
+    return vmm, result

@@ -1,0 +1,86 @@
+"""Debian's stock kernel under `hv run --kernel`: to the busybox init and power-off, a panic,
+and the interactive shell through a pseudo-terminal (docs/linux.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+
+import pytest
+
+from hv.vmm.linux import EXIT_PANIC, EXIT_REBOOT, PLATFORM_CMDLINE
+
+pytestmark = [pytest.mark.linux, pytest.mark.slow]
+BOOT_LIMIT = 240  # seconds; a boot takes about 30 here
+
+
+def _run_json(hv_command, kernel_files, append: str) -> tuple[int, dict]:
+    kernel, initrd = kernel_files
+    proc = subprocess.run([*hv_command, "run", "--kernel", str(kernel), "--initrd", str(initrd),
+                           "--append", append, "--json", "--timeout", str(BOOT_LIMIT)],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=BOOT_LIMIT + 60)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_the_kernel_boots_to_init_and_powers_off(hv_command, kernel_files):
+    status, summary = _run_json(hv_command, kernel_files, "hv.init=poweroff")
+    serial = summary["serial"]
+    assert status == 0 and summary["exit_reason"] == "poweroff", summary["message"]
+    assert "Linux version 6.1." in serial
+    assert "hv-init: user space is up" in serial and "hv-init: powering off" in serial
+    assert serial.index("Run /init") < serial.index("hv-init: user space is up")
+    launch = summary["launch"]
+    assert launch["cmdline"] == f"{PLATFORM_CMDLINE} hv.init=poweroff"
+    assert launch["platform_cmdline"] == PLATFORM_CMDLINE
+    # A kernel lives on interrupts, page faults and system calls: none may be missing.
+    assert launch["interrupts_injected"] > 50 and launch["page_faults"] > 50
+    assert launch["syscalls"] > 50
+
+
+def test_a_kernel_without_an_init_panics_with_its_status(hv_command, kernel_files):
+    status, summary = _run_json(hv_command, kernel_files, "rdinit=/no-such-init init=/no-such-init")
+    assert status == EXIT_PANIC and summary["exit_reason"] == "panic"
+    assert "Kernel panic - not syncing" in summary["serial"]
+    assert "hv-init" not in summary["serial"]
+
+
+def _read_until(fd: int, pattern: bytes, seen: bytearray, deadline: float) -> None:
+    while not re.search(pattern, bytes(seen)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {pattern!r} on the console; its end: {bytes(seen[-400:])!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # the terminal's other side closed: hv ended
+                raise AssertionError(f"hv ended before {pattern!r}: {bytes(seen[-400:])!r}")
+
+
+def test_the_interactive_shell_answers_through_a_pseudo_terminal(hv_command, kernel_files):
+    kernel, initrd = kernel_files
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([*hv_command, "run", "--kernel", str(kernel), "--initrd", str(initrd),
+                             "--timeout", str(BOOT_LIMIT)],
+                            stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    seen = bytearray()
+    deadline = time.monotonic() + BOOT_LIMIT
+    try:
+        _read_until(controller, rb"hv-init: user space is up", seen, deadline)
+        _read_until(controller, rb"/ # ", seen, deadline)  # busybox sh's prompt
+        os.write(controller, b"echo $((6 * 7))-answer\r")
+        _read_until(controller, rb"42-answer", seen, deadline)
+        os.write(controller, b"reboot -f\r")
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    assert status == EXIT_REBOOT, proc.stderr.read().decode()
