@@ -32,13 +32,13 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_MODE_64, UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uccallback, uclib as _uclib
 
-__all__ = ["OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
+__all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
 
 _MASK64 = (1 << 64) - 1
 _HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
@@ -70,6 +70,12 @@ class OsInterrupted(OsExit):
 @dataclass(frozen=True)
 class OsStop(OsExit):
     """A device asked to stop the machine from inside an I/O instruction (power off, reset)."""
+
+
+@dataclass(frozen=True)
+class OsBudget(OsExit):
+    """The instruction budget (enable_counting) is spent."""
+    instructions: int
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,21 @@ def _flag_hook_code(stop_fn: int) -> bytes:
             + bytes.fromhex("ffe0"))  # jmp rax
 
 
+def _count_hook_code(stop_fn: int) -> bytes:
+    """x86-64 SysV machine code for the code hook `void hook(uc, address, size, uint64_t c[2])`:
+    `if (++c[0] > c[1]) uc_emu_stop(uc);`, before each instruction: a stop there is clean (the
+    instruction has not run), so the run ends after exactly c[1] instructions."""
+    return (bytes.fromhex("488b01"    # mov rax, [rcx]
+                          "48ffc0"    # inc rax
+                          "488901"    # mov [rcx], rax
+                          "483b4108"  # cmp rax, [rcx + 8]
+                          "7701"      # ja +1
+                          "c3"        # ret
+                          "48b8")     # mov rax, imm64
+            + struct.pack("<Q", stop_fn)
+            + bytes.fromhex("ffe0"))  # jmp rax
+
+
 class OsCpu:
     """One vCPU running a plain (unencrypted) operating system over `ram_size` bytes of RAM at
     host address `ram_ptr` (guest-physical 0). `pio_in(port, size) -> int` and
@@ -177,10 +198,12 @@ class OsCpu:
         self._pio_in, self._pio_out, self._cpuid, self._tsc = pio_in, pio_out, cpuid, tsc
         self._flag = ctypes.c_uint8(0)
         stop_fn = ctypes.cast(_uclib.uc_emu_stop, ctypes.c_void_p).value
-        code = _flag_hook_code(stop_fn)
         self._code = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-        self._code.write(code)
+        self._code.write(_flag_hook_code(stop_fn).ljust(64, b"\xcc") + _count_hook_code(stop_fn))
         fn = ctypes.addressof(ctypes.c_char.from_buffer(self._code))
+        self._count_fn = fn + 64
+        self._counter = (ctypes.c_uint64 * 2)(0, 0)
+        self.budget: int | None = None
         self._flag_hook = uc_hook_h()
         status = _uclib.uc_hook_add(uc._uch, ctypes.byref(self._flag_hook), UC_HOOK_BLOCK,
                                     ctypes.c_void_p(fn), ctypes.c_void_p(ctypes.addressof(self._flag)),
@@ -305,6 +328,27 @@ class OsCpu:
         uc.emu_stop()
 
     # -- running -----------------------------------------------------------------------------------------
+    def enable_counting(self, budget: int) -> None:
+        """Count instructions (a code hook before each one: slow) and end the run with
+        OsBudget after `budget` of them."""
+        self._counter[1] = budget
+        self.budget = budget
+        handle = uc_hook_h()
+        status = _uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_CODE,
+                                    ctypes.c_void_p(self._count_fn),
+                                    ctypes.c_void_p(ctypes.addressof(self._counter)),
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        self._count_hook = handle
+
+    @property
+    def instructions(self) -> int | None:
+        """Instructions run so far when counting, else None."""
+        if self.budget is None:
+            return None
+        return min(self._counter[0], self.budget)
+
     def request_stop(self) -> None:
         """Thread-safe: stop at the start of the next translated block (a clean point)."""
         self._flag.value = 1
@@ -344,6 +388,8 @@ class OsCpu:
             if self._stop:
                 self._stop = False
                 return OsStop()
+            if self.budget is not None and self._counter[0] > self.budget:
+                return OsBudget(self.budget)
             if self._flag.value or self._kicked.is_set():
                 return OsInterrupted()
             rip = uc.reg_read(X.UC_X86_REG_RIP)

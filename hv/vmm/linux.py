@@ -27,7 +27,7 @@ from unicorn import x86_const as X
 
 from hv.boot.linux import ACPI_GPA, BOOT_CS, BOOT_DS, LinuxBoot, linux_boot
 from hv.hw.machine import Machine, MachineConfig
-from hv.hw.oscpu import OsHalt, OsInterrupted, OsShutdown, OsStop
+from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown
 from hv.kvm.kvm import Kvm
 from hv.kvm.mode import Mode
 from hv.vmm.bus import Bus
@@ -52,6 +52,7 @@ class KernelConfig:
     append: str = ""
     mem_size: int = 256 << 20
     timeout: float | None = None
+    max_insns: int | None = None
     serial_out: Callable[[bytes], None] | None = None
     input_fd: int | None = None  # terminal input for the UART's receive side (None: no input)
     kernel_name: str = "bzImage"
@@ -132,6 +133,8 @@ class KernelVmm:
         self.pio = Bus("port I/O")
         self.platform.attach(self.pio)
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
+        if config.max_insns is not None:
+            self.cpu.enable_counting(config.max_insns)
         self._idle = threading.Event()
         self._interrupted = threading.Event()
         self._timed_out = False
@@ -236,7 +239,7 @@ class KernelVmm:
             exit_reason=reason, exit_code=code, guest_exit_code=None,
             serial=uart.transmitted.decode("utf-8", "replace"), serial_dropped=uart.dropped,
             exits={"io": stats["io"], "hlt": stats["halts"]},
-            tlb_fills=None, pages_encrypted=0, pages_decrypted=0, instructions=None,
+            tlb_fills=None, pages_encrypted=0, pages_decrypted=0, instructions=self.cpu.instructions,
             wall_time=time.perf_counter() - t0, message=message,
             launch={"kernel": cfg.kernel_name, "kernel_release": self.plan.image.release,
                     "cmdline": cfg.cmdline, "platform_cmdline": PLATFORM_CMDLINE,
@@ -251,6 +254,9 @@ class KernelVmm:
             plat.update(self.now_ns())
             if self.events:
                 return self._event(self.events[0])
+            if isinstance(exit_, OsBudget):
+                return ("budget", EXIT_TIMEOUT,
+                        f"guest stopped: instruction budget of {exit_.instructions} exhausted (--max-insns)")
             if isinstance(exit_, OsShutdown):
                 return "shutdown", EXIT_CRASH, f"guest stopped: {exit_.reason}"
             if isinstance(exit_, OsInterrupted) and self._interrupted.is_set():

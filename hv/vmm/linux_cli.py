@@ -31,8 +31,8 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
     for option, value in given.items():
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
-                                   "plain, with --mem, --append, --initrd, --timeout, -q, --json "
-                                   "and --dump-dram)")
+                                   "plain, with --mem, --append, --initrd, --timeout, --max-insns, "
+                                   "-q, --json and --dump-dram)")
 
 
 def _read(path: str, what: str) -> bytes:
@@ -73,7 +73,7 @@ def _writer(stream):
 
 
 def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: float | None,
-               quiet: bool, sigint_stops):
+               max_insns: int | None, quiet: bool, sigint_stops):
     """Build and run the kernel VMM; BzImageError becomes one line and status 2. Returns the
     VMM and its RunResult (the caller reports, dumps and exits as for any guest)."""
     data = _read(kernel, "kernel")
@@ -82,7 +82,7 @@ def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: 
     interactive = stdin_fd is not None and os.isatty(stdin_fd)
     out = None if quiet else _writer(getattr(sys.stdout, "buffer", sys.stdout))
     config = KernelConfig(kernel=data, initrd=initrd_data, append=append, mem_size=mem,
-                          timeout=timeout, serial_out=out, input_fd=stdin_fd,
+                          timeout=timeout, max_insns=max_insns, serial_out=out, input_fd=stdin_fd,
                           kernel_name=Path(kernel).name)
     try:
         vmm = KernelVmm(config)

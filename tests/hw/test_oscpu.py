@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from unicorn import x86_const as X
 
-from hv.hw.oscpu import OsCpu, OsHalt, OsInterrupted, OsShutdown, OsStop
+from hv.hw.oscpu import OsBudget, OsCpu, OsHalt, OsInterrupted, OsShutdown, OsStop
 
 RAM_SIZE = 8 << 20
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
@@ -504,3 +504,20 @@ def test_requested_stops_are_clean_for_a_locked_increment():
     assert stops > 100
     assert g.reg("rbx") > 0
     assert g.q(DATA) == g.reg("rbx")
+
+
+# -- the instruction budget --------------------------------------------------------------------------------
+def test_the_budget_stops_before_the_instruction_after_it():
+    # A loop of three instructions: after 3n + 1 of them, RBX has been incremented n + 1 times
+    # and RIP is at the instruction the budget did not let run.
+    g = Guest()
+    loop_end = g.code(KCODE, ("48ffc3", "inc rbx"), ("4883c102", "add rcx, 2"),
+                      ("ebf7", f"jmp {KCODE:#x}"))
+    g.start(KCODE, rbx=0, rcx=0)
+    g.cpu.enable_counting(3 * 10 + 1)
+    result = g.cpu.run()
+    assert result == OsBudget(31)
+    assert (g.reg("rbx"), g.reg("rcx")) == (11, 20)
+    assert g.reg("rip") == KCODE + 3  # the ADD of the 11th round did not run
+    assert g.cpu.instructions == 31
+    assert loop_end == KCODE + 9
