@@ -54,6 +54,8 @@ RULES = [
     (r"^python -m pytest\b", "skip", "the test suite itself"),
     (r"^hv demo\b", "slow", "boots four guests and runs three attacks in each mode"),
     (r"^hv attack matrix\b", "slow", "runs every attack in four modes"),
+    (r"^hv run --kernel\b", "skip", "boots Debian's kernel from build/linux: tests/linux_boot runs "
+                                    "it (.ci/run fetches the kernel first)"),
     (r"^openssl\b", "needs:openssl", "openssl is not installed"),
     (r"zsh_source", "zsh", "zsh start-up code"),
 ]
