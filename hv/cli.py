@@ -188,9 +188,9 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
     mode = _one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     if kernel or initrd or append:
         _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                    max_insns, {"--secret-file": secret_file, "--session": session_dir,
+                    max_insns, trace_file, {"--secret-file": secret_file, "--session": session_dir,
                      "--owner-exec": owner_exec, "--id-block": id_block_dir, "--gdb": gdb,
-                     "--trace": trace_file, "--policy": policy is not None,
+                     "--trace-insn": trace_insn, "--policy": policy is not None,
                      "--cbitpos": cbitpos is not None, "--tsme": tsme,
                      **{f"--{k.replace('_', '-')}": v for k, v in migration.items()}})
     mem = mem or (64 << 20)
@@ -248,7 +248,7 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
 
 
 def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                max_insns, others) -> None:
+                max_insns, trace_file, others) -> None:
     from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, refuse_with_kernel, run_kernel
 
     if not kernel:
@@ -258,10 +258,11 @@ def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_jso
     if mode.encrypted:
         raise click.UsageError(f"--kernel runs plain guests for now, not --{mode.value}")
     refuse_with_kernel(others)
-    if dump_dram:
-        check_writable(dump_dram, "--dump-dram")
+    for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
+        if path:
+            check_writable(path, option)
     vmm, result = run_kernel(kernel, initrd, append, mem or KERNEL_DEFAULT_MEM, timeout,
-                             max_insns, quiet or as_json, _sigint_stops)
+                             max_insns, quiet or as_json, _sigint_stops, trace_file)
     if dump_dram:
         try:
             Path(dump_dram).write_bytes(vmm.dump_guest_memory())

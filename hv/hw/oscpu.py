@@ -226,6 +226,7 @@ class OsCpu:
         self._syscall = False
         self._stop = False
         self._kicked = threading.Event()
+        self.trace: Callable[..., None] | None = None  # trace(event, **fields); None: no tracing
         self.stats = {"exceptions": 0, "page_faults": 0, "interrupts": 0, "syscalls": 0,
                       "io": 0, "halts": 0}
 
@@ -281,11 +282,17 @@ class OsCpu:
     # -- hooks (inside Unicorn) --------------------------------------------------------------------------
     def _on_in(self, _uc, port, size, _user):
         self.stats["io"] += 1
-        return self._pio_in(port, size) & ((1 << (8 * size)) - 1)
+        value = self._pio_in(port, size) & ((1 << (8 * size)) - 1)
+        if self.trace is not None:
+            self.trace("io", port=port, size=size, dir="in", value=value)
+        return value
 
     def _on_out(self, uc, port, size, value, _user):
         self.stats["io"] += 1
-        if self._pio_out(port, size, value & ((1 << (8 * size)) - 1)):
+        value &= (1 << (8 * size)) - 1
+        if self.trace is not None:
+            self.trace("io", port=port, size=size, dir="out", value=value)
+        if self._pio_out(port, size, value):
             # A synchronous request from inside the instruction: Unicorn takes it at the next
             # check after a later access, which restarts that instruction before its store.
             self._stop = True
@@ -383,6 +390,9 @@ class OsCpu:
             if self._syscall:
                 self._syscall = False
                 self.stats["syscalls"] += 1
+                if self.trace is not None:
+                    self.trace("syscall", nr=uc.reg_read(X.UC_X86_REG_RAX),
+                               rip=uc.reg_read(X.UC_X86_REG_RIP) - 2)
                 self._syscall_entry()
                 continue
             if self._stop:
@@ -395,6 +405,8 @@ class OsCpu:
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             if self.read_virt(rip - 1, 1) == b"\xf4":
                 self.stats["halts"] += 1
+                if self.trace is not None:
+                    self.trace("hlt", rip=rip - 1)
                 return OsHalt(bool(uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF))
             return OsShutdown(f"emulation stopped without a cause at RIP {rip:#x}")
 
@@ -408,6 +420,8 @@ class OsCpu:
     def inject_interrupt(self, vector: int) -> bool:
         """Deliver an external interrupt now (the caller checked interrupts_enabled())."""
         self.stats["interrupts"] += 1
+        if self.trace is not None:
+            self.trace("interrupt", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP))
         return self._deliver(vector, None, hardware=True) is None
 
     # -- delivery ----------------------------------------------------------------------------------------
@@ -421,6 +435,11 @@ class OsCpu:
         self.stats["exceptions"] += 1
         if vector == 14:
             self.stats["page_faults"] += 1
+        if self.trace is not None:
+            fields = {"cr2": self._uc.reg_read(X.UC_X86_REG_CR2)} if vector == 14 else {}
+            if vector in _HAS_ERROR_CODE and not soft:
+                fields["error_code"] = error
+            self.trace("exception", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP), **fields)
         if soft:
             # INT n, INT3, INTO: a trap; the frame holds the next instruction (but a #GP for a
             # gate the caller may not use is a fault at the INT itself).

@@ -9,6 +9,7 @@ it comes; /dev/null gives none.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import termios
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from hv.boot.bzimage import BzImageError
+from hv.vmm.hostfiles import TraceSink
 from hv.vmm.linux import KernelConfig, KernelVmm
 from hv.vmm.vmm import EXIT_USAGE
 
@@ -32,7 +34,7 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
                                    "plain, with --mem, --append, --initrd, --timeout, --max-insns, "
-                                   "-q, --json and --dump-dram)")
+                                   "-q, --json, --dump-dram and --trace)")
 
 
 def _read(path: str, what: str) -> bytes:
@@ -72,8 +74,21 @@ def _writer(stream):
     return write
 
 
+_HEX_FIELDS = ("rip", "cr2", "port", "value", "error_code")
+
+
+def _tracer(sink: TraceSink):
+    """JSON Lines, one event per line (docs/linux.md): addresses and values in hex."""
+    def emit(ev: str, **fields) -> None:
+        event: dict[str, object] = {"ev": ev}
+        for key, value in fields.items():
+            event[key] = f"{value:#x}" if key in _HEX_FIELDS and isinstance(value, int) else value
+        sink.write(json.dumps(event) + "\n")
+    return emit
+
+
 def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: float | None,
-               max_insns: int | None, quiet: bool, sigint_stops):
+               max_insns: int | None, quiet: bool, sigint_stops, trace_file: str | None = None):
     """Build and run the kernel VMM; BzImageError becomes one line and status 2. Returns the
     VMM and its RunResult (the caller reports, dumps and exits as for any guest)."""
     data = _read(kernel, "kernel")
@@ -89,10 +104,23 @@ def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: 
     except BzImageError as e:
         click.echo(f"hv: {kernel}: {e}", err=True)
         sys.exit(EXIT_USAGE)
+    sink = TraceSink.open(trace_file) if trace_file else None
+    if sink is not None:
+        vmm.cpu.trace = _tracer(sink)
     vmm.running = True
-    with sigint_stops(vmm), (_raw_terminal(stdin_fd) if interactive else contextlib.nullcontext()):
-        result = vmm.run()
-    vmm.running = False
+    result = None
+    try:
+        with sigint_stops(vmm), (_raw_terminal(stdin_fd) if interactive else contextlib.nullcontext()):
+            result = vmm.run()
+    finally:
+        vmm.running = False
+        if sink is not None:
+            if result is not None:
+                sink.write(json.dumps({"ev": "end", "exit_reason": result.exit_reason,
+                                       "exit_code": result.exit_code}) + "\n")
+            sink.close()
+            if sink.error is not None:
+                click.echo(f"hv: --trace {trace_file} is incomplete: {sink.error.strerror}", err=True)
     if interactive and out is not None:
         out(b"\r\n")
     return vmm, result

@@ -48,7 +48,7 @@ def test_options_that_do_not_go_with_a_kernel(tmp_path):
     kernel = bytes(synthetic())
     for args, text in ((["--sev"], "--kernel runs plain guests for now, not --sev"),
                        (["--gdb", "tcp::0"], "--gdb does not work with --kernel yet"),
-                       (["--trace", "t.jsonl"], "--trace does not work with --kernel yet")):
+                       (["--trace", "t.jsonl", "--trace-insn"], "--trace-insn does not work with --kernel yet")):
         result = _run(tmp_path, kernel, *args)
         assert result.exit_code == 2 and text in result.output, (args, result.output)
 
