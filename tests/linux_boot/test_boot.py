@@ -19,16 +19,17 @@ pytestmark = [pytest.mark.linux, pytest.mark.slow]
 BOOT_LIMIT = 240  # seconds; a boot takes about 30 here
 
 
-def _run_json(hv_command, kernel_files, append: str) -> tuple[int, dict]:
+def _run_json(hv_command, kernel_files, append: str, *extra: str) -> tuple[int, dict]:
     kernel, initrd = kernel_files
     proc = subprocess.run([*hv_command, "run", "--kernel", str(kernel), "--initrd", str(initrd),
-                           "--append", append, "--json", "--timeout", str(BOOT_LIMIT)],
+                           "--append", append, "--json", "--timeout", str(BOOT_LIMIT), *extra],
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=BOOT_LIMIT + 60)
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_the_kernel_boots_to_init_and_powers_off(hv_command, kernel_files):
-    status, summary = _run_json(hv_command, kernel_files, "hv.init=poweroff")
+def test_the_kernel_boots_to_init_and_powers_off(hv_command, kernel_files, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    status, summary = _run_json(hv_command, kernel_files, "hv.init=poweroff", "--trace", str(trace))
     serial = summary["serial"]
     assert status == 0 and summary["exit_reason"] == "poweroff", summary["message"]
     assert "Linux version 6.1." in serial
@@ -40,6 +41,14 @@ def test_the_kernel_boots_to_init_and_powers_off(hv_command, kernel_files):
     # A kernel lives on interrupts, page faults and system calls: none may be missing.
     assert launch["interrupts_injected"] > 50 and launch["page_faults"] > 50
     assert launch["syscalls"] > 50
+    # The trace holds the same events, one per line, and the end.
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    kinds = [e["ev"] for e in events]
+    assert kinds.count("syscall") == launch["syscalls"]
+    assert kinds.count("interrupt") == launch["interrupts_injected"]
+    assert kinds.count("exception") == launch["exceptions"]
+    assert {"ev": "io", "port": "0x3f8", "size": 1, "dir": "out", "value": hex(ord("h"))} in events
+    assert events[-1] == {"ev": "end", "exit_reason": "poweroff", "exit_code": 0}
 
 
 def test_a_kernel_without_an_init_panics_with_its_status(hv_command, kernel_files):
