@@ -56,8 +56,9 @@ holds it (`svm_set_efer`; sev-snp-measure's VMSA: "KVM enables EFER_SVME"), and 
 guest state without it (hv.hw.vmsa)."""
 
 
-def vmsa_integrity(page: bytes | bytearray | memoryview) -> bytes:
-    """The integrity value of a VMSA page's plaintext bytes [0, 0xFC0), kept in the TMR.
+def vmsa_integrity(page) -> bytes:
+    """The integrity value of a VMSA page's plaintext bytes [0, 0xFC0), kept in the TMR (`page`:
+    any buffer of at least that many bytes, a numpy page included).
 
     AMD's firmware keeps a CRC64 there; any 64-bit check does here, because the hypervisor can
     reach neither the value (in the TMR) nor the plaintext. The firmware writes the first value

@@ -14,6 +14,7 @@ from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
 from hv.attacks.verdict import Trial, judge
+from hv.hw.addr import GPA
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -24,7 +25,7 @@ PRIMITIVES = ("Phys", "R")
 
 
 def _dma(lab: Lab) -> tuple[int, bytes]:
-    base = lab.vm.gpa_to_spa(0)
+    base = lab.vm.gpa_to_spa(GPA(0))
     return base, lab.physical().dma.read(base, lab.config.mem_size)
 
 

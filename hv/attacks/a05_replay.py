@@ -16,6 +16,7 @@ from hv.attacks.findings import Findings
 from hv.attacks.lab import OP_CHECK_PIN, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
+from hv.hw.addr import GPA
 from hv.kvm import RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "TRIES", "run", "wrong_pin"]
@@ -41,7 +42,7 @@ def _attack(trial: Trial) -> Findings:
     refused: list[str] = []
 
     with trial.lab("service") as lab:
-        page = lab.symbols["pin_state"]
+        page = GPA(lab.symbols["pin_state"])  # the guest maps its image at GVA = GPA
 
         def script():
             saved = lab.vm.read_gpa(page, 0x1000)           # the counter's ciphertext at t0

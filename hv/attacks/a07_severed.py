@@ -15,6 +15,7 @@ from hv.attacks.findings import Findings
 from hv.attacks.lab import OP_READ_PAGE, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import SECRET_SIZE, Trial, judge
+from hv.hw.addr import GPA
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
 
@@ -35,10 +36,10 @@ def _attack(trial: Trial) -> Findings:
             r = yield Request(OP_READ_PAGE, 0)
             got["honest"] = r.data[:SECRET_SIZE]
             original = lab.spa(public)
-            lab.vm.npt_map(public, lab.spa(target))
+            lab.vm.npt_map(GPA(public), lab.spa(target))
             r = yield Request(OP_READ_PAGE, 0)
             got["remapped"] = r.data[:SECRET_SIZE]
-            lab.vm.npt_map(public, original)
+            lab.vm.npt_map(GPA(public), original)
 
         lab.launch()
         stop = lab.run(script())

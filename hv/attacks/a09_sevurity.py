@@ -19,6 +19,7 @@ from hv.attacks.outcome import Outcome
 from hv.attacks.tweak_solver import Unsolvable, recover_constants, tweak
 from hv.attacks.verdict import Trial, judge
 from hv.hw.grants import TweakMode
+from hv.hw.addr import GPA
 from hv.kvm import Mode, RmpViolation
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -49,11 +50,11 @@ def _plant(lab: Lab, constants: dict[int, int], target_gpa: int) -> tuple[int, i
             delta = tweak(constants, p) ^ tweak(constants, lab.spa(src))
             if data[off] ^ (delta & 0xFF) != RET:
                 continue
-            cells = lab.vm.read_gpa(src, 16)
+            cells = lab.vm.read_gpa(GPA(src), 16)
             if xex:
                 cells = bytes(x ^ y for x, y in zip(cells, _pattern(delta)))
             try:
-                lab.vm.write_gpa(target_gpa, cells)
+                lab.vm.write_gpa(GPA(target_gpa), cells)
             except RmpViolation as e:  # SNP: the hypervisor cannot write a guest page at all
                 return src, delta, str(e)
             return src, delta, ""

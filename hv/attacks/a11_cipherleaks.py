@@ -17,6 +17,7 @@ from hv.attacks.findings import Findings
 from hv.attacks.lab import OP_LADDER, PORT_STEP, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
+from hv.hw.addr import GPA
 from hv.kvm import exits as K
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -56,7 +57,7 @@ def _attack(trial: Trial) -> Findings:
     with trial.lab("service") as lab:
         def on_exit(e) -> None:
             if isinstance(e, K.Io) and e.port == PORT_STEP:
-                snapshots.append(lab.vm.read_gpa(STACK_LO, boot.BOOT_STACK_TOP - STACK_LO))
+                snapshots.append(lab.vm.read_gpa(GPA(STACK_LO), boot.BOOT_STACK_TOP - STACK_LO))
 
         def script():
             yield Request(OP_LADDER)

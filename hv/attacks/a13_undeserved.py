@@ -21,6 +21,7 @@ from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
+from hv.hw.addr import GPA
 from hv.kvm import Mode
 from hv.kvm.sev import SevGuest
 
@@ -37,12 +38,12 @@ def _swapping(a: int, b: int):
     def place(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> None:
         for gpa, data in regions:
             if not gpa <= a < b < gpa + len(data):
-                lab.vm.write_gpa(gpa, data)
+                lab.vm.write_gpa(GPA(gpa), data)
                 sev.launch_update_data(gpa, len(data))
                 continue
             ia, ib = a - gpa, b - gpa
             moved = data[:ia] + data[ib:ib + 16] + data[ia + 16:ib] + data[ia:ia + 16] + data[ib + 16:]
-            lab.vm.write_gpa(gpa, moved)
+            lab.vm.write_gpa(GPA(gpa), moved)
             # The content order: [..a) | a's block (now at b) | (a..b) | b's block (now at a) | (b..]
             for start, length in ((gpa, ia), (b, 16), (a + 16, ib - ia - 16), (a, 16), (b + 16, len(data) - ib - 16)):
                 if length:

@@ -16,6 +16,7 @@ from hv.attacks.lab import OP_BRANCH, Request
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
 from hv.hw.npt import NPT_R, NPT_RWX, NPT_W
+from hv.hw.addr import GPA
 from hv.kvm import MemoryFault
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -39,7 +40,7 @@ def _attack(trial: Trial) -> Findings:
 
         def arm(except_page: int | None) -> None:
             for p in pages:
-                lab.vm.npt_protect(p, _PAGE, NPT_RWX if p == except_page else NPT_R | NPT_W)
+                lab.vm.npt_protect(GPA(p), _PAGE, NPT_RWX if p == except_page else NPT_R | NPT_W)
 
         def on_fault(f: MemoryFault) -> bool:
             page = f.gpa & ~0xFFF
@@ -53,7 +54,7 @@ def _attack(trial: Trial) -> Findings:
             arm(None)
             yield Request(OP_BRANCH)
             for p in pages:
-                lab.vm.npt_protect(p, _PAGE, NPT_RWX)
+                lab.vm.npt_protect(GPA(p), _PAGE, NPT_RWX)
 
         lab.launch()
         stop = lab.run(script(), on_fault=on_fault)

@@ -23,6 +23,7 @@ from hv.attacks.lab import Lab
 from hv.attacks.launch import SnpPages, honest_placer, measured_launch, snp_launch_with
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import Trial, judge
+from hv.hw.addr import GPA
 from hv.kvm import Mode, RmpViolation
 from hv.kvm.sev import SevGuest
 from sevwire import SnpPageType
@@ -63,7 +64,7 @@ def _raw_write(trial: Trial) -> _Try:
     with trial.lab("service") as lab:
         lab.launch()
         try:
-            lab.vm.write_gpa(lab.vmm.loaded.entry, STUB)  # after the launch: unmeasured, unencrypted
+            lab.vm.write_gpa(GPA(lab.vmm.loaded.entry), STUB)  # after the launch: unmeasured, unencrypted
         except RmpViolation as e:                        # SNP: the guest's page is not ours
             return _Try(f"the write faulted ({e})", False, f"RMP: {e}")
         stop = lab.run(max_exits=10_000)
@@ -94,9 +95,10 @@ def _measured_snp(trial: Trial) -> _Try:
 
         snp_launch_with(lab, rewrite)
         stop = lab.run(max_exits=10_000)
-        ran = lab.vm.read_gpa(MARK_GPA, 4) == MARK_WORD
+        ran = lab.vm.read_gpa(GPA(MARK_GPA), 4) == MARK_WORD
         console = lab.serial()
-        released = any(o["result"] == "released" for o in lab.vmm.secret_release.outcomes)
+        release = lab.vmm.secret_release
+        released = release is not None and any(o["result"] == "released" for o in release.outcomes)
     line = next((ln for ln in console.splitlines() if "secret" in ln), "nothing about the secret")
     text = (f"the stub at GPA {stub_gpa:#x} {'ran' if ran else 'did not run'} and "
             + ("the secret was released" if released else "no secret reached it")

@@ -18,7 +18,8 @@ from hv.attacks.outcome import Outcome
 from hv.attacks.snoop import snoop
 from hv.attacks.verdict import SECRET_SIZE, Trial, judge
 from hv.kvm import Mode
-from hv.kvm.sev import FirmwareError
+from hv.kvm.sev import FirmwareError, SevGuest
+from hv.kvm.sev_snp import SnpGuest
 from sevwire import Policy, SnpPolicy
 
 __all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
@@ -47,10 +48,12 @@ def _attack(trial: Trial, policy: int | None) -> Findings:
         return _attack_snp(trial, policy)
     with trial.lab("secret", policy=policy) as lab:
         lab.launch()
-        policy = lab.vmm.sev.policy
+        sev = lab.vmm.sev
+        assert isinstance(sev, SevGuest)
+        policy = sev.policy
         what = f"DBG_DECRYPT of GPA {boot.SECRET_GPA:#x} under policy {policy:#x} ({_debug_bit(trial.mode, policy)})"
         try:
-            plain = lab.vmm.sev.dbg_decrypt(boot.SECRET_GPA, SECRET_SIZE)
+            plain = sev.dbg_decrypt(boot.SECRET_GPA, SECRET_SIZE)
         except FirmwareError as e:
             return Findings(f"{what}: {_status(e)}", defence=_status(e))
     return Findings(f"{what} returned {SECRET_SIZE} bytes", recovered=plain)
@@ -59,11 +62,13 @@ def _attack(trial: Trial, policy: int | None) -> Findings:
 def _attack_snp(trial: Trial, policy: int | None) -> Findings:
     def look(lab: Lab) -> tuple[int, int, bytes | FirmwareError]:
         where = lab.symbols["static_copy"]
+        sev = lab.vmm.sev
+        assert isinstance(sev, SnpGuest)
         try:
-            page = lab.vmm.sev.dbg_decrypt(where & ~0xFFF)
-            return where, lab.vmm.sev.policy, page[where & 0xFFF:][:SECRET_SIZE]
+            page = sev.dbg_decrypt(where & ~0xFFF)
+            return where, sev.policy, page[where & 0xFFF:][:SECRET_SIZE]
         except FirmwareError as e:
-            return where, lab.vmm.sev.policy, e
+            return where, sev.policy, e
 
     (where, policy, got), _lab = snoop(trial, look, policy=policy)
     what = (f"SNP_DBG_DECRYPT of the page holding the guest's copy at GPA {where:#x} under policy "

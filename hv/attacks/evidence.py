@@ -9,7 +9,8 @@ WINDOW = 16  # one AES block: a 16-byte window of plaintext in a dump cannot be 
 
 def find_all(haystack: bytes, needle: bytes, limit: int = 8) -> list[int]:
     """Offsets of `needle` in `haystack` (at most `limit`)."""
-    out, pos = [], haystack.find(needle)
+    out: list[int] = []
+    pos = haystack.find(needle)
     while pos >= 0 and len(out) < limit:
         out.append(pos)
         pos = haystack.find(needle, pos + 1)

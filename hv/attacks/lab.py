@@ -25,7 +25,9 @@ from elftools.elf.elffile import ELFFile
 
 from hv import boot
 from hv.hw.grants import PhysicalAccess, TweakMode
+from hv.hw.addr import GPA, SPA
 from hv.kvm import MemoryFault, Mode, exits as K
+from hv.kvm.sev import SevGuest
 from hv.owner import LocalOwner
 from hv.vmm import Vmm, VmmConfig
 
@@ -53,7 +55,8 @@ def guest_symbols(image: bytes) -> dict[str, int]:
     """The image's symbol table: the guest's binary is public, only its secrets are not."""
     elf = ELFFile(io.BytesIO(image))
     table = elf.get_section_by_name(".symtab")
-    return {s.name: s["st_value"] for s in table.iter_symbols() if s.name} if table else {}
+    symbols = table.iter_symbols() if table else ()  # type: ignore[attr-defined]  # a SymbolTableSection
+    return {s.name: s["st_value"] for s in symbols if s.name}
 
 
 def psp_state_path() -> str:
@@ -147,7 +150,7 @@ class Lab:
         self.vcpu = self.vmm.vcpu
         self.ring_gpa: int | None = None
         self.stop: Stop | None = None
-        self.own_sev = None  # a SevGuest the lab launched itself (hv.attacks.launch)
+        self.own_sev: SevGuest | None = None  # a SevGuest the lab launched itself (hv.attacks.launch)
 
     # -- launch --------------------------------------------------------------------------------
     def launch(self) -> None:
@@ -183,12 +186,12 @@ class Lab:
         self.close()
 
     # -- what the hypervisor sees ---------------------------------------------------------------
-    def spa(self, gpa: int) -> int:
+    def spa(self, gpa: int) -> SPA:
         """The host physical page backing `gpa` now (the NPT is the hypervisor's own)."""
-        hit = self.vm.npt_lookup(gpa & ~0xFFF)
+        hit = self.vm.npt_lookup(GPA(gpa & ~0xFFF))
         if hit is None:
             raise ValueError(f"GPA {gpa:#x} is not mapped")
-        return hit[0] | (gpa & 0xFFF)
+        return SPA(hit[0] | (gpa & 0xFFF))
 
     def serial(self) -> str:
         return self.vmm.serial.decode("utf-8", "replace")
@@ -241,6 +244,11 @@ class Lab:
         self.stop = stop
         return stop
 
+    def _ring(self) -> int:
+        if self.ring_gpa is None:
+            raise RuntimeError("the guest has not said where its request ring is")
+        return self.ring_gpa
+
     def _doorbell(self, script: Script | None, started: bool) -> None:
         """The guest answered the last request (if any) and waits for the next one."""
         req = Request(OP_EXIT, 0)
@@ -249,10 +257,10 @@ class Lab:
                 req = script.send(self.response()) if started else next(script)
             except StopIteration:
                 pass
-        self.vm.write_gpa(self.ring_gpa + RING_OP, req.op.to_bytes(4, "little") + req.arg.to_bytes(4, "little"))
+        self.vm.write_gpa(GPA(self._ring() + RING_OP), req.op.to_bytes(4, "little") + req.arg.to_bytes(4, "little"))
 
     def response(self) -> Response:
-        raw = self.vm.read_gpa(self.ring_gpa, 0x28)
-        data = self.vm.read_gpa(self.ring_gpa + RING_DATA, 0x1000)
+        raw = self.vm.read_gpa(GPA(self._ring()), 0x28)
+        data = self.vm.read_gpa(GPA(self._ring() + RING_DATA), 0x1000)
         return Response(status=int.from_bytes(raw[RING_STATUS:RING_STATUS + 4], "little"),
                         value=int.from_bytes(raw[RING_VALUE:RING_VALUE + 8], "little"), data=data)

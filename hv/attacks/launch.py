@@ -22,6 +22,7 @@ from typing import Callable
 
 from hv import boot
 from hv.attacks.lab import Lab
+from hv.hw.addr import GPA
 from hv.kvm import Mode
 from hv.kvm.sev import SevDevice, SevGuest
 
@@ -33,7 +34,7 @@ SnpPages = list[tuple[int, bytes, int]]  # (GPA, 4 KiB contents, SNP page type),
 
 def honest_placer(lab: Lab, sev: SevGuest, regions: list[tuple[int, bytes]]) -> None:
     for gpa, data in regions:
-        lab.vm.write_gpa(gpa, data)
+        lab.vm.write_gpa(GPA(gpa), data)
         sev.launch_update_data(gpa, len(data))
 
 
@@ -77,7 +78,7 @@ def measured_launch(lab: Lab, place: Placer = honest_placer, policy: int = 0x1) 
         sev.launch_secret(bytes.fromhex(answer["header"]), data, boot.SECRET_GPA)
         secret_len = len(data)
     sev.launch_finish()
-    vm.write_gpa(boot.BOOT_INFO_GPA, boot.boot_info(cfg.mem_size, secret_len))
+    vm.write_gpa(GPA(boot.BOOT_INFO_GPA), boot.boot_info(cfg.mem_size, secret_len))
     if lab.vcpu.guest_state_protected:
         return LaunchReport(measurement, injected,
                             "injected the secret" if injected else f"refused: {answer['refuse']}")

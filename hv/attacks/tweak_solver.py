@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from hv.hw.addr import SPA
 from hv.hw.grants import TweakMode
 
 __all__ = ["Unsolvable", "recover_constants", "tweak"]
@@ -34,8 +35,8 @@ class HostPort(Protocol):
 
     @property
     def size(self) -> int: ...
-    def read(self, spa: int, length: int, c_bit: bool = False) -> bytes: ...
-    def write(self, spa: int, data: bytes, c_bit: bool = False) -> None: ...
+    def read(self, spa: SPA, length: int, c_bit: bool = False) -> bytes: ...
+    def write(self, spa: SPA, data: bytes, c_bit: bool = False) -> None: ...
 
 
 class Unsolvable(Exception):
@@ -58,8 +59,8 @@ def _pattern(x: np.ndarray) -> np.ndarray:
 def _keys(host: HostPort, base: int, words: np.ndarray, xex: bool) -> np.ndarray:
     """Write the pattern blocks through the host key at `base`, return each block's key."""
     blocks = _pattern(words)
-    host.write(base, blocks.tobytes(), c_bit=True)
-    raw = np.frombuffer(host.read(base, blocks.nbytes), dtype=np.uint32).reshape(-1, 4)
+    host.write(SPA(base), blocks.tobytes(), c_bit=True)  # the solver works on host pages alone
+    raw = np.frombuffer(host.read(SPA(base), blocks.nbytes), dtype=np.uint32).reshape(-1, 4)
     key = raw ^ blocks if xex else raw
     return key.view(np.uint64)[:, 0].copy()
 
@@ -128,15 +129,15 @@ def recover_constants(host: HostPort, mode: TweakMode,
     # Phase 2: each higher bit from one collision between two same-tweak 1 MiB regions.
     low = _low_tweaks(constants, _LOW_BITS)
     n = 1 << (_LOW_BITS - 4)
-    j = np.arange(n, dtype=np.uint32)
+    js = np.arange(n, dtype=np.uint32)
     for bit in range(_REGION_BITS, dram_size.bit_length()):
         p, q = 0, 1 << bit
         if q + (1 << _LOW_BITS) > dram_size:
             p, q = (1 << _LOW_BITS), (1 << bit) | (1 << _LOW_BITS)
             if q + (1 << _LOW_BITS) > dram_size:
                 continue  # no 1 MiB pair at this distance in DRAM: the bit is never used whole
-        a = _keys(host, p, low ^ j, xex)
-        b = _keys(host, q, low ^ (j << np.uint32(16)), xex)
+        a = _keys(host, p, low ^ js, xex)
+        b = _keys(host, q, low ^ (js << np.uint32(16)), xex)
         common, ia, ib = np.intersect1d(a, b, return_indices=True)
         if len(common) != 1:
             raise Unsolvable(f"bit {bit}: {len(common)} collisions instead of one")

@@ -34,6 +34,7 @@ from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, 
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from hv.hw.addr import GPA, GVA, SPA
 from hv.hw.decode import fault_address
 from hv.hw.delivery import (GP, HAS_ERROR_CODE as _HAS_ERROR_CODE, UD, VC, ExceptionDelivery,
                              TripleFault, _NoHandler)
@@ -82,7 +83,7 @@ class GuestControl:
     # SEV-ES only. vmsa_spa: the VMCB's vmsa_pa, the host page holding the encrypted save area.
     # ghcb_msr: the VMCB's ghcb_gpa field, i.e. the guest's GHCB MSR, which the CPU keeps here
     # without an exit and the hypervisor reads (and answers in) at a VMGEXIT.
-    vmsa_spa: int | None = None
+    vmsa_spa: SPA | None = None
     ghcb_msr: int = 0
     # SEV-SNP (implies sev and sev_es): the MMU checks the RMP (snp_mmu.py), PVALIDATE works.
     sev_snp: bool = False
@@ -395,7 +396,7 @@ class Cpu(ExceptionDelivery):
         return True
 
     # -- intercepted instructions ---------------------------------------------------------------------
-    def code_bytes(self, gva: int, length: int) -> bytes:
+    def code_bytes(self, gva: GVA, length: int) -> bytes:
         """Instruction bytes at `gva` as the CPU fetches them (private for an SEV guest)."""
         out = b""
         while length > 0:
@@ -610,7 +611,7 @@ class Cpu(ExceptionDelivery):
         self._uc.hook_del(handle)
         self._uc.ctl_flush_tb()
 
-    def debug_translate(self, gva: int) -> tuple[int, bool] | None:
+    def debug_translate(self, gva: GVA) -> tuple[GPA, bool] | None:
         """(GPA, C-bit of the leaf) of `gva` through the guest's page tables as this core's MMU
         walks them (with the guest's key for an encrypted guest), or None when `gva` is not
         mapped. The debug port of the core: it reports the mapping, never data."""

@@ -155,7 +155,7 @@ class AesEngine:
             np.bitwise_xor(src.view(np.uint64), t, out=tmp[:n].view(np.uint64))
             src = tmp[:n]  # AES in place: OpenSSL allows in == out
         ctx = cipher.encryptor() if encrypt else cipher.decryptor()
-        ctx.update_into(src, tmp)
+        ctx.update_into(src, tmp)  # type: ignore[arg-type]  # numpy arrays are buffers
         if encrypt and self.mode is TweakMode.XE_LINEAR:
             dst[:] = tmp[:n]
         else:
@@ -189,7 +189,7 @@ class AesEngine:
         n = out.size - 15
         if self.mode is TweakMode.XEX_RANDOM:
             ctr = Cipher(self._tweak_key, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor()
-            ctr.update_into(_ZEROS[:n], out)
+            ctr.update_into(_ZEROS[:n], out)  # type: ignore[arg-type]  # numpy arrays are buffers
         else:
             out[:n].view(np.uint64)[:] = self._tweaks(spa, n // 16)
 

@@ -13,12 +13,14 @@ source is scanned for any reach past them (tests/security/test_attack_boundaries
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from hv.hw.engine import TweakMode
-from hv.hw.ports import ColdBootPort, DmaPort
+from hv.hw.addr import SPA
+from hv.hw.ports import ColdBootPort, DmaPort, HostPort
+from hv.hw.rmp import RmpEntry
 
-__all__ = ["HypervisorPort", "KeyServer", "PhysicalAccess", "TweakMode"]
+__all__ = ["HostPort", "HypervisorPort", "KeyServer", "PhysicalAccess", "TweakMode"]
 
 
 class KeyServer:
@@ -29,7 +31,7 @@ class KeyServer:
 
     __slots__ = ("amd_chain", "vcek", "kds_chain")
 
-    def __init__(self, firmware: Callable[[], object]) -> None:
+    def __init__(self, firmware: Callable[[], Any]) -> None:
         self.amd_chain: Callable[[], tuple[bytes, bytes]] = lambda: firmware().export_amd_chain()
         self.vcek: Callable[[], bytes] = lambda: firmware().export_vcek()
         self.kds_chain: Callable[[], tuple[bytes, bytes]] = lambda: firmware().export_kds_chain()
@@ -42,7 +44,7 @@ class HypervisorPort:
                  "stats", "rmpupdate", "rmpread", "flush_caches", "_snp", "_tsme")
 
     def __init__(self, machine) -> None:
-        self.host = machine.host
+        self.host: HostPort = machine.host
         self.psp = machine.psp
         self.kds: KeyServer = machine.kds
         self.model = machine.model
@@ -52,8 +54,8 @@ class HypervisorPort:
         self.new_cpu = machine.new_cpu
         self.new_os_cpu = machine.new_os_cpu
         self.stats = machine.stats
-        self.rmpupdate = machine.rmpupdate
-        self.rmpread = machine.rmpread
+        self.rmpupdate: Callable[[SPA, RmpEntry], int] = machine.rmpupdate
+        self.rmpread: Callable[[SPA], RmpEntry] = machine.rmpread
         self.flush_caches = machine.flush_caches
         self._snp: Callable[[], bool] = lambda: machine.snp_enabled
         self._tsme: bool = machine.tsme

@@ -72,7 +72,8 @@ class MemoryProbe:
     def guest_cr3(self, cr3: int | None, vmsa_spa: int | None, asid: int) -> int:
         """The core's CR3: as given, or read from an SEV-ES guest's save area through its key."""
         if vmsa_spa is None:
-            return int(cr3)
+            assert cr3 is not None, "a guest without a VMSA has its CR3 in the core"
+            return cr3
         page = self._mc.read(vmsa_spa, PAGE, asid)
         off = VMSA_QWORDS["cr3"]
         return int.from_bytes(page[off:off + 8], "little")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from hv.hw.addr import SPA
 from hv.hw.cpu import Cpu, GuestControl
 from hv.hw.cpuid import EPYC, CpuModel
 from hv.hw.engine import AesEngine, KeySlotPort, TweakMode
@@ -67,8 +68,8 @@ class Machine:
     def _power_cycled_read(self, cells: bytes) -> bytes:
         fresh = Machine(MachineConfig(dram_size=len(cells), model=self.model,
                                       tweak=self.tweak_mode(), tsme=self.tsme))
-        fresh.host.write(0, cells)
-        return fresh.host.read(0, len(cells), c_bit=True)
+        fresh.host.write(SPA(0), cells)
+        return fresh.host.read(SPA(0), len(cells), c_bit=True)
 
     def _make_firmware(self):
         from firmware import Firmware  # the PSP's own code, loaded when the PSP first boots
@@ -115,7 +116,7 @@ class Machine:
     def snp_enabled(self) -> bool:
         return self._mc.rmp is not None
 
-    def rmpupdate(self, spa: int, entry: RmpEntry) -> int:
+    def rmpupdate(self, spa: SPA, entry: RmpEntry) -> int:
         """RMPUPDATE, the hypervisor's instruction: the status code (0 = success).
 
         Every TLB is flushed afterwards, so guests see the new ownership at their next access."""
@@ -130,7 +131,7 @@ class Machine:
         self._mc.bump()
         return status
 
-    def rmpread(self, spa: int) -> RmpEntry:
+    def rmpread(self, spa: SPA) -> RmpEntry:
         """RMPREAD: the entry of one host page."""
         if self._mc.rmp is None:
             raise RuntimeError("RMPREAD needs SNP enabled (SNP_INIT)")

@@ -123,6 +123,7 @@ class MemoryController:
         return self.rmp
 
     def _firmware_pages(self, p0: int, p1: int) -> None:
+        assert self.rmp is not None  # only reached with the RMP enabled
         for p in range(p0, p1):
             self.rmp.firmware_set(p * PAGE, _FIRMWARE_PAGE)
         self.bump()  # the RMP changed: every TLB must check it again

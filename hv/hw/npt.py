@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from hv.hw.addr import GPA, SPA
 from hv.hw.errors import AddressError
 
 __all__ = ["NPT_R", "NPT_W", "NPT_X", "NPT_RWX", "NestedPageTable"]
@@ -38,21 +39,21 @@ class NestedPageTable:
                 raise AddressError(
                     f"host range {spa:#x}+{size:#x} is outside DRAM (0..{self._dram_size:#x})")
 
-    def map(self, gpa: int, spa: int, size: int, perms: int = NPT_RWX) -> None:
+    def map(self, gpa: GPA, spa: SPA, size: int, perms: int = NPT_RWX) -> None:
         self._check(gpa, size, spa)
         g0, s0 = gpa >> 12, spa >> 12
         for i in range(size >> 12):
             self.entries[g0 + i] = (s0 + i) << 3 | (perms & 7)
         self._on_change()
 
-    def unmap(self, gpa: int, size: int) -> None:
+    def unmap(self, gpa: GPA, size: int) -> None:
         self._check(gpa, size)
         g0 = gpa >> 12
         for i in range(size >> 12):
             self.entries.pop(g0 + i, None)
         self._on_change()
 
-    def protect(self, gpa: int, size: int, perms: int) -> None:
+    def protect(self, gpa: GPA, size: int, perms: int) -> None:
         """Change permissions of mapped pages (unmapped ones stay unmapped)."""
         self._check(gpa, size)
         g0 = gpa >> 12
@@ -63,7 +64,8 @@ class NestedPageTable:
         self._on_change()
 
     def lookup(self, gpa: int) -> tuple[int, int] | None:
-        """(host physical address of the page, perms), or None when unmapped."""
+        """(host physical address of the page, perms), or None when unmapped. Plain ints: the
+        MMU calls this on every TLB fill; the hypervisor's typed view is Vm.npt_lookup."""
         e = self.entries.get(gpa >> 12)
         if e is None:
             return None

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from firmware.ports import PortAddressError, PortAsidError
+from hv.hw.addr import SPA
 from hv.hw.engine import KeySlotPort
 from hv.hw.errors import AddressError, AsidError, KeySlotError
 from hv.hw.memctl import MemoryController
@@ -32,11 +33,11 @@ class HostPort:
     def size(self) -> int:
         return self._mc.size
 
-    def read(self, spa: int, length: int, c_bit: bool = False) -> bytes:
+    def read(self, spa: SPA, length: int, c_bit: bool = False) -> bytes:
         self._mc.check_host(spa, length)
         return self._mc.read(spa, length, self._mc.host_slot(c_bit))
 
-    def write(self, spa: int, data: bytes, c_bit: bool = False) -> None:
+    def write(self, spa: SPA, data: bytes, c_bit: bool = False) -> None:
         self._mc.check_host_write(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(c_bit))
 
@@ -49,11 +50,11 @@ class DmaPort:
     def __init__(self, mc: MemoryController):
         self._mc = mc
 
-    def read(self, spa: int, length: int) -> bytes:
+    def read(self, spa: SPA, length: int) -> bytes:
         self._mc.check_host(spa, length)
         return self._mc.read(spa, length, self._mc.host_slot(False))
 
-    def write(self, spa: int, data: bytes) -> None:
+    def write(self, spa: SPA, data: bytes) -> None:
         self._mc.check_host_write(spa, len(data))
         self._mc.write(spa, data, self._mc.host_slot(False))
 
@@ -66,7 +67,7 @@ class ColdBootPort:
     def __init__(self, mc: MemoryController):
         self._mc = mc
 
-    def dump(self, spa: int = 0, length: int | None = None) -> bytes:
+    def dump(self, spa: SPA = SPA(0), length: int | None = None) -> bytes:
         return self._mc.raw_dump(spa, length)
 
 

@@ -133,8 +133,8 @@ class VmsaUnit:
     def _write_regs(self) -> None:
         q = self._q
         uc = self._uc
-        uc.reg_write_batch([(_SNAP[n], int(q[_VMSA_OFF[n] // 8])) for n in self._names
-                            if n not in ("cr3",)])
+        uc.reg_write_batch([  # type: ignore[attr-defined]  # in unicorn 2.1, not in its stubs
+            (_SNAP[n], int(q[_VMSA_OFF[n] // 8])) for n in self._names if n not in ("cr3",)])
         uc.reg_write(X.UC_X86_REG_RFLAGS, int(q[VMSA_QWORDS["rflags"] // 8]))
         uc.reg_write(X.UC_X86_REG_CR4, int(q[VMSA_QWORDS["cr4"] // 8]))
         uc.msr_write(EFER, int(q[VMSA_QWORDS["efer"] // 8]))
@@ -157,7 +157,7 @@ class VmsaUnit:
             snap = np.frombuffer(ctypes.string_at(ctx.context.value, ctx.size // 8 * 8), dtype="<u8")
             q[self._dst] = snap[self._src]
         else:
-            q[self._dst] = uc.reg_read_batch([_SNAP[n] for n in self._names])
+            q[self._dst] = uc.reg_read_batch([_SNAP[n] for n in self._names])  # type: ignore[attr-defined]
         q[VMSA_QWORDS["rflags"] // 8] = uc.reg_read(X.UC_X86_REG_RFLAGS)
         q[VMSA_QWORDS["cr0"] // 8] = uc.reg_read(X.UC_X86_REG_CR0)
         q[VMSA_QWORDS["cr4"] // 8] = uc.reg_read(X.UC_X86_REG_CR4)

@@ -22,7 +22,8 @@ def guest_cpuid_table(host_cpuid, vm_type: Mode, cbitpos: int) -> dict[tuple[int
         t[(leaf, 0)] = host_cpuid(leaf)
     a, b, c, d = host_cpuid(1)
     t[(1, 0)] = (a, b & 0x00FFFFFF, c | (1 << 31), d)  # hypervisor present; APIC id 0
-    t[(0x40000000, 0)] = (0x40000001, *(int.from_bytes(_KVM_SIG[i:i + 4], "little") for i in (0, 4, 8)))
+    ebx, ecx, edx = (int.from_bytes(_KVM_SIG[i:i + 4], "little") for i in (0, 4, 8))
+    t[(0x40000000, 0)] = (0x40000001, ebx, ecx, edx)
     if vm_type.encrypted:
         eax = 0x2 | (0x8 if vm_type.es else 0) | (0x10 if vm_type.snp else 0)
         # QEMU reports the C-bit and a reduced-phys-bits of 1; KVM clears the rest of EBX.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "FailEntry", "Hlt", "Hypercall", "InternalError", "Intr", "Io", "KvmExit", "Mmio",
@@ -14,6 +15,8 @@ __all__ = [
 class KvmExit:
     """Base class. Exits that carry a reply (IN data, MMIO reads, RDMSR, hypercall results)
     are mutable: user space fills the reply in, and the next run() completes the instruction."""
+
+    reason: ClassVar[str]  # KVM_EXIT_<reason>
 
 
 @dataclass

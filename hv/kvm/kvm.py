@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hv.hw.addr import GPA, SPA
 from hv.hw.cpu import GuestControl
-from hv.hw.grants import HypervisorPort
+from hv.hw.grants import HostPort, HypervisorPort
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
 from hv.hw.oscpu import OsCpu
@@ -19,6 +20,7 @@ from hv.kvm.cpuid import cpuid_lookup, guest_cpuid_table
 from hv.kvm.errors import KvmError
 from hv.kvm.ghcb import MsrProto
 from hv.kvm.mode import Mode
+from hv.kvm.sev import SevGuest
 from hv.kvm.vcpu import Vcpu
 
 __all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
@@ -32,9 +34,9 @@ _HOST_RING_START = 16    # the host-buffer ring starts past SPA 0 (see alloc_hos
 @dataclass(frozen=True)
 class MemorySlot:
     slot: int
-    gpa: int
+    gpa: GPA
     size: int
-    spa: int
+    spa: SPA
 
 
 class Kvm:
@@ -50,7 +52,7 @@ class Kvm:
         self.vms: list[Vm] = []
 
     # -- host physical memory --------------------------------------------------------------------------
-    def alloc(self, size: int, align: int = _PAGE) -> int:
+    def alloc(self, size: int, align: int = _PAGE) -> SPA:
         size = (size + _PAGE - 1) & ~(_PAGE - 1)
         for i, (start, length) in enumerate(self._free):
             a = (start + align - 1) & ~(align - 1)
@@ -61,15 +63,15 @@ class Kvm:
                 if a + size < start + length:
                     rest.append((a + size, start + length - a - size))
                 self._free[i:i + 1] = rest
-                return a
+                return SPA(a)
         raise KvmError(f"out of host memory: cannot allocate {size >> 20} MiB "
                        f"(DRAM is {self.machine.dram_size >> 20} MiB)")
 
-    def free(self, spa: int, size: int) -> None:
+    def free(self, spa: SPA, size: int) -> None:
         size = (size + _PAGE - 1) & ~(_PAGE - 1)
         self._free.append((spa, size))
         self._free.sort()
-        merged = []
+        merged: list[tuple[int, int]] = []
         for s, n in self._free:
             if merged and merged[-1][0] + merged[-1][1] == s:
                 merged[-1] = (merged[-1][0], merged[-1][1] + n)
@@ -128,15 +130,15 @@ class Vm:
         self.vcpus: list[Vcpu] = []
         self.cpuid = guest_cpuid_table(kvm.machine.host_cpuid, vm_type, cbitpos)
         self.msrs: dict[int, int] = {}
-        self.sev = None  # the SEV launch context (hv.kvm.sev), for encrypted types
+        self.sev: SevGuest | None = None  # the SEV launch context, for encrypted types
         self.snp = None  # the SNP launch context (hv.kvm.sev_snp), for guest requests
 
     @property
-    def host(self):
+    def host(self) -> HostPort:
         return self.kvm.machine.host
 
     # -- memory ----------------------------------------------------------------------------------------
-    def set_user_memory_region(self, slot: int, gpa: int, size: int) -> MemorySlot:
+    def set_user_memory_region(self, slot: int, gpa: GPA, size: int) -> MemorySlot:
         """KVM_SET_USER_MEMORY_REGION: back [gpa, gpa+size) with fresh host memory."""
         if gpa % _PAGE or size % _PAGE or size <= 0:
             raise KvmError(f"memory slot {slot}: gpa {gpa:#x} and size {size:#x} must be page-aligned and non-empty")
@@ -150,49 +152,50 @@ class Vm:
         self.npt.map(gpa, spa, size, NPT_RWX)
         return ms
 
-    def gpa_to_spa(self, gpa: int) -> int:
+    def gpa_to_spa(self, gpa: GPA) -> SPA:
         """Through the memory slots (what user space's mapping of guest RAM is backed by)."""
         for s in self.slots.values():
             if s.gpa <= gpa < s.gpa + s.size:
-                return s.spa + (gpa - s.gpa)
+                return SPA(s.spa + (gpa - s.gpa))
         raise KvmError(f"GPA {gpa:#x} is not in any memory slot")
 
-    def pieces(self, gpa: int, length: int) -> list[tuple[int, int]]:
+    def pieces(self, gpa: GPA, length: int) -> list[tuple[SPA, int]]:
         """(spa, length) pieces of a guest range, split where memory slots end."""
-        out = []
+        out: list[tuple[SPA, int]] = []
         while length > 0:
             for s in self.slots.values():
                 if s.gpa <= gpa < s.gpa + s.size:
                     n = min(length, s.gpa + s.size - gpa)
-                    out.append((s.spa + gpa - s.gpa, n))
+                    out.append((SPA(s.spa + gpa - s.gpa), n))
                     break
             else:
                 raise KvmError(f"GPA {gpa:#x} is not in any memory slot")
-            gpa += n
+            gpa = GPA(gpa + n)
             length -= n
         return out
 
-    def read_gpa(self, gpa: int, length: int) -> bytes:
+    def read_gpa(self, gpa: GPA, length: int) -> bytes:
         """Guest memory as the hypervisor sees it: what DRAM stores (ciphertext if private)."""
         return b"".join(self.host.read(spa, n) for spa, n in self.pieces(gpa, length))
 
-    def write_gpa(self, gpa: int, data: bytes) -> None:
+    def write_gpa(self, gpa: GPA, data: bytes) -> None:
         pos = 0
         for spa, n in self.pieces(gpa, len(data)):
             self.host.write(spa, data[pos:pos + n])
             pos += n
 
-    def npt_map(self, gpa: int, spa: int, size: int = _PAGE, perms: int = NPT_RWX) -> None:
+    def npt_map(self, gpa: GPA, spa: SPA, size: int = _PAGE, perms: int = NPT_RWX) -> None:
         self.npt.map(gpa, spa, size, perms)
 
-    def npt_unmap(self, gpa: int, size: int = _PAGE) -> None:
+    def npt_unmap(self, gpa: GPA, size: int = _PAGE) -> None:
         self.npt.unmap(gpa, size)
 
-    def npt_protect(self, gpa: int, size: int, perms: int) -> None:
+    def npt_protect(self, gpa: GPA, size: int, perms: int) -> None:
         self.npt.protect(gpa, size, perms)
 
-    def npt_lookup(self, gpa: int) -> tuple[int, int] | None:
-        return self.npt.lookup(gpa)
+    def npt_lookup(self, gpa: GPA) -> tuple[SPA, int] | None:
+        hit = self.npt.lookup(gpa)
+        return None if hit is None else (SPA(hit[0]), hit[1])
 
     # -- vCPUs -----------------------------------------------------------------------------------------
     def create_vcpu(self) -> Vcpu:

@@ -147,6 +147,6 @@ def set_vcpu_state(vcpu, state: dict) -> None:
     if set(state) != {"regs", "sregs"}:
         raise ValueError("an SEV vCPU's state is its registers and system registers")
     vcpu.set_regs({n: int(v) for n, v in state["regs"].items()})
-    sregs = {n: int(state["sregs"][n]) for n in _SREG_INTS}
+    sregs: dict[str, object] = {n: int(state["sregs"][n]) for n in _SREG_INTS}
     sregs.update({n: tuple(int(v) for v in state["sregs"][n]) for n in ("idtr", "gdtr")})
     vcpu.set_sregs(sregs)

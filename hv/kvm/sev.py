@@ -23,8 +23,8 @@ class FirmwareError(Exception):
     """A PSP command failed; shown as QEMU shows it: command, code, name, hint."""
 
     def __init__(self, cmd: int, status: int):
-        self.cmd = cmd
-        self.status = status
+        self.cmd: int | None = cmd      # None for PspError: no command failed, the PSP did
+        self.status: int | None = status
         try:
             name, hint = Status(status).name, Status(status).hint
         except ValueError:

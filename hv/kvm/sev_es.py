@@ -180,16 +180,19 @@ class EsExits:
                 return K.Mmio(gpa, length, True, int.from_bytes(g.page[off:off + length], "little"))
             return K.Mmio(gpa, length, False)
         if code == SwExit.SNP_PSC and self.vm.type.snp:
-            return self._snp_psc(g, inputs)
+            self._snp_psc(g, inputs)
+            return None
         if code == SwExit.HV_FEATURES:
             g.answer(0, 0)
             return None
         if code == SwExit.SNP_GUEST_REQUEST:
-            return self._snp_guest_request(g, *_need(inputs, "sw_exit_info_1", "sw_exit_info_2"))
+            self._snp_guest_request(g, *_need(inputs, "sw_exit_info_1", "sw_exit_info_2"))
+            return None
         if code == SwExit.SNP_EXT_GUEST_REQUEST:
             req, resp, certs_gpa, npages = _need(inputs, "sw_exit_info_1", "sw_exit_info_2",
                                                  "rax", "rbx")
-            return self._snp_ext_guest_request(g, req, resp, certs_gpa, npages)
+            self._snp_ext_guest_request(g, req, resp, certs_gpa, npages)
+            return None
         if code == SwExit.TERMINATE:
             info = inputs["sw_exit_info_1"] or 0
             return K.SystemEvent(f"guest requested termination (GHCB): reason set {info & 0xF}, "

@@ -19,6 +19,7 @@ import capstone
 from capstone import x86_const as CX
 from sevwire import VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE
 
+from hv.hw.addr import GPA, GVA, SPA
 from hv.hw.cpu import GP, VC, Cpu
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, SvmExit, VmgexitExit, VmmcallExit,
@@ -56,7 +57,7 @@ class Vcpu:
         self._cpu = cpu
         self.index = index
         self._pending: K.KvmExit | None = None
-        self._mmio_insn = None
+        self._mmio_insn: tuple | None = None  # (instruction, destination of a read)
         self.exit_counts: Counter[str] = Counter()
         self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs.detail = True
@@ -77,7 +78,7 @@ class Vcpu:
 
     def get_sregs(self) -> dict[str, object]:
         if self.guest_state_protected:
-            return self._vmsa_words(SREGS_OF_VMSA)
+            return {**self._vmsa_words(SREGS_OF_VMSA)}
         return self._cpu.get_sregs()
 
     def set_sregs(self, sregs: dict[str, object]) -> None:
@@ -86,25 +87,31 @@ class Vcpu:
             return
         self._cpu.set_sregs(sregs)
 
-    def attach_vmsa(self, spa: int | None) -> None:
+    def attach_vmsa(self, spa: SPA | None) -> None:
         """KVM-internal: point the VMCB's vmsa_pa at an encrypted save area (None: detach)."""
         self._cpu.control.vmsa_spa = spa
         self.guest_state_protected = spa is not None
 
     @property
-    def vmsa_spa(self) -> int | None:
+    def vmsa_spa(self) -> SPA | None:
         """Host physical address of this vCPU's VMSA page (SEV-ES), as KVM allocated it."""
         return self._cpu.control.vmsa_spa
 
+    def _vmsa_spa(self) -> SPA:
+        spa = self.vmsa_spa
+        if spa is None:
+            raise ValueError("this vCPU has no VMSA")
+        return spa
+
     def _vmsa_words(self, names) -> dict[str, int]:
-        page = self.vm.host.read(self.vmsa_spa, VMSA_SIZE)
+        page = self.vm.host.read(self._vmsa_spa(), VMSA_SIZE)
         return {n: int.from_bytes(page[_VMSA_OFF[n]:_VMSA_OFF[n] + 8], "little") for n in names}
 
     def _poke_vmsa(self, values: dict[str, int]) -> None:
         for name, value in values.items():
             if name not in _VMSA_OFF:
                 raise ValueError(f"{name!r} has no place in the VMSA")
-            self.vm.host.write(self.vmsa_spa + _VMSA_OFF[name], (int(value) & _MASK64).to_bytes(8, "little"))
+            self.vm.host.write(SPA(self._vmsa_spa() + _VMSA_OFF[name]), (int(value) & _MASK64).to_bytes(8, "little"))
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         self._cpu.inject(vector, error_code)
@@ -124,7 +131,7 @@ class Vcpu:
     def stats(self) -> dict[str, int]:
         return dict(self._cpu.stats)
 
-    def code_bytes(self, gva: int, length: int) -> bytes:
+    def code_bytes(self, gva: GVA, length: int) -> bytes:
         """Decode-assist bytes at RIP-like addresses, for crash reports of plain guests (none for
         an SEV-ES guest: the hardware gives KVM no instruction bytes of a protected guest)."""
         if self.es is not None:
@@ -140,7 +147,7 @@ class Vcpu:
     def remove_code_hook(self, handle) -> None:
         self._cpu.remove_code_hook(handle)
 
-    def translate(self, gva: int) -> tuple[int, bool] | None:
+    def translate(self, gva: GVA) -> tuple[GPA, bool] | None:
         """KVM_TRANSLATE: (GPA, C-bit) of a guest-virtual address, None when unmapped. For an
         encrypted guest the walk is the CPU's, through the guest's key: the hypervisor learns
         the mapping, not the contents (see docs/debugging.md)."""

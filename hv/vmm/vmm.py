@@ -209,7 +209,7 @@ class Vmm:
             self.pio.register(SECRET_RELEASE_PORT, 1, self.secret_release)
         self.mmio = Bus("MMIO")
         self.launch_info: dict | None = None
-        self.sev: SevGuest | None = None
+        self.sev: SevGuest | SnpGuest | None = None
         self.running = False  # run() is executing the guest (between load and the report)
         self._interrupted = threading.Event()
         self._watchdog: _Watchdog | None = None
