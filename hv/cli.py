@@ -187,9 +187,10 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
     With --incoming or --restore, receive a moved guest instead and run it to its end."""
     mode = _one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     if kernel or initrd or append:
+        _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
         _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                    max_insns, trace_file, {"--secret-file": secret_file, "--session": session_dir,
-                     "--owner-exec": owner_exec, "--id-block": id_block_dir, "--gdb": gdb,
+                    max_insns, trace_file, gdb, gdb_wait, {"--secret-file": secret_file, "--session": session_dir,
+                     "--owner-exec": owner_exec, "--id-block": id_block_dir,
                      "--trace-insn": trace_insn, "--policy": policy is not None,
                      "--cbitpos": cbitpos is not None, "--tsme": tsme,
                      **{f"--{k.replace('_', '-')}": v for k, v in migration.items()}})
@@ -248,7 +249,7 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
 
 
 def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                max_insns, trace_file, others) -> None:
+                max_insns, trace_file, gdb, gdb_wait, others) -> None:
     from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, refuse_with_kernel, run_kernel
 
     if not kernel:
@@ -262,7 +263,7 @@ def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_jso
         if path:
             check_writable(path, option)
     vmm, result = run_kernel(kernel, initrd, append, mem or KERNEL_DEFAULT_MEM, timeout,
-                             max_insns, quiet or as_json, _sigint_stops, trace_file)
+                             max_insns, quiet or as_json, _sigint_stops, trace_file, gdb, gdb_wait)
     if dump_dram:
         try:
             Path(dump_dram).write_bytes(vmm.dump_guest_memory())

@@ -360,6 +360,25 @@ class OsCpu:
         """Thread-safe: stop at the start of the next translated block (a clean point)."""
         self._flag.value = 1
 
+    def stop_here(self) -> None:
+        """From inside a hook on the vCPU's thread (a breakpoint's code hook): stop before the
+        instruction, cleanly; run() returns OsInterrupted."""
+        self._flag.value = 1
+        self._uc.emu_stop()
+
+    def add_code_hook(self, callback: Callable[[int, int], None], address: int | None = None):
+        """Call `callback(address, size)` before the instruction at `address` (every instruction
+        when None); a callback that calls stop_here() stops the guest there. Translated code is
+        dropped so that blocks translated before see the hook."""
+        begin, end = (1, 0) if address is None else (address, address)
+        handle = self._uc.hook_add(UC_HOOK_CODE, lambda _uc, a, n, _u: callback(a, n), None, begin, end)
+        self._uc.ctl_flush_tb()
+        return handle
+
+    def remove_code_hook(self, handle) -> None:
+        self._uc.hook_del(handle)
+        self._uc.ctl_flush_tb()
+
     def kick(self) -> None:
         """Thread-safe: stop as soon as possible, to end the run (not clean: never resume)."""
         self._kicked.set()

@@ -28,9 +28,11 @@ from unicorn import x86_const as X
 from hv.boot.linux import ACPI_GPA, BOOT_CS, BOOT_DS, LinuxBoot, linux_boot
 from hv.hw.machine import Machine, MachineConfig
 from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown
+from hv.kvm import exits as K
 from hv.kvm.kvm import Kvm
 from hv.kvm.mode import Mode
 from hv.vmm.bus import Bus
+from hv.vmm.linux_debug import KernelVcpuView
 from hv.vmm.pc import PcPlatform
 from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
 
@@ -135,6 +137,10 @@ class KernelVmm:
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
         if config.max_insns is not None:
             self.cpu.enable_counting(config.max_insns)
+        self.vcpu = KernelVcpuView(self.cpu)  # what the GDB stub and the debug view use
+        # Called with (vmm, exit) when the guest stopped for a reason other than its devices
+        # (a debugger's stop request): the GDB stub serves its debugger there.
+        self.debug_hook: Callable[["KernelVmm", object], None] | None = None
         self._idle = threading.Event()
         self._interrupted = threading.Event()
         self._timed_out = False
@@ -214,10 +220,12 @@ class KernelVmm:
         self._timed_out = True
         self.interrupt()
 
-    def run(self) -> RunResult:
+    def run(self, load: bool = True) -> RunResult:
         cfg = self.config
         t0 = time.perf_counter()
-        self.load()
+        if load:
+            self.load()
+        self.vcpu.running_on(threading.current_thread())
         waker = _Waker(self.now_ns, self.cpu.request_stop)
         watchdog = threading.Timer(cfg.timeout, self._timeout) if cfg.timeout else None
         if watchdog is not None:
@@ -264,6 +272,8 @@ class KernelVmm:
                     return ("timeout", EXIT_TIMEOUT,
                             f"guest stopped: still running after the {self.config.timeout:g} s timeout")
                 return "interrupted", EXIT_INTERRUPTED, "guest stopped: interrupted"
+            if isinstance(exit_, OsInterrupted) and self.debug_hook is not None:
+                self.debug_hook(self, K.Intr("debugger"))
             if isinstance(exit_, OsHalt) and not plat.has_interrupt():
                 if not exit_.interrupts_enabled:
                     return "halted", 0, ""

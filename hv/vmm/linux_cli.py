@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from hv.boot.bzimage import BzImageError
+from hv.vmm.gdbstub import DebuggerKilled, GdbError, GdbStub
 from hv.vmm.hostfiles import TraceSink
 from hv.vmm.linux import KernelConfig, KernelVmm
 from hv.vmm.vmm import EXIT_USAGE
@@ -34,7 +35,7 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
                                    "plain, with --mem, --append, --initrd, --timeout, --max-insns, "
-                                   "-q, --json, --dump-dram and --trace)")
+                                   "-q, --json, --dump-dram, --trace and --gdb)")
 
 
 def _read(path: str, what: str) -> bytes:
@@ -87,8 +88,13 @@ def _tracer(sink: TraceSink):
     return emit
 
 
+def _warn(message: str) -> None:
+    click.echo(f"hv: {message}", err=True)
+
+
 def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: float | None,
-               max_insns: int | None, quiet: bool, sigint_stops, trace_file: str | None = None):
+               max_insns: int | None, quiet: bool, sigint_stops, trace_file: str | None = None,
+               gdb: str | None = None, gdb_wait: bool = False):
     """Build and run the kernel VMM; BzImageError becomes one line and status 2. Returns the
     VMM and its RunResult (the caller reports, dumps and exits as for any guest)."""
     data = _read(kernel, "kernel")
@@ -107,13 +113,31 @@ def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: 
     sink = TraceSink.open(trace_file) if trace_file else None
     if sink is not None:
         vmm.cpu.trace = _tracer(sink)
+    stub = None
     vmm.running = True
     result = None
     try:
+        vmm.load()
+        if gdb:
+            try:
+                stub = GdbStub(vmm, gdb, _warn, wait=gdb_wait)
+            except GdbError as e:
+                raise click.UsageError(str(e)) from None
+            vmm.debug_hook = stub.on_exit
+            stub.listen()
+            _warn(f"gdb stub listening on 127.0.0.1:{stub.port}")
+            if gdb_wait:
+                stub.wait_attach()
         with sigint_stops(vmm), (_raw_terminal(stdin_fd) if interactive else contextlib.nullcontext()):
-            result = vmm.run()
+            result = vmm.run(load=False)
+    except DebuggerKilled as e:  # `k` in gdb: status 0, as QEMU's stub does
+        _warn("terminated by the debugger")
+        raise SystemExit(0) from e
     finally:
         vmm.running = False
+        if stub is not None:
+            stub.finish(result.exit_code if result else 0,
+                        result is not None and result.exit_reason in ("panic", "shutdown"))
         if sink is not None:
             if result is not None:
                 sink.write(json.dumps({"ev": "end", "exit_reason": result.exit_reason,

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import time
 
@@ -93,3 +94,33 @@ def test_the_interactive_shell_answers_through_a_pseudo_terminal(hv_command, ker
             proc.wait()
         os.close(controller)
     assert status == EXIT_REBOOT, proc.stderr.read().decode()
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed: the stub is tested with the real debugger")
+def test_gdb_stops_at_the_entry_and_at_the_decompressed_kernel(hv_command, kernel_files, tmp_path):
+    # With nokaslr the decompressor jumps to the kernel at its link-time physical address,
+    # 16 MiB: a breakpoint there is the first instruction of the decompressed vmlinux.
+    kernel, initrd = kernel_files
+    proc = subprocess.Popen([*hv_command, "run", "--kernel", str(kernel), "--initrd", str(initrd),
+                             "--append", "nokaslr", "-q", "--gdb", "tcp::0", "-S",
+                             "--timeout", str(BOOT_LIMIT)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stderr.readline().decode()
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+        gdb = subprocess.run(
+            ["gdb", "-nx", "-batch", "-ex", f"target remote 127.0.0.1:{port}",
+             "-ex", "info registers rip rsi", "-ex", "stepi", "-ex", "info registers rip",
+             "-ex", "break *0x1000000", "-ex", "continue", "-ex", "info registers rip", "-ex", "kill"],
+            capture_output=True, text=True, timeout=BOOT_LIMIT, cwd=tmp_path)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rips = [int(v, 16) for v in re.findall(r"^rip\s+(0x[0-9a-f]+)", gdb.stdout, re.M)]
+    assert rips[0] == 0x1000200, gdb.stdout + gdb.stderr  # the 64-bit entry: load address + 0x200
+    assert re.search(r"^rsi\s+0x9000\b", gdb.stdout, re.M)  # boot_params
+    assert rips[1] != rips[0]  # stepi ran one instruction
+    assert rips[2] == 0x1000000 and "Breakpoint 1" in gdb.stdout
+    assert status == 0  # killed by the debugger, as QEMU's stub ends

@@ -47,7 +47,7 @@ def test_an_initrd_that_does_not_fit_in_mem(tmp_path):
 def test_options_that_do_not_go_with_a_kernel(tmp_path):
     kernel = bytes(synthetic())
     for args, text in ((["--sev"], "--kernel runs plain guests for now, not --sev"),
-                       (["--gdb", "tcp::0"], "--gdb does not work with --kernel yet"),
+                       (["--secret-file", __file__], "--secret-file does not work with --kernel yet"),
                        (["--trace", "t.jsonl", "--trace-insn"], "--trace-insn does not work with --kernel yet")):
         result = _run(tmp_path, kernel, *args)
         assert result.exit_code == 2 and text in result.output, (args, result.output)
