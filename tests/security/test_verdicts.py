@@ -69,7 +69,12 @@ def test_a_crashing_guest_in_A09_is_an_error_cell(monkeypatch):
         return target + 16, 0, ""
 
     monkeypatch.setattr(a09_sevurity, "_plant", garbage)
-    out = a09_sevurity.run("sev")
+    for _attempt in range(6):
+        out = a09_sevurity.run("sev")
+        # Under SEV the guest runs the block decrypted with its own key: random code, which now
+        # and then happens to run through harmlessly. Only a guest that crashed tests the rule.
+        if not (out.findings and out.findings["completed"]):
+            break
     assert out.outcome == "error", out.evidence
     assert out.findings["completed"] is False and out.findings["achieved"] is False
     assert "the guest did not finish and no defence stopped the attack" in out.evidence
