@@ -376,8 +376,14 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--mem", default="64M", callback=_size, show_default=True, help="Guest memory.")
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Map a Linux guest instead of IMAGE: its bzImage (see hv run --kernel).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --kernel: the initramfs.")
+@click.option("--append", default="", help="With --kernel: the kernel command line.")
+@click.option("--mem", default=None, callback=_size,
+              help="Guest memory. [default: 64M; 256M with --kernel]")
 @click.option("--sev", is_flag=True, help="Run as an SEV guest.")
 @click.option("--sev-es", is_flag=True, help="Run as an SEV-ES guest (not with --sev).")
 @click.option("--policy", callback=_int, default=None, help="Guest policy for encrypted modes (default 0x1).")
@@ -388,35 +394,54 @@ def _run_observed(vmm, gdb, gdb_wait, trace_file, trace_insn):
 @click.option("--json", "as_json", is_flag=True,
               help="Print the map as one JSON object (every run of like pages) instead of the table.")
 @psp_state_option
-def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state):
-    """Run IMAGE to its end, then map its memory page by page: private or shared in the guest's
-    own page tables, and the byte entropy of DRAM (what the hypervisor sees) against that of the
-    guest's plaintext. A lab instrument: it reads the machine the way a hardware probe would."""
+def memmap(image, kernel, initrd, append, mem, sev, sev_es, policy, timeout, output, as_json,
+           psp_state):
+    """Run IMAGE (or a Linux --kernel) to its end, then map its memory page by page: private or
+    shared in the guest's own page tables, and the byte entropy of DRAM (what the hypervisor
+    sees) against that of the guest's plaintext. A lab instrument: it reads the machine the way a
+    hardware probe would."""
     from hv.hw.inspect import KIND_NAMES, MemoryProbe
     from hv.vmm.memmap import map_json, render_png, render_table
 
     mode = _one_mode(sev=sev, sev_es=sev_es)
-    config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode,
-                       policy=policy, timeout=timeout,
-                       psp_state=(psp_state or default_psp_state()) if mode.encrypted else None,
-                       image_name=Path(image).name)
-    if config.psp_state:
-        prepare_psp_state(config.psp_state)
     if output:
         check_writable(output, "-o")
-    vmm = Vmm(config)
-    result = vmm.run()
+    if kernel or initrd or append:
+        from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, run_kernel
+        if not kernel:
+            raise click.UsageError("--initrd and --append go with --kernel")
+        if image:
+            raise click.UsageError("give IMAGE or --kernel, not both")
+        if mode.encrypted or policy is not None:
+            raise click.UsageError(f"--kernel runs plain guests for now, not --{mode.value}")
+        mem = mem or KERNEL_DEFAULT_MEM
+        vmm, result = run_kernel(kernel, initrd, append, mem, timeout, None, True, _sigint_stops)
+        name, cr3 = Path(kernel).name, vmm.cr3()
+        probe = MemoryProbe(vmm.machine)
+        vm = vmm.vm
+    else:
+        if not image:
+            raise click.UsageError("give IMAGE (or --kernel)")
+        mem = mem or (64 << 20)
+        config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode,
+                           policy=policy, timeout=timeout,
+                           psp_state=(psp_state or default_psp_state()) if mode.encrypted else None,
+                           image_name=Path(image).name)
+        if config.psp_state:
+            prepare_psp_state(config.psp_state)
+        vmm = Vmm(config)
+        result = vmm.run()
+        vcpu, vm, name = vmm.vcpu, vmm.vm, Path(image).name
+        probe = MemoryProbe(vmm.machine)
+        cr3 = probe.guest_cr3(None if vcpu.guest_state_protected else vcpu.get_sregs()["cr3"],
+                              vcpu.vmsa_spa if vcpu.guest_state_protected else None, vm.asid)
     if result.message:
         click.echo(f"hv: {result.message}", err=True)
-    vcpu, vm = vmm.vcpu, vmm.vm
-    probe = MemoryProbe(vmm.machine)
-    cr3 = probe.guest_cr3(None if vcpu.guest_state_protected else vcpu.get_sregs()["cr3"],
-                          vcpu.vmsa_spa if vcpu.guest_state_protected else None, vm.asid)
     mm = probe.memory_map(npt=vm.npt, asid=vm.asid, encrypted=vm.encrypted, cbitpos=vm.cbitpos,
                           cr3=cr3, mem_size=mem)
     written = None
     if output:
-        title = f"HV MEMMAP {Path(image).name} {mode.upper()} {mem >> 20} MIB"
+        title = f"HV MEMMAP {name} {mode.upper()} {mem >> 20} MIB"
         try:
             Path(output).write_bytes(render_png(mm, KIND_NAMES, title))
         except OSError as e:  # a full disk after the run: the map stands, the status too
@@ -424,7 +449,7 @@ def memmap(image, mem, sev, sev_es, policy, timeout, output, as_json, psp_state)
         else:
             written = output
     if as_json:
-        click.echo(json.dumps(dict(map_json(mm, KIND_NAMES), image=Path(image).name,
+        click.echo(json.dumps(dict(map_json(mm, KIND_NAMES), image=name,
                                    mode=mode, mem_size=mem, exit_reason=result.exit_reason,
                                    exit_code=result.exit_code, png=written), indent=2))
     else:

@@ -302,5 +302,9 @@ class KernelVmm:
             return "panic", EXIT_PANIC, "guest stopped: kernel panic (see the console)"
         return "reboot", EXIT_REBOOT, "guest stopped: it asked for a reboot (hv does not restart it)"
 
+    def cr3(self) -> int:
+        """The guest's page-table root (its CR3) as the run left it."""
+        return self.cpu.reg(X.UC_X86_REG_CR3)
+
     def dump_guest_memory(self) -> bytes:
         return self.vm.read_gpa(0, self.config.mem_size)

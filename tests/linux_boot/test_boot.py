@@ -124,3 +124,18 @@ def test_gdb_stops_at_the_entry_and_at_the_decompressed_kernel(hv_command, kerne
     assert rips[1] != rips[0]  # stepi ran one instruction
     assert rips[2] == 0x1000000 and "Breakpoint 1" in gdb.stdout
     assert status == 0  # killed by the debugger, as QEMU's stub ends
+
+
+def test_memmap_maps_a_kernel_after_its_run(hv_command, kernel_files, tmp_path):
+    kernel, initrd = kernel_files
+    png = tmp_path / "map.png"
+    proc = subprocess.run([*hv_command, "memmap", "--kernel", str(kernel), "--initrd", str(initrd),
+                           "--append", "hv.init=poweroff", "--timeout", str(BOOT_LIMIT),
+                           "-o", str(png), "--json"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=BOOT_LIMIT + 60)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["exit_reason"] == "poweroff"
+    assert out["pages"] == 256 << 8 and out["counts"]["plain"] == out["pages"]  # 256 MiB, all mapped
+    # The kernel's own text is data for the hypervisor too: a plain guest hides nothing.
+    assert any(r["dram"] == r["guest"] != "const" for r in out["runs"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
