@@ -23,22 +23,23 @@ Unicorn gives us the instruction set. This module adds what SVM hardware does ar
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import capstone
-from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
+from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
                      UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
-                     UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
+                     UC_PROT_ALL, UC_TLB_VIRTUAL, UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from hv.hw import ucraw
 from hv.hw.addr import GPA, GVA, SPA
 from hv.hw.decode import fault_address
 from hv.hw.delivery import (GP, HAS_ERROR_CODE as _HAS_ERROR_CODE, UD, VC, ExceptionDelivery,
                              TripleFault, _NoHandler)
-from hv.hw.intercepts import LEGACY_PREFIXES, Intercepts
+from hv.hw.decode_intercept import Insn, decode_intercept
+from hv.hw.intercepts import Intercepts
 from hv.hw.exits import (BudgetExit, CpuidExit, HltExit, InternalErrorExit, InterruptedExit,
                          IoExit, MsrExit, NpfExit, ShutdownExit, VmExit, VmgexitExit,
                          VmmcallExit, VmrunFailed)
@@ -66,7 +67,6 @@ _FAST = frozenset(GPRS) | {"cr2", "cr3"}
 # MSRs Unicorn implements itself and that a hypervisor does not intercept (passed through).
 _NATIVE_MSRS = {0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
                 0xC0000100, 0xC0000101, 0xC0000102, 0x00000010, 0x00000277}
-_IO_OPS = {0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 
 _ACCESS_NAMES = {ACCESS_READ: "read", ACCESS_WRITE: "write", ACCESS_FETCH: "fetch"}
 
@@ -97,25 +97,6 @@ class _Retry(Exception):
     pass
 
 
-def _fast_registers(uc: Uc):
-    """Register read/write straight through libunicorn: the Python binding's reg_read costs
-    about 4 us, this about 1 us, and every exit needs several. 64-bit registers only."""
-    lib, handle = _uclib, uc._uch
-    cell = ctypes.c_uint64(0)
-    ref = ctypes.byref(cell)
-    read_fn, write_fn = lib.uc_reg_read, lib.uc_reg_write
-
-    def read(reg_id: int) -> int:
-        read_fn(handle, reg_id, ref)
-        return cell.value
-
-    def write(reg_id: int, value: int) -> None:
-        cell.value = value & 0xFFFF_FFFF_FFFF_FFFF
-        write_fn(handle, reg_id, ref)
-
-    return read, write
-
-
 class Cpu(ExceptionDelivery):
     """A vCPU of one guest. `run()` executes until the next #VMEXIT and returns it."""
 
@@ -124,12 +105,12 @@ class Cpu(ExceptionDelivery):
         self.control = control
         self._mmu = (SnpMmu(mc, control.npt, control.asid, control.cbitpos) if control.sev_snp
                      else Mmu(mc, control.npt, control.asid, control.sev, control.cbitpos))
-        uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc = self._uc = ucraw.new_x86_64()
         # Translated code lives in a buffer Unicorn fills before it starts over (1 GiB by
         # default): a guest that keeps rewriting its code would make hv's memory grow with it.
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        self._r, self._w = _fast_registers(uc)
+        self._r, self._w = ucraw.fast_registers(uc)
         # No `until` address: emulation ends only through emu_stop. Otherwise Unicorn probes the
         # until page at every entry and stop, which cost a TLB flush and a page walk per exit.
         uc.ctl_exits_enabled(True)
@@ -189,15 +170,15 @@ class Cpu(ExceptionDelivery):
     def set_sregs(self, sregs: dict[str, object]) -> None:
         for name, value in sregs.items():
             if name == "efer":
-                self._uc.msr_write(0xC0000080, int(value))
+                self._uc.msr_write(0xC0000080, int(cast(int, value)))
             elif name in ("idtr", "gdtr"):
-                base, limit = value
+                base, limit = cast("tuple[int, int]", value)
                 reg = X.UC_X86_REG_IDTR if name == "idtr" else X.UC_X86_REG_GDTR
                 self._uc.reg_write(reg, (0, base, limit, 0))
             elif name in ("cs", "ds", "es", "fs", "gs", "ss"):
                 continue  # 64-bit flat segments; selectors are informational here
             else:
-                self._uc.reg_write(_REG[name], int(value))
+                self._uc.reg_write(_REG[name], int(cast(int, value)))
         self._flush()
 
     def reg(self, name: str) -> int:
@@ -223,7 +204,7 @@ class Cpu(ExceptionDelivery):
             return VmrunFailed(f"ASID {self.control.asid} has no key: the PSP has not activated this guest")
         if self.vmsa is None:
             return self._run()
-        if self.control.sev_snp:
+        if isinstance(self._mmu, SnpMmu):  # SEV-SNP
             failed = self._mmu.check_vmsa(self.control.vmsa_spa)
             if failed is not None:
                 return VmrunFailed(failed)
@@ -279,7 +260,7 @@ class Cpu(ExceptionDelivery):
                     if fault.error_code & (1 << 32) and not fault.error_code & 16:
                         gpa = (gpa & ~0xFFF) | (self._exact_address(self._fault_gva) & 0xFFF)
                         if not self.control.sev_es:
-                            insn = self.code_bytes(self.reg("rip"), 15)
+                            insn = self.code_bytes(GVA(self.reg("rip")), 15)
                     return NpfExit(gpa, fault.error_code, insn)
                 if self._pending is not None:
                     continue
@@ -302,7 +283,7 @@ class Cpu(ExceptionDelivery):
             if self.budget is not None and self.instructions >= self.budget:
                 return BudgetExit(self.instructions)
             rip = self._r(X.UC_X86_REG_RIP)
-            if self.code_bytes(rip - 1, 1) == b"\xf4":
+            if self.code_bytes(GVA(rip - 1), 1) == b"\xf4":
                 # HLT (with or without prefixes) ends emulation silently, RIP past it: the only
                 # way a run ends with no cause and no hook, so no HLT ever needs a hook.
                 self.stats["exits"] += 1
@@ -399,31 +380,26 @@ class Cpu(ExceptionDelivery):
     def code_bytes(self, gva: GVA, length: int) -> bytes:
         """Instruction bytes at `gva` as the CPU fetches them (private for an SEV guest)."""
         out = b""
+        addr: int = gva
         while length > 0:
-            page = gva & ~0xFFF
+            page = addr & ~0xFFF
             t = self._icpt.translation(page)
             if t is None:
                 try:
-                    t = self._mmu.translate(gva, ACCESS_FETCH, self.reg("cr3"))
+                    t = self._mmu.translate(addr, ACCESS_FETCH, self.reg("cr3"))
                     if t.slot is not None and not self._mc.fenced[t.spa >> 12]:
                         self._mc.fill_view(t.slot, t.spa >> 12, False)
                 except (GuestPageFault, NestedFault, NeedsRetry):
                     break
-            n = min(length, 0x1000 - (gva & 0xFFF))
-            out += self._mmu.read_bytes(t, gva & 0xFFF, n)
-            gva += n
+            n = min(length, 0x1000 - (addr & 0xFFF))
+            out += self._mmu.read_bytes(t, addr & 0xFFF, n)
+            addr += n
             length -= n
         return out
 
     def _emu_start(self, rip: int) -> None:
         """uc.emu_start without the binding's per-call overhead (a few us of every exit)."""
-        uc = self._uc
-        uc._hook_exception = None
-        status = _uclib.uc_emu_start(uc._uch, rip, UNTIL, 0, 0)
-        if status != UC_ERR_OK:
-            raise UcError(status)
-        if uc._hook_exception is not None:
-            raise uc._hook_exception
+        ucraw.emu_start(self._uc, rip, UNTIL)
         if self._icpt.exception is not None:
             e, self._icpt.exception = self._icpt.exception, None
             raise e
@@ -434,86 +410,56 @@ class Cpu(ExceptionDelivery):
         host_page = t.paddr >> 12 if t is not None else -1
         b = self._icpt.cached(host_page, addr & 0xFFF)
         if b is None:
-            b = self.code_bytes(addr, 15)
+            b = self.code_bytes(GVA(addr), 15)
             self._icpt.remember(host_page, addr & 0xFFF, b)
-        uc = self._uc
-        i, opsize = 0, 4
-        rep = repne = False
-        while i < len(b) and b[i] in LEGACY_PREFIXES:
-            if b[i] == 0x66:
-                opsize = 2
-            elif b[i] == 0xF3:
-                rep = True
-            elif b[i] == 0xF2:
-                repne = True
-            elif b[i] == 0xF0:
-                return  # LOCK on any of these is #UD: Unicorn raises it
-            i += 1
-        if i >= 15:
-            return  # too long to be an instruction: Unicorn raises #GP/#UD
-        if i < len(b) and 0x40 <= b[i] <= 0x4F:
-            i += 1  # REX: no meaning for these instructions (IN/OUT stay 8/16/32-bit)
-        if i >= len(b):
+        d = decode_intercept(b)
+        if d is None:
             return
-        op = b[i]
         exit_: VmExit
-        if op in _IO_OPS:
-            size = 1 if op in (0xE4, 0xE6, 0xEC, 0xEE) else opsize
-            is_in = op in (0xE4, 0xE5, 0xEC, 0xED)
-            if op in (0xE4, 0xE5, 0xE6, 0xE7):
-                if len(b) < i + 2:
-                    return  # the port byte is not mapped: Unicorn's fetch faults
-                port, length = b[i + 1], i + 2
-            else:
-                port, length = self._r(X.UC_X86_REG_RDX) & 0xFFFF, i + 1
-            value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
-            exit_ = IoExit(port, size, is_in, value)
-        elif op == 0x0F and len(b) > i + 1:
-            op2 = b[i + 1]
-            if op2 == 0xA2:
+        match d.insn:
+            case Insn.IN | Insn.OUT:
+                port = d.port if d.port is not None else self._r(X.UC_X86_REG_RDX) & 0xFFFF
+                is_in = d.insn is Insn.IN
+                value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * d.size)) - 1)
+                exit_ = IoExit(port, d.size, is_in, value)
+            case Insn.CPUID:
                 rax, rcx = self._r(X.UC_X86_REG_RAX), self._r(X.UC_X86_REG_RCX)
-                exit_, length = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF), i + 2
-            elif op2 in (0x30, 0x32):
+                exit_ = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF)
+            case Insn.RDMSR | Insn.WRMSR:
                 msr = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
                 if msr in _NATIVE_MSRS:
                     return
-                length = i + 2
-                if op2 == 0x32 and msr == MSR_SEV_STATUS:
+                is_write = d.insn is Insn.WRMSR
+                if not is_write and msr == MSR_SEV_STATUS:
                     self._set_edx_eax(self.control.sev_status)
-                    self._w(X.UC_X86_REG_RIP, addr + length)
+                    self._w(X.UC_X86_REG_RIP, addr + d.length)
                     return
                 if msr == MSR_GHCB and self.control.sev_es:
-                    if op2 == 0x32:
-                        self._set_edx_eax(self.control.ghcb_msr)
+                    if is_write:
+                        self.control.ghcb_msr = self._edx_eax()
                     else:
-                        self.control.ghcb_msr = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
-                                                 (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
-                    self._w(X.UC_X86_REG_RIP, addr + length)
+                        self._set_edx_eax(self.control.ghcb_msr)
+                    self._w(X.UC_X86_REG_RIP, addr + d.length)
                     return
-                value = ((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 |
-                         (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF))
-                exit_ = MsrExit(msr, op2 == 0x30, value if op2 == 0x30 else 0)
-            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xff" and repne:
+                exit_ = MsrExit(msr, is_write, self._edx_eax() if is_write else 0)
+            case Insn.PVALIDATE:
                 if self.control.sev_snp:
-                    self._pvalidate(addr, i + 3)
+                    self._pvalidate(addr, d.length)
                 return  # elsewhere not an instruction: Unicorn raises #UD
-            elif op2 == 0x01 and b[i + 2:i + 3] == b"\xd9":
-                exit_ = VmgexitExit() if rep else VmmcallExit()
-                length = i + 3
-            else:
-                return
-        else:
-            return
+            case Insn.VMGEXIT:
+                exit_ = VmgexitExit()
+            case Insn.VMMCALL:
+                exit_ = VmmcallExit()
         if self.control.sev_es and not isinstance(exit_, (HltExit, VmgexitExit)):
             self._raise_vc(exit_.code, addr)
             return
         self._exit = exit_
-        self._w(X.UC_X86_REG_RIP, addr + length)
-        uc.emu_stop()
+        self._w(X.UC_X86_REG_RIP, addr + d.length)
+        self._uc.emu_stop()
 
     def _pvalidate(self, addr: int, length: int) -> None:
         """PVALIDATE (SEV-SNP), executed by the CPU itself: see hv/hw/pvalidate.py."""
-        exit_ = pvalidate(self._mmu, self._r, self._w, self._flush, addr, length)
+        exit_ = pvalidate(cast(SnpMmu, self._mmu), self._r, self._w, self._flush, addr, length)
         if exit_ is None:
             return
         self._w(X.UC_X86_REG_RIP, addr)
@@ -542,7 +488,7 @@ class Cpu(ExceptionDelivery):
     def _exact_address(self, page: int) -> int:
         """Decode assist: the byte address on `page` that the instruction at RIP accessed."""
         rip = self.reg("rip")
-        return fault_address(self.code_bytes(rip, 15), rip, self._reg_any, page)
+        return fault_address(self.code_bytes(GVA(rip), 15), rip, self._reg_any, page)
 
     def _reg_any(self, name: str) -> int:
         if name in ("fs_base", "gs_base"):
@@ -552,6 +498,9 @@ class Cpu(ExceptionDelivery):
             raise LookupError(f"no register {name!r}")
         return self._uc.reg_read(reg_id)
 
+    def _edx_eax(self) -> int:
+        return (self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+
     def _set_edx_eax(self, value: int) -> None:
         self._w(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
         self._w(X.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
@@ -560,7 +509,7 @@ class Cpu(ExceptionDelivery):
         # VMMCALL/VMGEXIT land here when they were not caught by a scan hook (code written after
         # its page was scanned); anything else is #UD.
         rip = self._r(X.UC_X86_REG_RIP)
-        b = self.code_bytes(rip, 4)
+        b = self.code_bytes(GVA(rip), 4)
         if b[:3] == b"\x0f\x01\xd9":
             if self.control.sev_es:
                 self._raise_vc(VmmcallExit.code, rip)
@@ -619,7 +568,7 @@ class Cpu(ExceptionDelivery):
         for _ in range(4):
             try:
                 t = self._mmu.translate(gva, ACCESS_READ, self.reg("cr3"))
-                return t.gpa | (gva & 0xFFF), t.c_bit
+                return GPA(t.gpa | (gva & 0xFFF)), t.c_bit
             except NeedsRetry:
                 continue  # a coherence conflict was resolved; the walk now succeeds
             except (GuestPageFault, NestedFault):

@@ -9,10 +9,13 @@ hardware reports as SHUTDOWN.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from unicorn import x86_const as X
 
 from hv.hw.memctl import NeedsRetry
-from hv.hw.mmu import ACCESS_READ, ACCESS_WRITE, GuestPageFault
+from hv.hw.mmu import ACCESS_READ, ACCESS_WRITE, GuestPageFault, Mmu
+from hv.hw.ucraw import UcIntel
 from hv.hw.snp_mmu import GuestVcFault
 
 __all__ = ["DF", "ExceptionDelivery", "GP", "PF", "TripleFault", "UD", "VC", "VECTOR_NAMES"]
@@ -31,7 +34,19 @@ class _NoHandler(Exception):
 
 
 class ExceptionDelivery:
-    """Mixin for Cpu: needs _uc, _r/_w, _mmu, _flush, reg, stats and _pending."""
+    """Mixin for Cpu, which provides these:"""
+
+    _uc: UcIntel
+    _w: Callable[[int, int], None]
+    _mmu: Mmu
+    _pending: tuple[int, int | None, int | None] | None  # (vector, error code, CR2)
+    stats: dict[str, int]
+
+    def reg(self, name: str) -> int:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        raise NotImplementedError
 
     # -- exceptions into the guest --------------------------------------------------------------------
     def _raise_guest_fault(self, f: GuestPageFault) -> None:
@@ -47,6 +62,7 @@ class ExceptionDelivery:
         self._pending = (vector, error_code, None)
 
     def _deliver_pending(self) -> None:
+        assert self._pending is not None
         vector, error, cr2 = self._pending
         self._pending = None
         self.stats["exceptions"] += 1

@@ -28,21 +28,21 @@ scans and hooks them again). Host memory per guest stays bounded whatever the gu
 
 from __future__ import annotations
 
-import ctypes
 import re
 from collections import OrderedDict
 from typing import Callable
 
-from unicorn import UC_HOOK_CODE, UC_ERR_OK
-from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, uc_hook_h, uclib as _uclib
+from unicorn import UC_HOOK_CODE
+
+from hv.hw import ucraw
+from hv.hw.decode_intercept import LEGACY_PREFIXES, MAX_INSN_BYTES
 
 __all__ = ["Intercepts", "LEGACY_PREFIXES", "MAX_HOOKS", "candidates"]
 
 MAX_HOOKS = 8192
 MAX_CODE_PAGES = 1 << 16
-LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _PREFIX_OR_REX = LEGACY_PREFIXES | frozenset(range(0x40, 0x50))
-_MAX_PREFIXES = 14  # an x86 instruction is at most 15 bytes
+_MAX_PREFIXES = MAX_INSN_BYTES - 1
 
 # IN/OUT (E4-E7 imm8, EC-EF dx), CPUID 0F A2, WRMSR 0F 30, RDMSR 0F 32, and 0F 01 with D9
 # (VMMCALL, VMGEXIT with F3) or FF (PVALIDATE with F2). A 0F (or 0F 01) at the very end of the
@@ -77,7 +77,7 @@ class Intercepts:
         self.max_code_pages = MAX_CODE_PAGES
         # One C callback shared by every hook: the binding would make a new one per hook.
         self._handler = on_intercept
-        self._cfunc = HOOK_CODE_CFUNC(self._trampoline)
+        self._cfunc = ucraw.code_callback(self._trampoline)
         self._scans: dict[int, list[int]] = {}  # host page (Unicorn paddr >> 12) -> offsets
         self._writable: set[int] = set()  # host pages granted write since their last scan
         # guest-virtual page -> (translation, {offset: hook handle}), least recently fetched first
@@ -167,13 +167,9 @@ class Intercepts:
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _add_hook(self, address: int) -> int:
-        handle = uc_hook_h()
-        status = _uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_CODE, self._cfunc,
-                                    None, ctypes.c_uint64(address), ctypes.c_uint64(address))
-        if status != UC_ERR_OK:
-            raise RuntimeError(f"uc_hook_add failed with status {status}")
+        handle = ucraw.hook_add(self._uc, UC_HOOK_CODE, self._cfunc, None, address, address)
         self.hooks += 1
-        return handle.value
+        return handle
 
     def _make_room(self, keep: int, needed: int) -> bool:
         """Drop the least recently fetched pages' hooks until `needed` more fit. True when any
@@ -189,7 +185,7 @@ class Intercepts:
                 continue
             _t, hooks = self._pages.pop(gva_page)
             for handle in hooks.values():
-                _uclib.uc_hook_del(self._uc._uch, uc_hook_h(handle))
+                ucraw.hook_del(self._uc, handle)
             self.hooks -= len(hooks)
             if hooks:
                 dropped = True

@@ -26,17 +26,17 @@ it computes. So this core, for plain guests:
 from __future__ import annotations
 
 import ctypes
-import mmap
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from unicorn import (UC_ARCH_X86, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_MODE_64, UC_PROT_ALL, Uc, UcError)
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_PROT_ALL, UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uccallback, uclib as _uclib
+
+from hv.hw import ucraw
+from hv.hw.ucraw import UcIntel
 
 __all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
 
@@ -105,10 +105,10 @@ class _CpuState:
     CODE64_FLAGS = 0x00209B00 | (1 << 23)
     DATA_FLAGS = 0x00409300 | (1 << 23)
 
-    def __init__(self, uc: Uc):
+    def __init__(self, uc: UcIntel):
         self._uc = uc
         self._ctx = uc.context_save()
-        self._base = self._ctx.context.value + self.DATA
+        self._base = ucraw.context_address(self._ctx) + self.DATA
 
     def get(self, off: int, fmt: str) -> int:
         return struct.unpack(fmt, ctypes.string_at(self._base + off, struct.calcsize(fmt)))[0]
@@ -132,7 +132,7 @@ class _CpuState:
         self.put(self.HFLAGS, "<I", hflags | self.HF_CS64 | self.HF_CS32 | self.HF_SS32)
 
     @classmethod
-    def check(cls, uc: Uc) -> None:
+    def check(cls, uc: UcIntel) -> None:
         probe = {X.UC_X86_REG_RIP: 0x1122_3344_5566_7788, X.UC_X86_REG_RAX: 0x0BAD_F00D_CAFE_0001}
         saved = {r: uc.reg_read(r) for r in probe}
         for r, v in probe.items():
@@ -149,34 +149,6 @@ class _CpuState:
                                 "(hv's OS core needs Unicorn 2.1.x)")
 
 
-def _flag_hook_code(stop_fn: int) -> bytes:
-    """x86-64 SysV machine code for `void hook(uc, address, size, uint8_t *flag)`:
-    `if (*flag) uc_emu_stop(uc);` (a tail call). A Python block hook would cost a Python call
-    per translated block executed, this a few nanoseconds."""
-    return (bytes.fromhex("8a01"      # mov al, [rcx]
-                          "84c0"      # test al, al
-                          "7501"      # jnz +1
-                          "c3"        # ret
-                          "48b8")     # mov rax, imm64
-            + struct.pack("<Q", stop_fn)
-            + bytes.fromhex("ffe0"))  # jmp rax
-
-
-def _count_hook_code(stop_fn: int) -> bytes:
-    """x86-64 SysV machine code for the code hook `void hook(uc, address, size, uint64_t c[2])`:
-    `if (++c[0] > c[1]) uc_emu_stop(uc);`, before each instruction: a stop there is clean (the
-    instruction has not run), so the run ends after exactly c[1] instructions."""
-    return (bytes.fromhex("488b01"    # mov rax, [rcx]
-                          "48ffc0"    # inc rax
-                          "488901"    # mov [rcx], rax
-                          "483b4108"  # cmp rax, [rcx + 8]
-                          "7701"      # ja +1
-                          "c3"        # ret
-                          "48b8")     # mov rax, imm64
-            + struct.pack("<Q", stop_fn)
-            + bytes.fromhex("ffe0"))  # jmp rax
-
-
 class OsCpu:
     """One vCPU running a plain (unencrypted) operating system over `ram_size` bytes of RAM at
     host address `ram_ptr` (guest-physical 0). `pio_in(port, size) -> int` and
@@ -190,37 +162,26 @@ class OsCpu:
                  pio_out: Callable[[int, int, int], bool],
                  cpuid: Callable[[int, int], tuple[int, int, int, int]], tsc: Callable[[], int],
                  tcg_buffer: int = 64 << 20):
-        uc = self._uc = Uc(UC_ARCH_X86, UC_MODE_64, cpu=X.UC_CPU_X86_EPYC)
+        uc = self._uc = ucraw.new_x86_64(cpu=X.UC_CPU_X86_EPYC)
         _CpuState.check(uc)
         uc.ctl_set_tcg_buffer_size(tcg_buffer)
         uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ram_ptr)
         self.ram_size = ram_size
         self._pio_in, self._pio_out, self._cpuid, self._tsc = pio_in, pio_out, cpuid, tsc
         self._flag = ctypes.c_uint8(0)
-        stop_fn = ctypes.cast(_uclib.uc_emu_stop, ctypes.c_void_p).value
-        self._code = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-        self._code.write(_flag_hook_code(stop_fn).ljust(64, b"\xcc") + _count_hook_code(stop_fn))
-        fn = ctypes.addressof(ctypes.c_char.from_buffer(self._code))
-        self._count_fn = fn + 64
+        self._stop_hooks = ucraw.StopHooks()
         self._counter = (ctypes.c_uint64 * 2)(0, 0)
         self.budget: int | None = None
-        self._flag_hook = uc_hook_h()
-        status = _uclib.uc_hook_add(uc._uch, ctypes.byref(self._flag_hook), UC_HOOK_BLOCK,
-                                    ctypes.c_void_p(fn), ctypes.c_void_p(ctypes.addressof(self._flag)),
-                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if status != UC_ERR_OK:
-            raise UcError(status)
+        self._flag_hook = ucraw.hook_add(uc, UC_HOOK_BLOCK, self._stop_hooks.flag_fn,
+                                         ctypes.addressof(self._flag), 1, 0)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        self._insn_cbs = []
-        for insn, fn_ in ((X.UC_X86_INS_CPUID, self._on_cpuid), (X.UC_X86_INS_RDTSC, self._on_rdtsc),
-                          (X.UC_X86_INS_RDTSCP, self._on_rdtscp)):
-            cb = uccallback(uc, HOOK_INSN_CPUID_CFUNC)(lambda _uc, _key, f=fn_: f())
-            self._insn_cbs.append(cb)
-            uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, insn)
+        for insn, fn in ((X.UC_X86_INS_CPUID, self._on_cpuid), (X.UC_X86_INS_RDTSC, self._on_rdtsc),
+                         (X.UC_X86_INS_RDTSCP, self._on_rdtscp)):
+            ucraw.insn_hook_add(uc, insn, fn)
         self._exception: int | None = None
         self._invalid = False
         self._syscall = False
@@ -232,7 +193,7 @@ class OsCpu:
 
     # -- registers and memory --------------------------------------------------------------------------
     @property
-    def uc(self) -> Uc:
+    def uc(self) -> UcIntel:
         return self._uc
 
     def reg(self, reg_id: int) -> int:
@@ -340,14 +301,8 @@ class OsCpu:
         OsBudget after `budget` of them."""
         self._counter[1] = budget
         self.budget = budget
-        handle = uc_hook_h()
-        status = _uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_CODE,
-                                    ctypes.c_void_p(self._count_fn),
-                                    ctypes.c_void_p(ctypes.addressof(self._counter)),
-                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if status != UC_ERR_OK:
-            raise UcError(status)
-        self._count_hook = handle
+        self._count_hook = ucraw.hook_add(self._uc, UC_HOOK_CODE, self._stop_hooks.count_fn,
+                                          ctypes.addressof(self._counter), 1, 0)
 
     @property
     def instructions(self) -> int | None:

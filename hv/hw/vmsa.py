@@ -25,10 +25,10 @@ import ctypes
 
 import numpy as np
 from sevwire import EFER_SVME, VMSA_QWORDS, VMSA_SEGMENTS, VMSA_SIZE, VMSA_TMR_SLOT, vmsa_integrity
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
 from hv.hw.memctl import PAGE, MemoryController
+from hv.hw.ucraw import UcIntel, context_address, new_x86_64
 
 __all__ = ["VmsaUnit", "vmsa_integrity"]
 
@@ -52,13 +52,13 @@ _TAG_OK = 1
 def _calibrate() -> dict[str, int] | None:
     """Byte offsets of the _SNAP registers inside a Unicorn context snapshot, found by writing
     distinct values into a scratch core; None (use plain register reads) if any is ambiguous."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc = new_x86_64()
     values = {}
     for i, (name, reg) in enumerate(_SNAP.items()):
         values[name] = 0x5A17_0000_0000_0000 | (i + 1) << 36 | 0x0ABC000
         uc.reg_write(reg, values[name])
     ctx = uc.context_save()
-    snap = np.frombuffer(ctypes.string_at(ctx.context.value, ctx.size // 8 * 8), dtype="<u8")
+    snap = np.frombuffer(ctypes.string_at(context_address(ctx), ctx.size // 8 * 8), dtype="<u8")
     out = {}
     for name, v in values.items():
         hits = np.flatnonzero(snap == np.uint64(v))
@@ -74,7 +74,7 @@ _OFFSETS = _calibrate()
 class VmsaUnit:
     """Save/load of one SEV-ES vCPU's registers to/from its VMSA page (one per Cpu)."""
 
-    def __init__(self, uc: Uc, mc: MemoryController, asid: int):
+    def __init__(self, uc: UcIntel, mc: MemoryController, asid: int):
         self._uc = uc
         self._mc = mc
         self._asid = asid
@@ -133,7 +133,7 @@ class VmsaUnit:
     def _write_regs(self) -> None:
         q = self._q
         uc = self._uc
-        uc.reg_write_batch([  # type: ignore[attr-defined]  # in unicorn 2.1, not in its stubs
+        uc.reg_write_batch([
             (_SNAP[n], int(q[_VMSA_OFF[n] // 8])) for n in self._names if n not in ("cr3",)])
         uc.reg_write(X.UC_X86_REG_RFLAGS, int(q[VMSA_QWORDS["rflags"] // 8]))
         uc.reg_write(X.UC_X86_REG_CR4, int(q[VMSA_QWORDS["cr4"] // 8]))
@@ -154,10 +154,10 @@ class VmsaUnit:
         q = self._q
         if _OFFSETS is not None:
             ctx = uc.context_save()
-            snap = np.frombuffer(ctypes.string_at(ctx.context.value, ctx.size // 8 * 8), dtype="<u8")
+            snap = np.frombuffer(ctypes.string_at(context_address(ctx), ctx.size // 8 * 8), dtype="<u8")
             q[self._dst] = snap[self._src]
         else:
-            q[self._dst] = uc.reg_read_batch([_SNAP[n] for n in self._names])  # type: ignore[attr-defined]
+            q[self._dst] = uc.reg_read_batch([_SNAP[n] for n in self._names])
         q[VMSA_QWORDS["rflags"] // 8] = uc.reg_read(X.UC_X86_REG_RFLAGS)
         q[VMSA_QWORDS["cr0"] // 8] = uc.reg_read(X.UC_X86_REG_CR0)
         q[VMSA_QWORDS["cr4"] // 8] = uc.reg_read(X.UC_X86_REG_CR4)
