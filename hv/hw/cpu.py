@@ -68,6 +68,8 @@ _FAST = frozenset(GPRS) | {"cr2", "cr3"}
 _NATIVE_MSRS = {0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
                 0xC0000100, 0xC0000101, 0xC0000102, 0x00000010, 0x00000277}
 
+_IN, _OUT, _CPUID, _RDMSR, _WRMSR, _PVALIDATE, _VMGEXIT = (
+    Insn.IN, Insn.OUT, Insn.CPUID, Insn.RDMSR, Insn.WRMSR, Insn.PVALIDATE, Insn.VMGEXIT)
 _ACCESS_NAMES = {ACCESS_READ: "read", ACCESS_WRITE: "write", ACCESS_FETCH: "fetch"}
 
 
@@ -111,6 +113,7 @@ class Cpu(ExceptionDelivery):
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._r, self._w = ucraw.fast_registers(uc)
+        self._start = ucraw.emu_starter(uc)
         # No `until` address: emulation ends only through emu_stop. Otherwise Unicorn probes the
         # until page at every entry and stop, which cost a TLB flush and a page walk per exit.
         uc.ctl_exits_enabled(True)
@@ -399,7 +402,7 @@ class Cpu(ExceptionDelivery):
 
     def _emu_start(self, rip: int) -> None:
         """uc.emu_start without the binding's per-call overhead (a few us of every exit)."""
-        ucraw.emu_start(self._uc, rip, UNTIL)
+        self._start(rip, UNTIL)
         if self._icpt.exception is not None:
             e, self._icpt.exception = self._icpt.exception, None
             raise e
@@ -416,40 +419,40 @@ class Cpu(ExceptionDelivery):
         if d is None:
             return
         exit_: VmExit
-        match d.insn:
-            case Insn.IN | Insn.OUT:
-                port = d.port if d.port is not None else self._r(X.UC_X86_REG_RDX) & 0xFFFF
-                is_in = d.insn is Insn.IN
-                value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * d.size)) - 1)
-                exit_ = IoExit(port, d.size, is_in, value)
-            case Insn.CPUID:
-                rax, rcx = self._r(X.UC_X86_REG_RAX), self._r(X.UC_X86_REG_RCX)
-                exit_ = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF)
-            case Insn.RDMSR | Insn.WRMSR:
-                msr = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
-                if msr in _NATIVE_MSRS:
-                    return
-                is_write = d.insn is Insn.WRMSR
-                if not is_write and msr == MSR_SEV_STATUS:
-                    self._set_edx_eax(self.control.sev_status)
-                    self._w(X.UC_X86_REG_RIP, addr + d.length)
-                    return
-                if msr == MSR_GHCB and self.control.sev_es:
-                    if is_write:
-                        self.control.ghcb_msr = self._edx_eax()
-                    else:
-                        self._set_edx_eax(self.control.ghcb_msr)
-                    self._w(X.UC_X86_REG_RIP, addr + d.length)
-                    return
-                exit_ = MsrExit(msr, is_write, self._edx_eax() if is_write else 0)
-            case Insn.PVALIDATE:
-                if self.control.sev_snp:
-                    self._pvalidate(addr, d.length)
-                return  # elsewhere not an instruction: Unicorn raises #UD
-            case Insn.VMGEXIT:
-                exit_ = VmgexitExit()
-            case Insn.VMMCALL:
-                exit_ = VmmcallExit()
+        insn = d.insn  # compared with module constants: an enum member lookup costs ~70 ns
+        if insn is _IN or insn is _OUT:
+            port = d.port if d.port is not None else self._r(X.UC_X86_REG_RDX) & 0xFFFF
+            is_in = insn is _IN
+            value = 0 if is_in else self._r(X.UC_X86_REG_RAX) & ((1 << (8 * d.size)) - 1)
+            exit_ = IoExit(port, d.size, is_in, value)
+        elif insn is _CPUID:
+            rax, rcx = self._r(X.UC_X86_REG_RAX), self._r(X.UC_X86_REG_RCX)
+            exit_ = CpuidExit(rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF)
+        elif insn is _RDMSR or insn is _WRMSR:
+            msr = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+            if msr in _NATIVE_MSRS:
+                return
+            is_write = insn is _WRMSR
+            if not is_write and msr == MSR_SEV_STATUS:
+                self._set_edx_eax(self.control.sev_status)
+                self._w(X.UC_X86_REG_RIP, addr + d.length)
+                return
+            if msr == MSR_GHCB and self.control.sev_es:
+                if is_write:
+                    self.control.ghcb_msr = self._edx_eax()
+                else:
+                    self._set_edx_eax(self.control.ghcb_msr)
+                self._w(X.UC_X86_REG_RIP, addr + d.length)
+                return
+            exit_ = MsrExit(msr, is_write, self._edx_eax() if is_write else 0)
+        elif insn is _PVALIDATE:
+            if self.control.sev_snp:
+                self._pvalidate(addr, d.length)
+            return  # elsewhere not an instruction: Unicorn raises #UD
+        elif insn is _VMGEXIT:
+            exit_ = VmgexitExit()
+        else:
+            exit_ = VmmcallExit()
         if self.control.sev_es and not isinstance(exit_, (HltExit, VmgexitExit)):
             self._raise_vc(exit_.code, addr)
             return

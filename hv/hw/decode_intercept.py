@@ -50,7 +50,7 @@ class Insn(enum.Enum):
     PVALIDATE = "pvalidate"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decoded:
     """One intercepted instruction: what it is and its length in bytes (prefixes included).
     IN/OUT also carry the operand size in bytes and the port of the imm8 forms (None: DX)."""

@@ -23,7 +23,7 @@ from unicorn import UC_ARCH_X86, UC_ERR_OK, UC_HOOK_INSN, UC_MODE_64, UcError
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC, UcIntel
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, Uc, UcContext, uc_hook_h, uccallback, uclib
 
-__all__ = ["CFunc", "UcIntel", "StopHooks", "code_callback", "context_address", "emu_start",
+__all__ = ["CFunc", "UcIntel", "StopHooks", "code_callback", "context_address", "emu_starter",
            "fast_registers", "hook_add", "hook_del", "insn_hook_add", "new_x86_64"]
 
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -55,15 +55,21 @@ def fast_registers(uc: UcIntel) -> tuple[Callable[[int], int], Callable[[int, in
     return read, write
 
 
-def emu_start(uc: UcIntel, begin: int, until: int) -> None:
-    """uc.emu_start without the binding's per-call overhead (a few us of every exit); like it,
-    raises UcError for a failed start and re-raises what a Python hook raised."""
-    uc._hook_exception = None
-    status = uclib.uc_emu_start(uc._uch, begin, until, 0, 0)
-    if status != UC_ERR_OK:
-        raise UcError(status)
-    if uc._hook_exception is not None:
-        raise uc._hook_exception
+def emu_starter(uc: UcIntel) -> Callable[[int, int], None]:
+    """`start(begin, until)`: uc.emu_start without the binding's per-call overhead (a few us of
+    every exit); like it, raises UcError for a failed start and re-raises what a Python hook
+    raised."""
+    start_fn, handle = uclib.uc_emu_start, uc._uch
+
+    def start(begin: int, until: int) -> None:
+        uc._hook_exception = None
+        status = start_fn(handle, begin, until, 0, 0)
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
+    return start
 
 
 def code_callback(fn: Callable[[int, int, int, int], None]) -> CFunc:

@@ -45,7 +45,7 @@ def test_fast_registers_agree_with_the_binding():
 
 def test_emu_start_runs_and_reraises_what_a_python_hook_raised():
     uc = core()
-    ucraw.emu_start(uc, CODE, CODE + 12)
+    ucraw.emu_starter(uc)(CODE, CODE + 12)
     assert uc.reg_read(X.UC_X86_REG_RAX) == 4
 
     uc = core(bytes.fromhex("cd 03"))  # INT3: the interrupt hook raises
@@ -55,13 +55,13 @@ def test_emu_start_runs_and_reraises_what_a_python_hook_raised():
 
     uc.hook_add(UC_HOOK_INTR, boom)
     with pytest.raises(ValueError, match="from the hook"):
-        ucraw.emu_start(uc, CODE, CODE + 2)
+        ucraw.emu_starter(uc)(CODE, CODE + 2)
 
 
 def test_emu_start_raises_the_emulator_error():
     uc = core(b"\x0f\x0b")  # UD2, no hook
     with pytest.raises(UcError):
-        ucraw.emu_start(uc, CODE, CODE + 2)
+        ucraw.emu_starter(uc)(CODE, CODE + 2)
 
 
 def test_a_shared_code_callback_fires_only_on_its_hooked_addresses_until_deleted():
@@ -70,12 +70,12 @@ def test_a_shared_code_callback_fires_only_on_its_hooked_addresses_until_deleted
     uc = core()
     h1 = ucraw.hook_add(uc, UC_HOOK_CODE, cb, None, CODE + 3, CODE + 3)
     ucraw.hook_add(uc, UC_HOOK_CODE, cb, None, CODE + 9, CODE + 9)
-    ucraw.emu_start(uc, CODE, CODE + 12)
+    ucraw.emu_starter(uc)(CODE, CODE + 12)
     assert seen == [(CODE + 3, 3), (CODE + 9, 3)]
     ucraw.hook_del(uc, h1)
     uc.ctl_flush_tb()
     seen.clear()
-    ucraw.emu_start(uc, CODE, CODE + 12)
+    ucraw.emu_starter(uc)(CODE, CODE + 12)
     assert seen == [(CODE + 9, 3)]
 
 
@@ -85,7 +85,7 @@ def test_the_machine_code_count_hook_stops_after_exactly_the_budget():
         uc = core()
         counter = (ctypes.c_uint64 * 2)(0, budget)
         ucraw.hook_add(uc, UC_HOOK_CODE, stops.count_fn, ctypes.addressof(counter), 1, 0)
-        ucraw.emu_start(uc, CODE, CODE + 12)
+        ucraw.emu_starter(uc)(CODE, CODE + 12)
         assert uc.reg_read(X.UC_X86_REG_RAX) == budget  # stopped before instruction budget + 1
 
 
@@ -94,11 +94,11 @@ def test_the_machine_code_flag_hook_stops_at_a_block_only_when_the_flag_is_set()
     flag = ctypes.c_uint8(0)
     uc = core()
     ucraw.hook_add(uc, UC_HOOK_BLOCK, stops.flag_fn, ctypes.addressof(flag), 1, 0)
-    ucraw.emu_start(uc, CODE, CODE + 12)
+    ucraw.emu_starter(uc)(CODE, CODE + 12)
     assert uc.reg_read(X.UC_X86_REG_RAX) == 4
     flag.value = 1
     uc.reg_write(X.UC_X86_REG_RAX, 0)
-    ucraw.emu_start(uc, CODE, CODE + 12)
+    ucraw.emu_starter(uc)(CODE, CODE + 12)
     assert uc.reg_read(X.UC_X86_REG_RAX) == 0  # stopped before the block's first instruction
 
 
@@ -110,6 +110,6 @@ def test_an_instruction_hook_answers_cpuid_and_skips_it():
         return 1
 
     ucraw.insn_hook_add(uc, X.UC_X86_INS_CPUID, cpuid)
-    ucraw.emu_start(uc, CODE, CODE + 2)
+    ucraw.emu_starter(uc)(CODE, CODE + 2)
     assert uc.reg_read(X.UC_X86_REG_RBX) == 0x6874_7541
     assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + 2
