@@ -421,7 +421,7 @@ def memmap(image, kernel, initrd, append, mem, sev, sev_es, policy, timeout, out
         vm = vmm.vm
     else:
         if not image:
-            raise click.UsageError("give IMAGE (or --kernel)")
+            raise click.UsageError("Missing argument 'IMAGE' (or --kernel BZIMAGE)")
         mem = mem or (64 << 20)
         config = VmmConfig(image=Path(image).read_bytes(), mem_size=mem, vm_type=mode,
                            policy=policy, timeout=timeout,

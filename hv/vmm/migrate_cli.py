@@ -79,7 +79,8 @@ class Moves:
                                        f"mode and policy from the stream: not with {', '.join(extra) or 'sending'}")
             return m
         if image is None:
-            raise click.UsageError("Missing argument 'IMAGE' (or --incoming DIR / --restore FILE)")
+            raise click.UsageError("Missing argument 'IMAGE' (or --kernel BZIMAGE, --incoming DIR, "
+                                   "--restore FILE)")
         if m.save and (m.migrate_to or m.migrate_out):
             raise click.UsageError("--save (a snapshot of this platform) excludes --migrate-to and --migrate-out")
         if not m.save and (m.migrate_to or m.migrate_out or m.migrate_after_exits) and not (
