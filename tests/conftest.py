@@ -13,17 +13,25 @@ def psp_state(tmp_path_factory):
     return str(path)
 
 
+# Tiers of their own, left out of the default run (which must fit CI's 10 minutes on 2 cores)
+# and run by .ci/run after it: marker -> (option, what it runs).
+_OWN_TIERS = {
+    "linux": ("--linux", "boot the Debian kernel (python tools/linux.py fetch first)"),
+    "fuzz": ("--fuzz", "run the PSP mailbox fuzzer's 10,000 cases per command"),
+}
+
+
 def pytest_addoption(parser):
-    parser.addoption("--linux", action="store_true",
-                     help="Also boot the Debian kernel (tests marked `linux`; python tools/linux.py "
-                          "fetch first). .ci/run runs them as a tier of their own.")
+    for option, what in _OWN_TIERS.values():
+        parser.addoption(option, action="store_true", help=f"Also {what} (.ci/run does).")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The Linux boots (about 30 s each) are a tier of their own: left out unless --linux."""
-    if config.getoption("--linux"):
-        return
-    kept = [item for item in items if item.get_closest_marker("linux") is None]
+    """Tests marked with a tier of its own run only with that tier's option."""
+    left_out = {marker for marker, (option, _what) in _OWN_TIERS.items()
+                if not config.getoption(option)}
+    kept = [item for item in items
+            if not any(item.get_closest_marker(m) is not None for m in left_out)]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept

@@ -4,8 +4,9 @@ defined status (never raise, never HWERROR_PLATFORM, which would mean a firmware
 command that does not name the victim guest may change it: its state, its key slot, its memory,
 or use its ASID at all.
 
-The default tier runs a few hundred hypothesis examples per test; the slow tier (at the end)
-runs 10,000 cases for each command the firmware implements, from a deterministic generator."""
+The default tier runs a few hundred hypothesis examples per test; the fuzz tier (at the end; run
+with --fuzz, as .ci/run does) runs 10,000 cases for each command the firmware implements, from a
+deterministic generator."""
 
 from __future__ import annotations
 
@@ -531,7 +532,7 @@ def _worlds_for(cmd: Cmd) -> list[str]:
     return ["sev"]
 
 
-@pytest.mark.slow
+@pytest.mark.fuzz
 @pytest.mark.parametrize("cmd", sorted(HANDLERS, key=int), ids=lambda c: c.name)
 def test_ten_thousand_hostile_cases_per_command(chip, cmd):
     rng = random.Random(0x5E7F_0000 + int(cmd))
