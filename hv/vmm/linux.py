@@ -67,12 +67,14 @@ class KernelConfig:
 
 def _guest_cpuid(table: dict) -> dict:
     """The VM's CPUID table for this platform: no local APIC (the 8259 pair is the interrupt
-    controller), no MONITOR/MWAITX (the core does not implement them), and an invariant TSC (it counts wall time at TSC_KHZ whatever the guest does)."""
+    controller), no MONITOR/MWAITX (the core does not implement them) or IBS, and an invariant TSC (it counts wall time at TSC_KHZ whatever the guest does)."""
     t = dict(table)
     a, b, c, d = t.get((1, 0), (0, 0, 0, 0))
     t[(1, 0)] = (a, b, c & ~(1 << 21) & ~(1 << 3), d & ~(1 << 9))  # x2APIC, MONITOR, APIC
     a, b, c, d = t.get((0x80000001, 0), (0, 0, 0, 0))
-    t[(0x80000001, 0)] = (a, b, c & ~(1 << 29), d)  # MWAITX: not in the emulated core
+    # MWAITX is not in the emulated core; IBS (instruction-based sampling) has no interrupt
+    # offset to give (the kernel reported that as a firmware bug).
+    t[(0x80000001, 0)] = (a, b, c & ~(1 << 29) & ~(1 << 10), d)
     max_ext = t.get((0x80000000, 0), (0, 0, 0, 0))[0]
     t[(0x80000000, 0)] = (max(max_ext, 0x80000007),) + t.get((0x80000000, 0), (0, 0, 0, 0))[1:]
     t[(0x80000007, 0)] = (0, 0, 0, 1 << 8)
