@@ -24,6 +24,7 @@ Unicorn gives us the instruction set. This module adds what SVM hardware does ar
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -146,6 +147,8 @@ class Cpu(ExceptionDelivery):
         self._fault: Exception | None = None
         self._pending: tuple[int, int | None, int | None] | None = None  # (vector, error, cr2)
         self._kick = threading.Event()
+        self._kick_lock = threading.Lock()
+        self._kick_repeater: threading.Thread | None = None
         self.counting = False
         self.instructions = 0
         self.budget: int | None = None
@@ -191,9 +194,26 @@ class Cpu(ExceptionDelivery):
 
     # -- running ------------------------------------------------------------------------------------
     def kick(self) -> None:
-        """Stop the guest as soon as possible (thread-safe): run() returns InterruptedExit."""
-        self._kick.set()
-        self._uc.emu_stop()
+        """Stop the guest as soon as possible (thread-safe): run() returns InterruptedExit.
+
+        Unicorn drops an emu_stop that comes while it is not emulating, so a kick between the
+        run loop's look at the flag and emu_start would be lost and a guest that never exits
+        would run on: the stop is repeated every few milliseconds until the run loop has taken
+        the kick (both under one lock, so no stop lands after that)."""
+        with self._kick_lock:
+            self._kick.set()
+            self._uc.emu_stop()
+            if self._kick_repeater is None or not self._kick_repeater.is_alive():
+                self._kick_repeater = threading.Thread(target=self._repeat_kick, daemon=True)
+                self._kick_repeater.start()
+
+    def _repeat_kick(self) -> None:
+        while True:
+            time.sleep(0.005)
+            with self._kick_lock:
+                if not self._kick.is_set():
+                    return
+                self._uc.emu_stop()
 
     def enable_counting(self, budget: int | None = None) -> None:
         """Count instructions (slow: a hook per translated block); stop after `budget`."""
@@ -221,7 +241,8 @@ class Cpu(ExceptionDelivery):
     def _run(self) -> VmExit:
         while True:
             if self._kick.is_set():
-                self._kick.clear()
+                with self._kick_lock:
+                    self._kick.clear()
                 return InterruptedExit()
             if self._pending is not None:
                 try:
