@@ -34,7 +34,7 @@ MODES = ("plain", "sev", "sev-es", "sev-snp")
 DEFAULT_EXAMPLES = {"plain": 200, "sev": 100, "sev-es": 100, "sev-snp": 100}
 MEM = 4 << 20          # the smallest guest: less memory to launch, a short fall off the end
 TIMEOUT = 0.3          # seconds of wall clock per guest: every run is bounded
-RSS_BOUND_MB = 1024    # peak RSS of one process running the batch below (README in this folder)
+RSS_BOUND_MB = 400     # peak RSS of one process running the batch below (README in this folder)
 SECRET = b"guest-fuzz-secret"
 
 STATUS = {  # exit_reason -> hv's documented status (None: the guest's own 0..255)
@@ -349,12 +349,15 @@ def test_code_written_at_run_time_runs_with_its_intercepts(mode, psp_state_file)
 
 
 _BATCH = """
-import resource, sys
+import sys
 sys.path.insert(0, {here!r})
 import test_guest_fuzz as f
 for mode, n in {plan!r}:
     f.fuzz(f.Host(mode, None if mode == "plain" else {state!r}), n)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this process's own peak. ru_maxrss is not: Linux carries it across execve, so a child
+# started from a big pytest process reports the parent's resident size (650-740 MB late in a
+# whole-suite run, against about 220 MB of its own).
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 
@@ -366,5 +369,5 @@ def test_peak_rss_of_a_batch_is_bounded(psp_state_file, tmp_path):
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    peak_mb = int(p.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    peak_mb = int(p.stdout.split()[-1]) / 1024  # VmHWM is in kB
     assert peak_mb < RSS_BOUND_MB, peak_mb
