@@ -97,12 +97,20 @@ def cmd_launch_start(ctx: PspContext, buf: LaunchStart) -> LaunchStart:
         # WrapMacError -> BAD_MEASUREMENT, PolicyMacError -> POLICY_FAILURE.
         tek, tik = open_session(blob, godh, ctx.identity.owner.pdh_key, policy)
         has_session = True
+    return admit_guest(ctx, buf, policy, GuestState.LUPDATE, tek, tik, has_session)
+
+
+def admit_guest(ctx: PspContext, buf, policy: int, state: GuestState, tek: bytes, tik: bytes,
+                has_session: bool):
+    """A new guest context in `state` (LAUNCH_START, RECEIVE_START): its VEK (fresh, or shared
+    with guest ``buf.handle``), a free handle, the ES policy checked against INIT; the command
+    buffer with the new handle, to write back."""
     vek = guest_vek(ctx, buf.handle, policy)
     handle = ctx.guests.free_handle()
     if policy & Policy.ES and not ctx.config_es:
         raise CommandError(Status.UNSUPPORTED, "SEV-ES policy on a platform INITed without SEV-ES")
-    guest = GuestContext(handle, policy, GuestState.LUPDATE, bytearray(vek), bytearray(tek),
-                         bytearray(tik), has_session)
+    guest = GuestContext(handle, policy, state, bytearray(vek), bytearray(tek), bytearray(tik),
+                         has_session)
     ctx.guests.add(guest)
     ctx.update_working()
     return dataclasses.replace(buf, handle=handle)

@@ -66,7 +66,7 @@ from sevwire import (
 from firmware._context import API_MAJOR, API_MINOR, PspContext
 from firmware._errors import CommandError
 from firmware._guest import GuestContext
-from firmware._launch import VMSA_SIZE, guest_vek, install_vmsa, vmsa_intact
+from firmware._launch import VMSA_SIZE, admit_guest, install_vmsa, vmsa_intact
 
 __all__ = [
     "cmd_send_start", "cmd_send_update_data", "cmd_send_update_vmsa", "cmd_send_finish",
@@ -161,6 +161,18 @@ def _updating(ctx: PspContext, handle: int, state: GuestState) -> GuestContext:
     return guest
 
 
+def _vmsa_guest(ctx: PspContext, buf: SendUpdateData, name: str, state: GuestState, *,
+                receiving: bool) -> GuestContext:
+    """The guest of a SEND/RECEIVE_UPDATE_VMSA: updating, SEV-ES, a VMSA-sized packet, a TMR."""
+    guest = _updating(ctx, buf.handle, state)
+    if not guest.es:
+        raise CommandError(Status.UNSUPPORTED, f"{name} needs an SEV-ES guest")
+    _check_packet(buf, vmsa=True, receiving=receiving)
+    if ctx.tmr is None:
+        raise CommandError(Status.INVALID_CONFIG, "SEV-ES needs the TMR given at INIT")
+    return guest
+
+
 def _check_packet(buf: SendUpdateData, *, vmsa: bool, receiving: bool) -> SendUpdateData:
     """The UPDATE rules shared by the four commands; the buffer to write back (hdr_len = 52)."""
     out = dataclasses.replace(buf, hdr_len=PACKET_HEADER_SIZE)
@@ -196,12 +208,7 @@ def cmd_send_update_data(ctx: PspContext, buf: SendUpdateData) -> SendUpdateData
 
 def cmd_send_update_vmsa(ctx: PspContext, buf: SendUpdateVmsa) -> SendUpdateVmsa:
     """As SEND_UPDATE_DATA for one SEV-ES VMSA page, which must still pass its integrity check."""
-    guest = _updating(ctx, buf.handle, GuestState.SUPDATE)
-    if not guest.es:
-        raise CommandError(Status.UNSUPPORTED, "SEND_UPDATE_VMSA needs an SEV-ES guest")
-    _check_packet(buf, vmsa=True, receiving=False)
-    if ctx.tmr is None:
-        raise CommandError(Status.INVALID_CONFIG, "SEV-ES needs the TMR given at INIT")
+    guest = _vmsa_guest(ctx, buf, "SEND_UPDATE_VMSA", GuestState.SUPDATE, receiving=False)
     page = ctx.mem.read_guest(guest, buf.guest_paddr, VMSA_SIZE)
     if not vmsa_intact(ctx, buf.guest_paddr, page):
         raise CommandError(Status.INVALID_PARAM, "the VMSA fails its integrity check")
@@ -246,13 +253,7 @@ def cmd_receive_start(ctx: PspContext, buf: ReceiveStart) -> ReceiveStart:
         raise CommandError(Status.POLICY_FAILURE, "the policy needs a newer firmware API than this one")
     if policy & Policy.ES and not ctx.config_es:
         raise CommandError(Status.UNSUPPORTED, "SEV-ES policy on a platform INITed without SEV-ES")
-    vek = guest_vek(ctx, buf.handle, policy)
-    handle = ctx.guests.free_handle()
-    guest = GuestContext(handle, policy, GuestState.RUPDATE, bytearray(vek), bytearray(tek),
-                         bytearray(tik), True)
-    ctx.guests.add(guest)
-    ctx.update_working()
-    return dataclasses.replace(buf, handle=handle)
+    return admit_guest(ctx, buf, policy, GuestState.RUPDATE, tek, tik, True)
 
 
 def _receive(ctx: PspContext, guest: GuestContext, buf: ReceiveUpdateData) -> bytes:
@@ -277,12 +278,7 @@ def cmd_receive_update_data(ctx: PspContext, buf: ReceiveUpdateData) -> None:
 
 def cmd_receive_update_vmsa(ctx: PspContext, buf: ReceiveUpdateVmsa) -> None:
     """One VMSA packet into the page at ``guest_paddr``, with a new TMR slot on this platform."""
-    guest = _updating(ctx, buf.handle, GuestState.RUPDATE)
-    if not guest.es:
-        raise CommandError(Status.UNSUPPORTED, "RECEIVE_UPDATE_VMSA needs an SEV-ES guest")
-    _check_packet(buf, vmsa=True, receiving=True)
-    if ctx.tmr is None:
-        raise CommandError(Status.INVALID_CONFIG, "SEV-ES needs the TMR given at INIT")
+    guest = _vmsa_guest(ctx, buf, "RECEIVE_UPDATE_VMSA", GuestState.RUPDATE, receiving=True)
     install_vmsa(ctx, guest, buf.guest_paddr, bytearray(_receive(ctx, guest, buf)))
 
 

@@ -30,12 +30,13 @@ from typing import cast
 
 import capstone
 from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
-                     UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_TLB_FILL,
                      UC_PROT_ALL, UC_TLB_VIRTUAL, UcError)
 from unicorn import x86_const as X
 
 from hv.hw import ucraw
 from hv.hw.addr import GPA, GVA, SPA
+from hv.hw.debughooks import add_code_hook, remove_code_hook
 from hv.hw.decode import fault_address
 from hv.hw.delivery import (GP, HAS_ERROR_CODE as _HAS_ERROR_CODE, UD, VC, ExceptionDelivery,
                              TripleFault, _NoHandler)
@@ -572,17 +573,11 @@ class Cpu(ExceptionDelivery):
     def add_code_hook(self, callback, address: int | None = None):
         """Call `callback(address, size)` before the instruction at `address` executes (before
         every instruction when None); a callback that calls kick() stops the guest right there,
-        RIP at the instruction. This is how breakpoints work here: nothing is written into guest
-        memory, so the guest's bytes and its launch measurement stay untouched. Translated code
-        is dropped, or blocks translated earlier would run past the new hook."""
-        begin, end = (1, 0) if address is None else (address, address)
-        handle = self._uc.hook_add(UC_HOOK_CODE, lambda _uc, a, s, _u: callback(a, s), None, begin, end)
-        self._uc.ctl_flush_tb()
-        return handle
+        RIP at the instruction. This is how breakpoints work here (hv.hw.debughooks)."""
+        return add_code_hook(self._uc, callback, address)
 
     def remove_code_hook(self, handle) -> None:
-        self._uc.hook_del(handle)
-        self._uc.ctl_flush_tb()
+        remove_code_hook(self._uc, handle)
 
     def debug_translate(self, gva: GVA) -> tuple[GPA, bool] | None:
         """(GPA, C-bit of the leaf) of `gva` through the guest's page tables as this core's MMU

@@ -41,12 +41,8 @@ class ExceptionDelivery:
     _mmu: Mmu
     _pending: tuple[int, int | None, int | None] | None  # (vector, error code, CR2)
     stats: dict[str, int]
-
-    def reg(self, name: str) -> int:
-        raise NotImplementedError
-
-    def _flush(self) -> None:
-        raise NotImplementedError
+    reg: Callable[[str], int]
+    _flush: Callable[[], None]
 
     # -- exceptions into the guest --------------------------------------------------------------------
     def _raise_guest_fault(self, f: GuestPageFault) -> None:

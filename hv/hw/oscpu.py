@@ -36,6 +36,7 @@ from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INV
 from unicorn import x86_const as X
 
 from hv.hw import ucraw
+from hv.hw.debughooks import add_code_hook, remove_code_hook
 from hv.hw.ucraw import UcIntel
 
 __all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
@@ -202,6 +203,22 @@ class OsCpu:
     def set_reg(self, reg_id: int, value: int) -> None:
         self._uc.reg_write(reg_id, value)
 
+    def enter_long_mode(self, gdt: tuple[int, int], cr3: int, code_selector: int,
+                        data_selector: int) -> None:
+        """The state a 64-bit boot loader leaves: paging and long mode on (CR0.PG/PE, CR4.PAE,
+        EFER.LME/LMA), the given GDT (base, limit) and page tables, flat 64-bit segments,
+        interrupts off. The caller sets RIP and the argument registers."""
+        uc = self._uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt[0], gdt[1], 0))
+        uc.reg_write(X.UC_X86_REG_CR3, cr3)
+        uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
+        uc.msr_write(0xC0000080, 0x500)  # EFER: LME, LMA
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # PG, ET, PE
+        uc.reg_write(X.UC_X86_REG_CS, code_selector)
+        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+            uc.reg_write(reg, data_selector)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 2)
+
     def translate(self, gva: int) -> int | None:
         """The guest-physical address of `gva` through the guest's 4-level tables, or None."""
         table = self._uc.reg_read(X.UC_X86_REG_CR3) & 0x000F_FFFF_FFFF_F000
@@ -323,16 +340,11 @@ class OsCpu:
 
     def add_code_hook(self, callback: Callable[[int, int], None], address: int | None = None):
         """Call `callback(address, size)` before the instruction at `address` (every instruction
-        when None); a callback that calls stop_here() stops the guest there. Translated code is
-        dropped so that blocks translated before see the hook."""
-        begin, end = (1, 0) if address is None else (address, address)
-        handle = self._uc.hook_add(UC_HOOK_CODE, lambda _uc, a, n, _u: callback(a, n), None, begin, end)
-        self._uc.ctl_flush_tb()
-        return handle
+        when None); a callback that calls stop_here() stops the guest there (hv.hw.debughooks)."""
+        return add_code_hook(self._uc, callback, address)
 
     def remove_code_hook(self, handle) -> None:
-        self._uc.hook_del(handle)
-        self._uc.ctl_flush_tb()
+        remove_code_hook(self._uc, handle)
 
     def kick(self) -> None:
         """Thread-safe: stop as soon as possible, to end the run (not clean: never resume)."""

@@ -199,17 +199,9 @@ class KernelVmm:
     def load(self) -> None:
         for gpa, data in self.plan.writes:
             self.vm.write_gpa(gpa, data)
-        cpu, uc = self.cpu, self.cpu.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, *self.plan.gdtr, 0))
-        uc.reg_write(X.UC_X86_REG_CR3, self.plan.cr3)
-        uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
-        uc.msr_write(0xC0000080, 0x500)  # EFER: LME, LMA
-        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # PG, ET, PE
-        uc.reg_write(X.UC_X86_REG_CS, BOOT_CS)
-        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-            uc.reg_write(reg, BOOT_DS)
+        cpu = self.cpu
+        cpu.enter_long_mode(self.plan.gdtr, self.plan.cr3, BOOT_CS, BOOT_DS)
         cpu.set_reg(X.UC_X86_REG_RSI, self.plan.boot_params)
-        cpu.set_reg(X.UC_X86_REG_RFLAGS, 2)
         cpu.set_reg(X.UC_X86_REG_RIP, self.plan.entry)
 
     def interrupt(self) -> None:
