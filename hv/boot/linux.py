@@ -53,6 +53,7 @@ class LinuxBoot:
     cmdline: str
     e820: list[tuple[int, int, int]]
     kernel_end: int  # the top of what the decompressor may use (load address + init_size)
+    cbit: int = 0  # the C-bit position of an encrypted guest's entry page tables (0: plain)
 
     @property
     def gdtr(self) -> tuple[int, int]:
@@ -60,21 +61,23 @@ class LinuxBoot:
 
     @property
     def cr3(self) -> int:
-        return PML4_GPA
+        return PML4_GPA | (1 << self.cbit if self.cbit else 0)
 
 
-def _page_tables() -> list[tuple[int, bytes]]:
-    pml4 = struct.pack("<Q", PDPT_GPA | 3)
-    pdpt = b"".join(struct.pack("<Q", (PD_GPA + 0x1000 * i) | 3) for i in range(_IDENTITY_GIB))
-    pds = b"".join(struct.pack("<Q", (i << 21) | 0x83) for i in range(512 * _IDENTITY_GIB))
+def _page_tables(c: int) -> list[tuple[int, bytes]]:
+    pml4 = struct.pack("<Q", PDPT_GPA | c | 3)
+    pdpt = b"".join(struct.pack("<Q", (PD_GPA + 0x1000 * i) | c | 3) for i in range(_IDENTITY_GIB))
+    pds = b"".join(struct.pack("<Q", (i << 21) | c | 0x83) for i in range(512 * _IDENTITY_GIB))
     return [(PML4_GPA, pml4), (PDPT_GPA, pdpt), (PD_GPA, pds)]
 
 
 def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
-               acpi: tuple[bytes, int] | None = None) -> LinuxBoot:
+               acpi: tuple[bytes, int] | None = None, cbit: int = 0) -> LinuxBoot:
     """The boot plan for `kernel` (a bzImage) with `initrd` and `cmdline` in `mem_size` bytes.
-    `acpi` is (tables, RSDP address), placed at ACPI_GPA. BzImageError on anything that does not
-    fit, with one line saying what."""
+    `acpi` is (tables, RSDP address), placed at ACPI_GPA. `cbit`, when not 0, is the C-bit
+    position of an encrypted guest: the entry page tables map everything private (with the
+    C-bit), as a guest firmware leaves them. BzImageError on anything that does not fit, with
+    one line saying what."""
     image = parse_bzimage(kernel)
     h = image.header
     raw_cmdline = cmdline.encode()
@@ -107,7 +110,7 @@ def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
         struct.pack_into("<QQI", bp, _E820_TABLE + 20 * i, addr, size, kind)
     bp[_E820_ENTRIES] = len(e820)
 
-    writes = [(GDT_GPA, b"".join(struct.pack("<Q", d) for d in _GDT)), *_page_tables(),
+    writes = [(GDT_GPA, b"".join(struct.pack("<Q", d) for d in _GDT)), *_page_tables(1 << cbit if cbit else 0),
               (CMDLINE_GPA, raw_cmdline + b"\0"), (load, image.kernel)]
     if acpi is not None:
         tables, rsdp = acpi
@@ -120,4 +123,4 @@ def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
         writes.append((initrd_gpa, initrd))
     return LinuxBoot(image=image, writes=writes, entry=load + 0x200, boot_params=BOOT_PARAMS_GPA,
                      initrd_gpa=initrd_gpa, cmdline=cmdline, e820=e820,
-                     kernel_end=load + h.init_size)
+                     kernel_end=load + h.init_size, cbit=cbit)
