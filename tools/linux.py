@@ -12,13 +12,24 @@ writes into the output directory (default build/linux/):
                    manifest's "system_map" says which one was found
   config           the kernel's build configuration (boot/config-*)
   sev-guest.ko     the SEV-SNP guest driver module, uncompressed (/dev/sev-guest)
-  initrd.cpio.gz   a gzip-compressed newc cpio archive: /bin/busybox, /init, /dev/console (5,1)
-                   and the usual directories
-  manifest.json    package names and versions, the SHA-256 of every file above
+  initrd.cpio.gz   a gzip-compressed newc cpio archive: /bin/busybox, /init, /dev/console (5,1),
+                   /etc/hv-secret (below) and the usual directories
+  manifest.json    package names and versions, the SHA-256 of every file above, and the digest
+                   of the initrd's layout (initrd_layout_sha256, below)
 
-A second run asks apt again and does nothing when the manifest names the same package versions
-and every file still has its recorded digest; `--force` fetches anyway. The cpio archive and its
-gzip wrapper carry no time stamps, so the same packages always give the same initrd.
+A second run asks apt again and does nothing when the manifest names the same package versions,
+every file still has its recorded digest and the initrd's layout is this tool's: the manifest's
+initrd_layout_sha256 is the digest of the initrd this tool builds around an empty busybox, so a
+change to any member but busybox (the /init script, the marker, the directories, the archive
+format) makes the next run build the initrd again. `--force` fetches anyway. The cpio archive and
+its gzip wrapper carry no time stamps, so the same packages always give the same initrd.
+
+/etc/hv-secret is a marker that only the initramfs holds: the text "hv-initramfs-secret ",
+the SHA-256 in hex of the phrase in SECRET_PHRASE, and a newline (85 bytes; INITRAMFS_SECRET).
+It is in no package's files, so finding it in guest memory means finding the initramfs's
+contents: the kernel unpacks the archive into its page cache, where a plain guest's memory dump
+shows the file and an SEV guest's must not (docs/linux.md; the attack lab's A01-A03 with
+--kernel judge by it). The gzip stream does not hold it verbatim. Nothing prints it.
 
 The initramfs's /init (a busybox sh script) mounts /proc, /sys and devtmpfs on /dev, installs the
 busybox applets as links, prints "hv-init: user space is up" and then runs an interactive
@@ -63,6 +74,13 @@ OUTPUTS = ("vmlinuz", "System.map", "config", "sev-guest.ko", "initrd.cpio.gz")
 INIT_MARKER = "hv-init: user space is up"
 POWEROFF_MARKER = "hv-init: powering off"
 POWEROFF_PARAM = "hv.init=poweroff"
+
+# The initramfs's marker file (see the module's docstring). hv reads it back from the archive
+# (hv.vmm.initramfs), so the path is the one thing both sides must agree on
+# (tests/tools/test_linux_tool.py checks that they do).
+SECRET_PATH = "etc/hv-secret"
+SECRET_PHRASE = "hv test initramfs: a file only the initramfs holds"
+INITRAMFS_SECRET = "hv-initramfs-secret " + hashlib.sha256(SECRET_PHRASE.encode()).hexdigest() + "\n"
 
 # The kernel runs /init through its #! line (CONFIG_BINFMT_SCRIPT) with /dev/console as stdin,
 # stdout and stderr. A parameter with a dot in its name is taken for a module parameter and never
@@ -153,7 +171,7 @@ def newc_archive(entries: list[CpioEntry]) -> bytes:
 
 
 def initramfs_entries(busybox: bytes) -> list[CpioEntry]:
-    """The initramfs: busybox, /init, /dev/console and the directories they need."""
+    """The initramfs: busybox, /init, /dev/console, the marker and the directories they need."""
     dirs = ["bin", "dev", "etc", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin"]
     entries = [CpioEntry.directory(d, 0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755)
                for d in dirs]
@@ -162,6 +180,7 @@ def initramfs_entries(busybox: bytes) -> list[CpioEntry]:
     entries.append(CpioEntry.char_device("dev/console", 5, 1))
     entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
     entries.append(CpioEntry.file("init", INIT_SCRIPT.encode(), 0o755))
+    entries.append(CpioEntry.file(SECRET_PATH, INITRAMFS_SECRET.encode(), 0o600))
     return entries
 
 
@@ -172,6 +191,12 @@ def gzip_deterministic(data: bytes) -> bytes:
 
 def build_initrd(busybox: bytes) -> bytes:
     return gzip_deterministic(newc_archive(initramfs_entries(busybox)))
+
+
+def initrd_layout_sha256() -> str:
+    """The digest of the initrd built around an empty busybox: it changes with every member but
+    busybox and with the archive's format, so an initrd from an older tool is rebuilt."""
+    return hashlib.sha256(build_initrd(b"")).hexdigest()
 
 
 # -- apt ----------------------------------------------------------------------------------------
@@ -301,8 +326,8 @@ def up_to_date(out: Path, packages: list[Package]) -> bool:
         return False
     if manifest.get("packages") != {p.name: p.version for p in packages}:
         return False
-    if manifest.get("init_sha256") != hashlib.sha256(INIT_SCRIPT.encode()).hexdigest():
-        return False  # the /init in this tool changed: the initrd must be rebuilt
+    if manifest.get("initrd_layout_sha256") != initrd_layout_sha256():
+        return False  # the initrd this tool builds changed: it must be built again
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != set(OUTPUTS):
         return False
@@ -359,7 +384,7 @@ def fetch(out: Path, force: bool = False, log=print) -> dict:
         "system_map": system_map_kind,
         "sev_guest_module_source": module_source,
         "download_bytes": download_bytes,
-        "init_sha256": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
+        "initrd_layout_sha256": initrd_layout_sha256(),
         "files": {name: sha256_file(out / name) for name in OUTPUTS},
     }
     _write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

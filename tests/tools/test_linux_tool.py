@@ -120,6 +120,40 @@ def test_initramfs_members():
     assert order.index("bin") < order.index("bin/busybox")
 
 
+def test_the_marker_is_only_in_the_initramfs_and_never_printed():
+    """Scenario: a dump that shows /etc/hv-secret's text shows the initramfs's contents, and
+    nothing else in the archive (busybox, /init) or the guest's console can account for it."""
+    secret = linux.INITRAMFS_SECRET.encode()
+    digest = hashlib.sha256(linux.SECRET_PHRASE.encode()).hexdigest()
+    assert secret == b"hv-initramfs-secret " + digest.encode() + b"\n" and len(secret) == 85
+    members = read_newc(linux.newc_archive(linux.initramfs_entries(BUSYBOX)))
+    by_name = {m["name"]: m for m in members}
+    assert by_name["etc/hv-secret"]["data"] == secret
+    assert by_name["etc/hv-secret"]["mode"] == 0o100600
+    assert [m["name"] for m in members if secret in m["data"]] == ["etc/hv-secret"]
+    assert "hv-secret" not in linux.INIT_SCRIPT and digest not in linux.INIT_SCRIPT
+    # The gzip stream does not hold the text verbatim: only the unpacked file does.
+    packed = linux.build_initrd(BUSYBOX)
+    assert not any(secret[i:i + 16] in packed for i in range(len(secret) - 15))
+
+
+def test_hv_reads_the_marker_back_from_the_archive():
+    """Scenario: the attack lab and the Linux tests read the marker from the initrd the guest
+    boots (hv.vmm.initramfs), at the path this tool writes it to."""
+    from hv.vmm import initramfs
+
+    assert initramfs.SECRET_PATH == linux.SECRET_PATH
+    assert initramfs.POWEROFF_PARAM == linux.POWEROFF_PARAM
+    initrd = linux.build_initrd(BUSYBOX)
+    assert initramfs.initrd_file(initrd, initramfs.SECRET_PATH) == linux.INITRAMFS_SECRET.encode()
+    assert initramfs.initrd_file(gzip.decompress(initrd), "bin/busybox") == BUSYBOX
+    assert initramfs.initrd_file(initrd, "dev/console") is None  # a device node, not a file
+    assert initramfs.initrd_file(initrd, "etc/no-such-file") is None
+    for bad in (b"not an archive", initrd[:40], gzip.decompress(initrd)[:2000]):
+        with pytest.raises(initramfs.InitramfsError):
+            initramfs.initrd_file(bad, initramfs.SECRET_PATH)
+
+
 def test_initrd_is_gzip_and_reproducible():
     a, b = linux.build_initrd(BUSYBOX), linux.build_initrd(BUSYBOX)
     assert a == b
@@ -290,6 +324,7 @@ def test_fetch_end_to_end_and_idempotent(tmp_path, fake_apt):
     assert {m["name"]: m["data"] for m in members}["bin/busybox"] == BUSYBOX
 
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["initrd_layout_sha256"] == hashlib.sha256(linux.build_initrd(b"")).hexdigest()
     assert manifest["packages"] == {KERNEL_PKG: KERNEL_VER, "busybox-static": BUSYBOX_VER}
     assert manifest["kernel_release"] == RELEASE
     assert manifest["system_map"] == "placeholder"
@@ -312,6 +347,22 @@ def test_fetch_end_to_end_and_idempotent(tmp_path, fake_apt):
 
     r = run_tool(env, "fetch", "-o", str(out), "--force")
     assert r.returncode == 0 and len(log.read_text().splitlines()) == 6
+
+    # An initrd from an older tool (another layout, here: no marker file) is built again, even
+    # though the packages and every recorded digest still match.
+    old = linux.gzip_deterministic(linux.newc_archive(
+        [e for e in linux.initramfs_entries(BUSYBOX) if e.name != linux.SECRET_PATH]))
+    (out / "initrd.cpio.gz").write_bytes(old)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["initrd.cpio.gz"] = hashlib.sha256(old).hexdigest()
+    manifest["initrd_layout_sha256"] = hashlib.sha256(linux.gzip_deterministic(linux.newc_archive(
+        [e for e in linux.initramfs_entries(b"") if e.name != linux.SECRET_PATH]))).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = run_tool(env, "fetch", "-o", str(out))
+    assert r.returncode == 0 and "up to date" not in r.stdout
+    assert len(log.read_text().splitlines()) == 8
+    members = read_newc(gzip.decompress((out / "initrd.cpio.gz").read_bytes()))
+    assert {m["name"]: m["data"] for m in members}["etc/hv-secret"] == linux.INITRAMFS_SECRET.encode()
 
 
 def test_fetch_without_apt_is_one_line(tmp_path):
