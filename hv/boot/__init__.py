@@ -25,7 +25,8 @@ from hv.boot._layout import (
     image_regions,
     launch_regions,
 )
-from hv.boot._digest import launch_digest
+from hv.boot._digest import kernel_launch_digest, launch_digest
+from hv.boot.linux import KERNEL_CBITPOS, kernel_launch_regions, kernel_plan
 
 __all__ = [
     "BOOT_INFO_GPA",
@@ -33,6 +34,7 @@ __all__ = [
     "BOOT_INFO_SECRET_RELEASE",
     "BOOT_STACK_TOP",
     "IMAGE_BASE",
+    "KERNEL_CBITPOS",
     "ImageError",
     "LoadedImage",
     "MAX_MEM",
@@ -47,6 +49,9 @@ __all__ = [
     "boot_page_tables",
     "check_mem",
     "image_regions",
+    "kernel_launch_digest",
+    "kernel_launch_regions",
+    "kernel_plan",
     "launch_digest",
     "launch_regions",
     "parse_image",

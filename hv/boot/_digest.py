@@ -1,7 +1,9 @@
-"""The SEV and SEV-ES launch digest of an image: what the guest owner expects the PSP to measure.
+"""The SEV and SEV-ES launch digest of an image, and the SEV launch digest of a Linux kernel:
+what the guest owner expects the PSP to measure.
 
-It sits above both halves of the launch it covers, the memory layout (hv.boot._layout) and the
-initial register state (hv.boot._vmsa); the SEV-SNP digest is hv.boot._snp's.
+It sits above both halves of the launch it covers, the memory layout (hv.boot._layout,
+hv.boot.linux) and the initial register state (hv.boot._vmsa); the SEV-SNP digest is
+hv.boot._snp's.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import hashlib
 
 from hv.boot._layout import launch_regions
 from hv.boot._vmsa import launch_vmsas
+from hv.boot.linux import LinuxBoot, kernel_launch_regions
 
-__all__ = ["launch_digest"]
+__all__ = ["kernel_launch_digest", "launch_digest"]
 
 
 def launch_digest(image: bytes, mem_size: int, cbitpos: int, es: bool = False) -> bytes:
@@ -25,4 +28,14 @@ def launch_digest(image: bytes, mem_size: int, cbitpos: int, es: bool = False) -
     if es:
         for page in launch_vmsas(image, mem_size):
             h.update(page)
+    return h.digest()
+
+
+def kernel_launch_digest(plan: LinuxBoot) -> bytes:
+    """GCTX.LD of an SEV launch of a kernel plan (hv.boot.linux.kernel_plan): SHA-256 over
+    kernel_launch_regions in order. SEV only: an SEV-ES kernel launch also measures its VMSA,
+    which this does not cover yet."""
+    h = hashlib.sha256()
+    for _gpa, data in kernel_launch_regions(plan):
+        h.update(data)
     return h.digest()

@@ -10,6 +10,11 @@ Layout (guest-physical), after Documentation/x86/boot.rst's "64-bit BOOT PROTOCO
            needs init_size bytes
   the initrd as high as it fits (place_initrd)
 Entry: RIP = load address + 0x200, RSI = boot_params, long mode with those tables, interrupts off.
+
+`kernel_plan` is the whole plan `hv run --kernel` loads: hv's platform command line before the
+user's, and the PC platform's ACPI tables. Under SEV every write of it goes through
+LAUNCH_UPDATE_DATA in list order (`kernel_launch_regions`), so the guest owner predicts the launch
+digest from the same function and the same files.
 """
 
 from __future__ import annotations
@@ -17,10 +22,22 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from hv.boot.acpi_tables import PmLayout, build_acpi
 from hv.boot.bzimage import BzImage, BzImageError, parse_bzimage, place_initrd
 
 __all__ = ["ACPI_GPA", "BOOT_PARAMS_GPA", "CMDLINE_GPA", "E820_RAM", "E820_RESERVED",
-           "LinuxBoot", "linux_boot"]
+           "KERNEL_CBITPOS", "KERNEL_DEFAULT_MEM", "LinuxBoot", "PLATFORM_CMDLINE", "TSC_KHZ",
+           "kernel_cmdline", "kernel_launch_regions", "kernel_plan", "linux_boot"]
+
+# The TSC rate the platform gives the kernel (tsc_early_khz), so it need not calibrate.
+TSC_KHZ = 2_000_000
+# What hv puts before the user's --append. It is measured with the rest of the command line.
+PLATFORM_CMDLINE = f"console=ttyS0 tsc_early_khz={TSC_KHZ} panic=-1"
+KERNEL_DEFAULT_MEM = 256 << 20  # `hv run --kernel` without --mem
+# The C-bit of an encrypted kernel: Unicorn's MMU implements 40 physical address bits, so the
+# highest position a guest can use is 39 (EPYC parts report 47 or 51 in CPUID 0x8000001F).
+KERNEL_CBITPOS = 39
+_LAUNCH_ALIGN = 16  # LAUNCH_UPDATE_DATA takes 16-byte aligned addresses and lengths
 
 GDT_GPA, PML4_GPA, PDPT_GPA, PD_GPA = 0x1000, 0x2000, 0x3000, 0x4000
 BOOT_PARAMS_GPA, CMDLINE_GPA = 0x9000, 0xA000
@@ -124,3 +141,33 @@ def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
     return LinuxBoot(image=image, writes=writes, entry=load + 0x200, boot_params=BOOT_PARAMS_GPA,
                      initrd_gpa=initrd_gpa, cmdline=cmdline, e820=e820,
                      kernel_end=load + h.init_size, cbit=cbit)
+
+
+def kernel_cmdline(append: str) -> str:
+    """The whole command line: PLATFORM_CMDLINE, then the user's, so the user's options win
+    where the kernel lets the last one win."""
+    return f"{PLATFORM_CMDLINE} {append}".strip()
+
+
+def kernel_plan(kernel: bytes, initrd: bytes | None, append: str, mem_size: int,
+                encrypted: bool) -> LinuxBoot:
+    """The plan `hv run --kernel` loads: `append` after PLATFORM_CMDLINE, the ACPI tables of the
+    PC platform's PM layout at ACPI_GPA, and for an `encrypted` guest entry page tables with the
+    C-bit at KERNEL_CBITPOS. BzImageError as linux_boot."""
+    return linux_boot(kernel, initrd, kernel_cmdline(append), mem_size,
+                      build_acpi(ACPI_GPA, PmLayout()), cbit=KERNEL_CBITPOS if encrypted else 0)
+
+
+def kernel_launch_regions(plan: LinuxBoot) -> list[tuple[int, bytes]]:
+    """What an SEV launch writes, encrypts and measures for `plan`, in LAUNCH_UPDATE_DATA order:
+    each write zero-padded to a multiple of 16 bytes, the command's granularity (the VMM writes
+    these padded bytes, so the padding is zeros whatever memory held). Padded writes must not
+    overlap, or a later update would measure bytes an earlier one already encrypted: ValueError
+    if they do."""
+    regions = [(gpa, data + bytes(-len(data) % _LAUNCH_ALIGN)) for gpa, data in plan.writes]
+    end = -1
+    for gpa, data in sorted(regions):
+        if gpa % _LAUNCH_ALIGN or gpa < end:
+            raise ValueError(f"launch region at {gpa:#x} is unaligned or overlaps the one before")
+        end = gpa + len(data)
+    return regions

@@ -1,4 +1,4 @@
-"""The expected launch digest of an image, computed offline from the image file alone.
+"""The expected launch digest of an image or a Linux kernel, computed offline from the files alone.
 
 Which bytes the VMM measures, and in which order, is defined by `hv.boot.launch_regions` (the
 same pure function the VMM uses to launch), so the owner and the VMM cannot drift apart; the
@@ -6,6 +6,9 @@ digest is SHA-256 over the concatenated plaintext of those regions, as the PSP's
 computes it. With the ES bit in the policy the digest continues over the initial VMSA pages
 (`hv.boot.launch_vmsas`, one per vCPU), as LAUNCH_UPDATE_VMSA extends it: the owner thereby
 checks the guest's entry registers (RIP = the image's entry point...) as well as its memory.
+A kernel's launch is `hv.boot.kernel_plan` (the boot plan `hv run --kernel --sev` loads: entry
+page tables with the C-bit at KERNEL_CBITPOS, hv's platform command line before the user's, the
+platform's ACPI tables) measured as `hv.boot.kernel_launch_regions` lays it out.
 `hv.boot` is imported when needed, so the rest of the owner tools work without it.
 """
 
@@ -16,7 +19,8 @@ import dataclasses
 import sevwire
 from hv.owner._errors import OwnerInputError
 
-__all__ = ["ImageDigest", "image_digest", "load_launch_regions", "snp_measurement", "snp_pages"]
+__all__ = ["ImageDigest", "KernelDigest", "image_digest", "kernel_digest", "load_launch_regions",
+           "snp_measurement", "snp_pages"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +28,15 @@ class ImageDigest:
     digest: bytes
     regions: tuple[tuple[int, int], ...]  # (gpa, length) in measurement order
     vmsas: int = 0  # initial VMSA pages measured after the regions (SEV-ES)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelDigest:
+    digest: bytes
+    regions: tuple[tuple[int, int], ...]  # (gpa, length) in measurement order
+    cmdline: str  # the whole command line the kernel gets (and the launch measures)
+    mem_size: int
+    cbitpos: int
 
 
 def load_launch_regions():
@@ -78,3 +91,30 @@ def snp_measurement(image: bytes, mem_size: int, cbitpos: int) -> bytes:
     for gpa, contents, kind in snp_pages(image, mem_size, cbitpos):
         ld = sevwire.snp_extend(ld, contents, kind, gpa)
     return ld
+
+
+def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: int | None = None,
+                  policy: int = 0, cbitpos: int | None = None, what: str = "kernel") -> KernelDigest:
+    """The SEV launch digest of `kernel` (a bzImage) with `initrd` and `append` in `mem_size`
+    bytes (None: `hv run --kernel`'s default): SHA-256 over every measured region in launch
+    order. The C-bit is the kernel's (KERNEL_CBITPOS); a different `cbitpos` is refused, as is
+    the ES policy bit: an SEV-ES kernel launch also measures its VMSA, not predicted yet.
+    `what` names the kernel in the one-line error a file that is no bzImage (or does not fit) gives."""
+    if int(policy) & sevwire.Policy.ES:
+        raise OwnerInputError("--policy: the launch digest of a kernel under SEV-ES is not predicted yet")
+    try:
+        from hv.boot import KERNEL_CBITPOS, kernel_launch_digest, kernel_launch_regions, kernel_plan
+        from hv.boot.bzimage import BzImageError
+        from hv.boot.linux import KERNEL_DEFAULT_MEM
+    except ImportError as exc:
+        raise OwnerInputError(f"the kernel boot plan (hv.boot.kernel_plan) is not available: {exc}") from None
+    if cbitpos is not None and cbitpos != KERNEL_CBITPOS:
+        raise OwnerInputError(f"--cbitpos: hv launches a kernel with its C-bit at {KERNEL_CBITPOS}, not {cbitpos}")
+    if mem_size is None:
+        mem_size = KERNEL_DEFAULT_MEM
+    try:
+        plan = kernel_plan(kernel, initrd, append, mem_size, encrypted=True)
+    except BzImageError as exc:
+        raise OwnerInputError(f"{what}: {exc}") from None
+    regions = tuple((gpa, len(data)) for gpa, data in kernel_launch_regions(plan))
+    return KernelDigest(kernel_launch_digest(plan), regions, plan.cmdline, mem_size, KERNEL_CBITPOS)

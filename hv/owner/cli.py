@@ -2,7 +2,7 @@
 
 verify-chain  check ARK -> ASK -> CEK -> PEK -> PDH and OCA -> PEK from exported certificates
 session       make LAUNCH_START's GODH certificate and session blob for a platform's PDH
-measure       the expected launch digest of an image
+measure       the expected launch digest of an image or a Linux kernel (--kernel)
 verify        recompute a reported launch measurement and compare
 secret        package a LAUNCH_SECRET for a verified launch
 verify-report check an SEV-SNP attestation report against VCEK <- ASK <- ARK and expectations
@@ -21,7 +21,7 @@ import click
 
 import sevwire
 from hv.owner._chain import verify_chain
-from hv.owner._digest import image_digest, snp_measurement, snp_pages
+from hv.owner._digest import KernelDigest, image_digest, kernel_digest, snp_measurement, snp_pages
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._id_block import key_digest, make_id_block, read_p384_key
 from hv.owner._inputs import (
@@ -98,6 +98,34 @@ mem_option = click.option("--mem", "mem", default=str(DEFAULT_MEM >> 20) + "M", 
                           help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem`.")
 cbitpos_option = click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int,
                               help="C-bit position the guest's page tables use (CPUID 0x8000001F).")
+# measure and verify take an image or a kernel, whose default memory sizes differ (`hv run`'s).
+launch_mem_option = click.option("--mem", "mem", default=None,
+                                 help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem` "
+                                      f"[default: {DEFAULT_MEM >> 20}M for an image, 256M for a kernel].")
+kernel_options = (
+    click.option("--kernel", default=None, type=click.Path(dir_okay=False),
+                 help="Or: a Linux bzImage, as `hv run --kernel ... --sev` launches it (C-bit 39)."),
+    click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd."),
+    click.option("--append", default=None,
+                 help="With --kernel: the command line after hv's own (both are measured)."),
+)
+
+
+def _kernel_options(command):
+    for option in reversed(kernel_options):
+        command = option(command)
+    return command
+
+
+def _cbitpos_given(ctx: click.Context) -> bool:
+    return ctx.get_parameter_source("cbitpos") is not click.core.ParameterSource.DEFAULT
+
+
+def _measure_kernel(kernel: str, initrd: str | None, append: str | None, mem: str | None, policy: int,
+                    cbitpos: int | None) -> KernelDigest:
+    return kernel_digest(read_file(kernel, "kernel"), read_file(initrd, "initrd") if initrd else None,
+                         append or "", parse_size(mem) if mem is not None else None, policy, cbitpos,
+                         what=f"kernel {kernel}")
 
 
 @click.group(cls=_OwnerGroup)
@@ -148,17 +176,33 @@ def session_cmd(pdh_cert: str, policy: str, out_dir: str, as_json: bool) -> None
 
 
 @owner.command("measure")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", required=False, type=click.Path(dir_okay=False))
+@_kernel_options
 @policy_option
-@mem_option
+@launch_mem_option
 @cbitpos_option
 @click.option("--snp", is_flag=True, help="The SEV-SNP launch digest (SHA-384 over launched pages).")
 @json_option
-def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, snp: bool, as_json: bool) -> None:
+def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, append: str | None, policy: str,
+                mem: str | None, cbitpos: int, snp: bool, as_json: bool) -> None:
     """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it (with the ES
     policy bit, 0x4: the digest also covers the initial VMSA page, as `hv run --sev-es` measures).
-    With --snp: the SHA-384 digest SNP_LAUNCH_UPDATE builds (pages, their types and GPAs)."""
-    mem_size = parse_size(mem)
+    With --snp: the SHA-384 digest SNP_LAUNCH_UPDATE builds (pages, their types and GPAs).
+    With --kernel instead of IMAGE: the SEV launch digest of that kernel, its initrd and its whole
+    command line, as `hv run --kernel ... --sev` measures them."""
+    _image_or_kernel(image, kernel, initrd, append, "IMAGE")
+    if kernel is not None:
+        if snp:
+            raise OwnerInputError("--snp does not work with --kernel yet")
+        pol = _policy(policy)
+        cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
+        k = _measure_kernel(kernel, initrd, append, mem, pol, cbit)
+        _emit(as_json, {"digest": k.digest.hex(), "kernel": kernel, "initrd": initrd, "cmdline": k.cmdline,
+                        "mem_size": k.mem_size, "cbitpos": k.cbitpos, "policy": pol,
+                        "regions": [{"gpa": gpa, "len": length} for gpa, length in k.regions]},
+              [k.digest.hex()])
+        return
+    mem_size = parse_size(mem if mem is not None else DEFAULT_MEM)
     if snp:
         pages = snp_pages(read_file(image, "image"), mem_size, cbitpos)
         ld = bytes(48)
@@ -176,24 +220,40 @@ def measure_cmd(image: str, policy: str, mem: str, cbitpos: int, snp: bool, as_j
     _emit(as_json, payload, [result.digest.hex()])
 
 
+def _image_or_kernel(image: str | None, kernel: str | None, initrd: str | None, append: str | None,
+                     image_name: str) -> None:
+    """Refuse anything but exactly one of an image and a kernel, and kernel options without one."""
+    if (image is None) == (kernel is None):
+        raise OwnerInputError(f"give {image_name} or --kernel" + (", not both" if image else ""))
+    _kernel_only(kernel, initrd, append)
+
+
+def _kernel_only(kernel: str | None, initrd: str | None, append: str | None) -> None:
+    if kernel is None and (initrd is not None or append is not None):
+        raise OwnerInputError("--initrd and --append go with --kernel")
+
+
 @owner.command("verify")
 @click.option("--measurement", required=True, help="MEASURE from LAUNCH_MEASURE (32 bytes, hex).")
 @click.option("--mnonce", required=True, help="MNONCE from LAUNCH_MEASURE (16 bytes, hex).")
 @click.option("--tk", "tk_path", required=True, type=click.Path(dir_okay=False), help="tmp_tk.bin from `session`.")
 @click.option("--digest", default=None, help="Expected launch digest (32 bytes, hex).")
 @click.option("--image", default=None, type=click.Path(dir_okay=False), help="Or: the image to compute it from.")
+@_kernel_options
 @policy_option
 @click.option("--api-major", required=True, help="Firmware API major (PLATFORM_STATUS).")
 @click.option("--api-minor", required=True, help="Firmware API minor (PLATFORM_STATUS).")
 @click.option("--build", required=True, help="Firmware build (PLATFORM_STATUS).")
-@mem_option
+@launch_mem_option
 @cbitpos_option
 @json_option
-def verify_cmd(measurement: str, mnonce: str, tk_path: str, digest: str | None, image: str | None, policy: str,
-               api_major: str, api_minor: str, build: str, mem: str, cbitpos: int, as_json: bool) -> None:
+def verify_cmd(measurement: str, mnonce: str, tk_path: str, digest: str | None, image: str | None,
+               kernel: str | None, initrd: str | None, append: str | None, policy: str,
+               api_major: str, api_minor: str, build: str, mem: str | None, cbitpos: int, as_json: bool) -> None:
     """Recompute the launch measurement with TIK and compare; exit 1 on mismatch."""
-    if (digest is None) == (image is None):
-        raise OwnerInputError("give exactly one of --digest and --image")
+    if sum(x is not None for x in (digest, image, kernel)) != 1:
+        raise OwnerInputError("give exactly one of --digest, --image and --kernel")
+    _kernel_only(kernel, initrd, append)
     pol = _policy(policy)
     meas = parse_hex(measurement, 32, "--measurement")
     nonce = parse_hex(mnonce, 16, "--mnonce")
@@ -203,8 +263,12 @@ def verify_cmd(measurement: str, mnonce: str, tk_path: str, digest: str | None, 
     bld = parse_int(build, "--build", 8)
     if digest is not None:
         ld = parse_hex(digest, 32, "--digest")
+    elif kernel is not None:
+        cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
+        ld = _measure_kernel(kernel, initrd, append, mem, pol, cbit).digest
     else:
-        ld = image_digest(read_file(image, "image"), parse_size(mem), cbitpos, pol).digest
+        ld = image_digest(read_file(image, "image"), parse_size(mem if mem is not None else DEFAULT_MEM),
+                          cbitpos, pol).digest
     expected = sevwire.launch_measure(keys.tik, major, minor, bld, pol, ld, nonce)
     ok = expected == meas
     _emit(as_json, {"ok": ok, "digest": ld.hex(), "expected_measurement": expected.hex(), "measurement": meas.hex()},

@@ -12,9 +12,9 @@ free-running 3.579545 MHz counter (24 bits, or 32 with the FADT's TMR_VAL_EXT fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
+from hv.boot.acpi_tables import SLP_TYP_S5, PmLayout
 from hv.vmm.clock import Clock, ns_of_tick, ticks_at
 
 __all__ = ["PM_TIMER_HZ", "SLP_TYP_S5", "AcpiPm", "PmLayout", "ResetControl"]
@@ -28,34 +28,9 @@ SCI_SOURCES = TMR_STS | GBL_STS | PWRBTN_STS | SLPBTN_STS | RTC_STS
 SCI_EN = 1
 SLP_TYP_SHIFT, SLP_TYP_MASK = 10, 7 << 10
 SLP_EN = 1 << 13
-# The sleep type that means soft-off here; the DSDT's \_S5 package says so to the guest.
-SLP_TYP_S5 = 5
 
 RESET_VALUE = 0x06      # SYS_RST | RST_CPU: a hard reset on Intel's reset control register
 RST_CPU = 0x04
-
-
-@dataclass(frozen=True)
-class PmLayout:
-    """Where the PM register blocks sit in port space, and how wide the timer is."""
-    pm1a_evt: int = 0x600
-    pm1a_cnt: int = 0x604
-    pm_tmr: int = 0x608
-    reset_port: int = 0xCF9
-    sci_irq: int = 9
-    timer_32bit: bool = True
-
-    PM1_EVT_LEN = 4
-    PM1_CNT_LEN = 2
-    PM_TMR_LEN = 4
-
-    @property
-    def base(self) -> int:
-        return self.pm1a_evt
-
-    @property
-    def length(self) -> int:
-        return self.pm_tmr + self.PM_TMR_LEN - self.pm1a_evt
 
 
 class AcpiPm:

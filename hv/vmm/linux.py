@@ -25,7 +25,7 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from hv.boot.linux import ACPI_GPA, BOOT_CS, BOOT_DS, LinuxBoot, linux_boot
+from hv.boot.linux import BOOT_CS, BOOT_DS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot, kernel_plan
 from hv.hw.machine import Machine, MachineConfig
 from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown
 from hv.kvm import exits as K
@@ -38,8 +38,6 @@ from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
 
 __all__ = ["EXIT_PANIC", "EXIT_REBOOT", "KernelConfig", "KernelVmm", "PLATFORM_CMDLINE", "TSC_KHZ"]
 
-TSC_KHZ = 2_000_000
-PLATFORM_CMDLINE = f"console=ttyS0 tsc_early_khz={TSC_KHZ} panic=-1"
 EXIT_REBOOT = 1
 EXIT_PANIC = 4
 _PANIC_TEXT = b"Kernel panic - not syncing"
@@ -127,8 +125,8 @@ class KernelVmm:
         self.events: list[str] = []
         self.platform = PcPlatform(self, self._serial_out, self.events.append,
                                    on_input=self._on_input)
-        self.plan: LinuxBoot = linux_boot(config.kernel, config.initrd, config.cmdline,
-                                          config.mem_size, self.platform.build_acpi(ACPI_GPA))
+        self.plan: LinuxBoot = kernel_plan(config.kernel, config.initrd, config.append,
+                                           config.mem_size, encrypted=False)
         self.machine = Machine(MachineConfig(dram_size=config.mem_size + (8 << 20)))
         self.kvm = Kvm(self.machine)
         self.vm = self.kvm.create_vm(Mode.PLAIN)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from hv.vmm.acpi import AcpiPm, PmLayout, ResetControl
-from hv.vmm.acpi_tables import build_acpi
+from hv.boot.acpi_tables import PmLayout, build_acpi
+from hv.vmm.acpi import AcpiPm, ResetControl
 from hv.vmm.bus import Bus, Device
 from hv.vmm.clock import Clock
 from hv.vmm.i8042 import I8042

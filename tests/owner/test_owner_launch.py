@@ -94,7 +94,7 @@ def test_verify_bad_inputs(session_dir, tmp_path):
     result = run(*args_tk)
     assert result.exit_code == 2 and "expected 32 bytes" in result.stderr
     result = run(*args, "--image", tmp_path / "img")
-    assert result.exit_code == 2 and "exactly one of --digest and --image" in result.stderr
+    assert result.exit_code == 2 and "exactly one of --digest, --image and --kernel" in result.stderr
     bad_hex = list(args)
     bad_hex[bad_hex.index("--measurement") + 1] = "zz" * 32
     assert run(*bad_hex).exit_code == 2

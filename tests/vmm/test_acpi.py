@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from hv.vmm.acpi import AcpiPm, PmLayout, ResetControl
-from hv.vmm.acpi_tables import build_acpi
+from hv.boot.acpi_tables import PmLayout, build_acpi
+from hv.vmm.acpi import AcpiPm, ResetControl
 from hv.vmm.bus import Bus
 from hv.vmm.clock import ManualClock
 

@@ -9,15 +9,45 @@ with the 8259 PICs (Linux's "nolapic noapic"), and no interpreter-visible device
 `build_acpi(base_gpa)` gives the bytes to copy at `base_gpa` and the RSDP's address, which the
 boot loader puts in boot_params.acpi_rsdp_addr (offset 0x070); the range should be e820 type 3
 (ACPI reclaimable) or reserved.
+
+The tables are part of what the boot loader writes, so under SEV they are measured: they live
+here, below the VMM, so the guest owner builds the same bytes from the same `PmLayout` the
+platform's devices (hv.vmm.acpi) sit at.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
-from hv.vmm.acpi import SLP_TYP_S5, PmLayout
+__all__ = ["ACPI_OEM_ID", "SLP_TYP_S5", "PmLayout", "build_acpi", "dsdt_aml"]
 
-__all__ = ["ACPI_OEM_ID", "build_acpi", "dsdt_aml"]
+# The sleep type that means soft-off here; the DSDT's \_S5 package says so to the guest.
+SLP_TYP_S5 = 5
+
+
+@dataclass(frozen=True)
+class PmLayout:
+    """Where the PM register blocks sit in port space, and how wide the timer is."""
+    pm1a_evt: int = 0x600
+    pm1a_cnt: int = 0x604
+    pm_tmr: int = 0x608
+    reset_port: int = 0xCF9
+    sci_irq: int = 9
+    timer_32bit: bool = True
+
+    PM1_EVT_LEN = 4
+    PM1_CNT_LEN = 2
+    PM_TMR_LEN = 4
+
+    @property
+    def base(self) -> int:
+        return self.pm1a_evt
+
+    @property
+    def length(self) -> int:
+        return self.pm_tmr + self.PM_TMR_LEN - self.pm1a_evt
+
 
 ACPI_OEM_ID = b"HVPC  "
 OEM_TABLE_ID = b"HVPLATFM"

@@ -1,0 +1,116 @@
+"""`hv owner measure --kernel` and `verify --kernel`: the SEV launch digest of a Linux kernel,
+its initrd and its whole command line, from the files alone; every misuse is one line, status 2."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hv.boot import kernel_launch_digest, kernel_plan
+from hv.owner.cli import owner
+from tests.boot.test_bzimage import MiB, synthetic
+
+KERNEL = bytes(synthetic())
+INITRD = b"only the initramfs holds this\n" * 100
+PLATFORM = "console=ttyS0 tsc_early_khz=2000000 panic=-1"
+
+
+def run(*args):
+    return CliRunner().invoke(owner, [str(a) for a in args])
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "bzImage").write_bytes(KERNEL)
+    (tmp_path / "initrd").write_bytes(INITRD)
+    return tmp_path / "bzImage", tmp_path / "initrd"
+
+
+def _one_line_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], result.stderr
+
+
+def test_measure_prints_the_digest_of_the_encrypted_plan_in_256m_by_default(files):
+    kernel, initrd = files
+    result = run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "rdinit=/init")
+    assert result.exit_code == 0, result.output
+    plan = kernel_plan(KERNEL, INITRD, "rdinit=/init", 256 * MiB, encrypted=True)
+    assert result.stdout.strip() == kernel_launch_digest(plan).hex()
+
+
+def test_json_names_the_inputs_the_c_bit_the_command_line_and_the_regions(files):
+    kernel, initrd = files
+    result = run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "quiet", "--mem", "64M", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kernel"] == str(kernel) and data["initrd"] == str(initrd)
+    assert data["mem_size"] == 64 * MiB and data["cbitpos"] == 39 and data["policy"] == 1
+    assert data["cmdline"] == f"{PLATFORM} quiet"
+    plan = kernel_plan(KERNEL, INITRD, "quiet", 64 * MiB, encrypted=True)
+    assert data["digest"] == kernel_launch_digest(plan).hex()
+    assert [r["gpa"] for r in data["regions"]] == [gpa for gpa, _ in plan.writes]
+    assert [r["len"] for r in data["regions"]] == [-(-len(d) // 16) * 16 for _, d in plan.writes]
+    alone = json.loads(run("measure", "--kernel", kernel, "--json").stdout)
+    assert alone["initrd"] is None and alone["cmdline"] == PLATFORM and alone["mem_size"] == 256 * MiB
+
+
+def test_the_digest_follows_the_kernel_the_initrd_and_the_append_string(files, tmp_path):
+    kernel, initrd = files
+    base = run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "quiet").stdout
+    other = tmp_path / "other"
+    other.write_bytes(INITRD.replace(b"this", b"that"))
+    assert run("measure", "--kernel", kernel, "--initrd", other, "--append", "quiet").stdout != base
+    assert run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "loud").stdout != base
+    assert run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "quiet", "--mem", "128M").stdout != base
+    other.write_bytes(KERNEL[:-1] + b"\x90")
+    assert run("measure", "--kernel", other, "--initrd", initrd, "--append", "quiet").stdout != base
+    assert run("measure", "--kernel", kernel, "--initrd", initrd, "--append", "quiet", "--mem", "256M",
+               "--cbitpos", "39").stdout == base
+
+
+def test_exactly_one_of_image_and_kernel(files):
+    kernel, initrd = files
+    _one_line_error(run("measure", kernel, "--kernel", kernel), "give IMAGE or --kernel, not both")
+    _one_line_error(run("measure"), "give IMAGE or --kernel")
+    _one_line_error(run("measure", kernel, "--initrd", initrd), "--initrd and --append go with --kernel")
+    _one_line_error(run("measure", kernel, "--append", "quiet"), "--initrd and --append go with --kernel")
+
+
+def test_bad_kernels_and_options_are_one_line_and_status_2(files, tmp_path):
+    kernel, initrd = files
+    elf = tmp_path / "vmlinux"
+    elf.write_bytes(b"\x7fELF" + bytes(4096))
+    _one_line_error(run("measure", "--kernel", elf), f"kernel {elf}: not a bzImage")
+    _one_line_error(run("measure", "--kernel", tmp_path / "none"), "no such file")
+    _one_line_error(run("measure", "--kernel", kernel, "--initrd", tmp_path / "none"), "initrd")
+    _one_line_error(run("measure", "--kernel", kernel, "--mem", "1M"), "too small for the kernel")
+    _one_line_error(run("measure", "--kernel", kernel, "--snp"), "--snp does not work with --kernel")
+    _one_line_error(run("measure", "--kernel", kernel, "--cbitpos", "47"), "C-bit at 39, not 47")
+    _one_line_error(run("measure", "--kernel", kernel, "--policy", "0x5"), "SEV-ES is not predicted yet")
+    result = run("measure", "--kernel", elf, "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["ok"] is False
+
+
+def test_verify_recomputes_a_kernel_launch_and_refuses_another_command_line(files, tmp_path):
+    """Scenario: a measurement of the kernel with `quiet` passes; the same kernel with another
+    command line, or another initrd, fails (status 1)."""
+    kernel, initrd = files
+    tk = bytes(range(32))
+    (tmp_path / "tk.bin").write_bytes(tk)
+    digest = kernel_launch_digest(kernel_plan(KERNEL, INITRD, "quiet", 256 * MiB, encrypted=True))
+    msg = bytes([4, 0, 24, 15]) + (1).to_bytes(4, "little") + digest + bytes(16)  # policy 0x1
+    meas = hmac.new(tk[16:], msg, hashlib.sha256).hexdigest()
+    args = ["verify", "--measurement", meas, "--mnonce", "00" * 16, "--tk", tmp_path / "tk.bin",
+            "--api-major", 0, "--api-minor", 24, "--build", 15, "--kernel", kernel, "--initrd", initrd]
+    assert run(*args, "--append", "quiet").exit_code == 0
+    assert run(*args, "--append", "init=/bin/sh").exit_code == 1
+    assert run(*args[:-2], "--append", "quiet").exit_code == 1  # no initrd
+    _one_line_error(run(*args, "--digest", digest.hex()), "exactly one of --digest, --image and --kernel")
+    _one_line_error(run(*args[:-4], "--digest", digest.hex(), "--initrd", initrd),
+                    "--initrd and --append go with --kernel")
