@@ -6,18 +6,22 @@ encrypted, and so is everything under transparent SME (TSME): the host key lives
 controller and, like every VEK, is made new at each boot. The attack's second half re-imports
 the frozen cells into a freshly powered machine and reads them through its (new) host key:
 ciphertext from the old boot decrypts to garbage.
+
+Against a kernel (`run_kernel`, hv.attacks.kernel_lab; a host without SME) the cells are frozen
+at the power-off exit and the judge looks for the initramfs's marker file.
 """
 
 from __future__ import annotations
 
 from hv.attacks.evidence import find_all, hexs
 from hv.attacks.findings import Findings, Seen
+from hv.attacks.kernel_lab import NO_CONTROL, KernelFiles, KernelLab
 from hv.attacks.lab import SHARED_MARKER, Lab
 from hv.attacks.outcome import Outcome
-from hv.attacks.snoop import snoop
-from hv.attacks.verdict import Trial, judge
+from hv.attacks.snoop import snoop, snoop_kernel
+from hv.attacks.verdict import KernelTrial, Trial, judge, judge_kernel
 
-__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
+__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run", "run_kernel"]
 
 ID = "A02"
 NAME = "cold boot"
@@ -25,7 +29,7 @@ PAPER = "Halderman et al., Lest We Remember: Cold Boot Attacks on Encryption Key
 PRIMITIVES = ("Phys", "R")
 
 
-def _freeze(lab: Lab) -> bytes:
+def _freeze(lab: Lab | KernelLab) -> bytes:
     return lab.physical().cold_boot.dump()
 
 
@@ -42,10 +46,25 @@ def _attack(trial: Trial, tsme: bool) -> Findings:
         control = "no control: under TSME no cell holds plaintext, the shared page's neither"
     return Findings(f"{host}: froze {len(cells) >> 20} MiB of DRAM cells and read them after a power "
                     f"cycle through the new host key; {control}",
-                    seen=(Seen("the raw DRAM cells", cells, space="SPA"),
-                          Seen("the cells read through the new host key", rebooted, space="SPA")),
-                    control=None if tsme and not marker else bool(marker))
+                    seen=_seen(cells, rebooted), control=None if tsme and not marker else bool(marker))
+
+
+def _seen(cells: bytes, rebooted: bytes) -> tuple[Seen, Seen]:
+    return (Seen("the raw DRAM cells", cells, space="SPA"),
+            Seen("the cells read through the new host key", rebooted, space="SPA"))
 
 
 def run(mode: str, *, tsme: bool = False) -> Outcome:
     return judge(ID, mode, lambda trial: _attack(trial, tsme))
+
+
+def _attack_kernel(trial: KernelTrial) -> Findings:
+    cells, lab = snoop_kernel(trial, _freeze, physical=True)
+    rebooted = lab.physical().power_cycle_read(cells)
+    return Findings(f"host without SME: froze {len(cells) >> 20} MiB of DRAM cells at the kernel's "
+                    f"power-off and read them after a power cycle through the new host key; {NO_CONTROL}",
+                    seen=_seen(cells, rebooted))
+
+
+def run_kernel(mode: str, files: KernelFiles) -> Outcome:
+    return judge_kernel(ID, mode, files, _attack_kernel)

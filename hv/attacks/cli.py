@@ -10,9 +10,11 @@ from typing import Callable, Iterator
 
 import click
 
+from hv.attacks.kernel_lab import KERNEL_MODES, KernelFiles
 from hv.attacks.outcome import MODES, Outcome
 from hv.kvm import Mode
-from hv.attacks.registry import ATTACKS, PRIMITIVE_CODES, by_id, run_matrix
+from hv.attacks.registry import ATTACKS, KERNEL_ATTACKS, PRIMITIVE_CODES, by_id, run_matrix
+from hv.vmm.initramfs import InitramfsError
 
 __all__ = ["attack", "one_mode"]
 
@@ -66,16 +68,24 @@ def list_(as_json: bool) -> None:
 @click.option("--sev", is_flag=True, help="Against an SEV guest.")
 @click.option("--sev-es", is_flag=True, help="Against an SEV-ES guest.")
 @click.option("--sev-snp", is_flag=True, help="Against an SEV-SNP guest. The modes exclude each other.")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Attack a Linux guest booted from this bzImage instead (A01, A02, A03; plain, "
+                   "--sev or --sev-es). The secret looked for is the initramfs's /etc/hv-secret.")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --kernel: the initramfs holding /etc/hv-secret (python tools/linux.py fetch).")
+@click.option("--append", default="", help="With --kernel: more kernel command line (the lab adds hv.init=poweroff).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, as_json: bool) -> None:
+def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, kernel: str | None, initrd: str | None,
+        append: str, as_json: bool) -> None:
     """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp.
+    With --kernel and --initrd the guest is a Linux kernel (the memory attacks A01-A03).
     Status 1 when the experiment broke (an "error" outcome: no verdict)."""
     mode = one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     try:
         a = by_id(name)
     except KeyError as e:
         raise click.BadParameter(str(e.args[0]), param_hint="NAME") from None
-    out = a.run(mode)
+    out = _run_kernel(a, Mode(mode), kernel, initrd, append) if (kernel or initrd or append) else a.run(mode)
     if as_json:
         click.echo(json.dumps(out.to_json(), indent=2))
     else:
@@ -83,6 +93,24 @@ def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, as_json: bool) -> Non
     if out.outcome == "error":
         click.echo(f"hv attack: {out.attack} {out.mode}: the experiment broke, no verdict", err=True)
         sys.exit(EXIT_ERROR_CELL)
+
+
+def _run_kernel(a, mode: Mode, kernel: str | None, initrd: str | None, append: str) -> Outcome:
+    """Attack `a` against a kernel guest, after refusing what cannot be judged (status 2)."""
+    if not kernel:
+        raise click.UsageError("--initrd and --append go with --kernel")
+    if not initrd:
+        raise click.UsageError("--kernel needs --initrd: the lab looks for the initramfs's /etc/hv-secret")
+    if a not in KERNEL_ATTACKS:
+        raise click.UsageError(f"{a.ID} does not take --kernel: against a kernel the lab runs "
+                               + ", ".join(k.ID for k in KERNEL_ATTACKS))
+    if mode not in KERNEL_MODES:
+        raise click.UsageError(f"--kernel runs plain, --sev and --sev-es guests, not --{mode.value}")
+    files = KernelFiles.read(kernel, initrd, append)
+    try:
+        return a.run_kernel(mode, files)
+    except InitramfsError as e:
+        raise click.BadParameter(str(e), param_hint="--initrd") from None
 
 
 @attack.command()

@@ -10,12 +10,17 @@ from hv.attacks import (a01_dump, a02_cold_boot, a03_dma, a04_registers, a05_rep
                         a15_launch_injection, a16_debug_policy)
 from hv.attacks.outcome import MODES, Outcome
 
-__all__ = ["ATTACKS", "PRIMITIVE_CODES", "by_id", "run_matrix"]
+__all__ = ["ATTACKS", "KERNEL_ATTACKS", "PRIMITIVE_CODES", "by_id", "run_matrix"]
 
 ATTACKS: tuple[ModuleType, ...] = (
     a01_dump, a02_cold_boot, a03_dma, a04_registers, a05_replay, a07_severed, a09_sevurity,
     a11_cipherleaks, a13_undeserved, a14_page_faults, a15_launch_injection, a16_debug_policy,
 )
+
+# The attacks that also take a Linux kernel (`run_kernel(mode, KernelFiles)`, hv.attacks.kernel_lab):
+# the memory reads, whose secret can be a file in the initramfs. A04 needs a secret live in a
+# register at an exit, which the kernel's marker file never is; the others need the service guest.
+KERNEL_ATTACKS: tuple[ModuleType, ...] = (a01_dump, a02_cold_boot, a03_dma)
 
 # What each code in an attack's PRIMITIVES lets the hypervisor do (the codes of attacks.md).
 PRIMITIVE_CODES: dict[str, str] = {

@@ -1,9 +1,10 @@
-"""The passive snooping run the dump attacks (A01-A03) and the demo share.
+"""The passive snooping run the dump attacks (A01-A03) and the demo share, and its kernel form.
 
 The `secret` guest holds its secret in private memory on its stack, heap and .bss and the
 non-secret HV-SHARED-MARKER in the one page it shares with the hypervisor; it writes the round
 number to the POST port 64 times while the secret is live. The snoop pauses the guest at round 32
 (an exit) and calls `look(lab)` there: whatever it reads is what the hypervisor could read.
+A kernel (hv.attacks.kernel_lab) is looked at in its last exit, its power-off.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from hv.hw.grants import TweakMode
 from hv.kvm import exits as K
 
 if TYPE_CHECKING:
-    from hv.attacks.verdict import Trial
+    from hv.attacks.kernel_lab import KernelLab
+    from hv.attacks.verdict import KernelTrial, Trial
 
-__all__ = ["POST_PORT", "SNOOP_ROUND", "snoop"]
+__all__ = ["POST_PORT", "SNOOP_ROUND", "snoop", "snoop_kernel"]
 
 POST_PORT = 0x80
 SNOOP_ROUND = 32
@@ -44,3 +46,16 @@ def snoop(trial: "Trial", look: Callable[[Lab], T], *, tsme: bool = False,
     if not seen:
         raise RuntimeError(f"the secret guest never reached round {SNOOP_ROUND}: {stop.describe()}")
     return seen[0], lab
+
+
+def snoop_kernel(trial: "KernelTrial", look: Callable[["KernelLab"], T], *,
+                 physical: bool = False) -> tuple[T, "KernelLab"]:
+    """Boot the trial's kernel to its init's power-off and call `look(lab)` at that last exit,
+    where the unpacked initramfs is still in memory. Only the init powers off, so a run that
+    ends another way (a panic, the time limit) never had the marker live: no verdict."""
+    lab = trial.lab(physical=physical)
+    result = lab.run()
+    if result.exit_reason != "poweroff":
+        raise RuntimeError(f"the kernel never reached its init's power-off: {result.exit_reason}"
+                           + (f" ({result.message})" if result.message else ""))
+    return look(lab), lab

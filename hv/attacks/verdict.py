@@ -8,6 +8,9 @@ attack a `Trial`: a way to launch those guests, never the secret. The attack ret
   the secret's own leading bytes;
 - raw material the hypervisor read wins if a 16-byte window of the secret, or the secret in hex
   (as the guests print it), is in it;
+A kernel trial (judge_kernel) has a fixed ground truth instead: the marker file of the initramfs
+it boots (/etc/hv-secret, tools/linux.py), which the judge reads from the initrd itself.
+
 - a dump whose honest control is missing, a guest that did not finish without a defence that
   stopped it, an effect seen in a guest that did not finish, a "wrong" guess that was right by
   chance, and an exception out of the experiment are all `error` cells: no verdict at all, never
@@ -21,10 +24,13 @@ from typing import Callable
 
 from hv.attacks.evidence import find_all, find_windows, hexs
 from hv.attacks.findings import Findings
+from hv.attacks.kernel_lab import KernelFiles, KernelLab
 from hv.attacks.lab import Lab
 from hv.attacks.outcome import Outcome
+from hv.vmm.initramfs import SECRET_PATH, InitramfsError, initrd_file
 
-__all__ = ["MIN_BITS", "SECRET_SIZE", "GroundTruth", "Trial", "judge", "verdict"]
+__all__ = ["MIN_BITS", "SECRET_SIZE", "GroundTruth", "KernelTrial", "Trial", "judge", "judge_kernel",
+           "kernel_truth", "verdict"]
 
 MIN_BITS = 64          # the fewest recovered bits the judge compares: a guess wins one time in 2^64
 SECRET_SIZE = 32       # bytes of the guests' secret (guests/service.c's SECRET_LEN)
@@ -58,6 +64,31 @@ class Trial:
         return Lab(image, self.mode, secret=self._truth.secret, **options)
 
 
+class KernelTrial:
+    """What an attack gets for one run against a kernel: the mode, and the kernel to boot. The
+    marker it looks for is in the initrd, which goes to the VMM untouched; the attack's code
+    never reads it out."""
+
+    __slots__ = ("mode", "_files")
+
+    def __init__(self, mode: str, files: KernelFiles):
+        self.mode = mode
+        self._files = files
+
+    def lab(self, **options) -> KernelLab:
+        """A KernelLab booting this trial's kernel in its mode (hv.attacks.kernel_lab)."""
+        return KernelLab(self._files, self.mode, **options)
+
+
+def kernel_truth(initrd: bytes) -> GroundTruth:
+    """The initramfs's marker file as a ground truth; InitramfsError (one line) without it."""
+    text = initrd_file(initrd, SECRET_PATH)
+    if text is None:
+        raise InitramfsError(f"the initrd holds no /{SECRET_PATH}, the file the lab looks for "
+                             "(python tools/linux.py fetch builds one that does)")
+    return GroundTruth(text)
+
+
 def _broke(e: BaseException) -> str:
     words = " ".join(str(e).split()) or "no message"
     return f"the experiment broke: {type(e).__name__}: {words[:300]}"
@@ -67,11 +98,23 @@ def judge(attack_id: str, mode: str, experiment: Callable[[Trial], Findings],
           truth: GroundTruth | None = None) -> Outcome:
     """Run `experiment` as one trial and judge what it found against the trial's secret."""
     truth = truth or GroundTruth()
+    return _judged(attack_id, mode, lambda: experiment(Trial(mode, truth)), truth.secret)
+
+
+def judge_kernel(attack_id: str, mode: str, files: KernelFiles,
+                 experiment: Callable[[KernelTrial], Findings]) -> Outcome:
+    """Run `experiment` against `files`' kernel and judge it against the initramfs's marker.
+    An initrd without the marker raises InitramfsError before anything runs."""
+    truth = kernel_truth(files.initrd)
+    return _judged(attack_id, mode, lambda: experiment(KernelTrial(mode, files)), truth.secret)
+
+
+def _judged(attack_id: str, mode: str, experiment: Callable[[], Findings], secret: bytes) -> Outcome:
     try:
-        found = experiment(Trial(mode, truth))
+        found = experiment()
     except Exception as e:  # noqa: BLE001 - any breakage becomes an error cell, in words
         return Outcome(attack_id, mode, "error", _broke(e))
-    outcome, why = verdict(found, truth.secret)
+    outcome, why = verdict(found, secret)
     evidence = f"{found.story}; {why}" if found.story else why
     return Outcome(attack_id, mode, outcome, evidence, found.to_json())
 

@@ -46,7 +46,8 @@ def newc_files(archive: bytes) -> dict[str, bytes]:
     pos = 0
     while True:
         if archive[pos:pos + 6] != _MAGIC:
-            raise InitramfsError(f"no newc cpio header at offset {pos}")
+            raise InitramfsError("not a newc cpio archive (plain or gzip)" if pos == 0 else
+                                 f"no newc cpio header at offset {pos}")
         name_end = pos + _HEADER + _field(archive, pos, _NAMESIZE)
         data = (name_end + 3) & ~3
         end = data + _field(archive, pos, _FILESIZE)

@@ -1,0 +1,78 @@
+"""The lab's Linux guest: a stock kernel and hv's test initramfs, as `hv run --kernel` boots them.
+
+The memory attacks (A01 dump, A02 cold boot, A03 DMA) take a kernel too (`hv attack run A01
+--kernel K --initrd I [--append A] [--sev | --sev-es]`). The kernel boots under the mode asked
+for through hv.vmm's KernelVmm, with its measured launch when encrypted, runs the initramfs's
+/init with `hv.init=poweroff` added to the command line, and stops at its power-off: the ACPI
+S5 write is its last exit, and the unpacked initramfs (the page cache of its root file system)
+is still in memory there. That is where the attack looks (hv.attacks.snoop.snoop_kernel).
+
+The ground truth is the initramfs's marker file (/etc/hv-secret, tools/linux.py), which the judge
+reads from the initrd it is given (hv.attacks.verdict.judge_kernel); the attacks here never do.
+There is no honest control: a plain kernel shares everything, and an encrypted one puts no text
+known in advance into the pages it decrypts (bounce buffers, under SEV-ES its GHCBs), so a
+"failed" verdict rests on the plain run, which reads the same memory the same way, succeeding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hv.attacks.lab import psp_state_path
+from hv.hw.grants import PhysicalAccess
+from hv.kvm import Mode
+from hv.vmm.initramfs import POWEROFF_PARAM
+from hv.vmm.linux import KernelConfig, KernelVmm
+from hv.vmm.linux_grants import kernel_physical_access
+from hv.vmm.runloop import RunResult
+
+__all__ = ["BOOT_LIMIT", "KERNEL_MODES", "KernelFiles", "KernelLab", "NO_CONTROL"]
+
+BOOT_LIMIT = 900.0  # seconds of wall time for one boot (a plain one takes about 30 here)
+KERNEL_MODES = (Mode.PLAIN, Mode.SEV, Mode.SEV_ES)  # what KernelVmm launches
+NO_CONTROL = "no control page: the kernel shares no page of known text with the hypervisor"
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """What the lab boots: the bzImage, the initrd (which holds the marker) and the user's
+    command line (the lab adds hv.init=poweroff)."""
+
+    kernel: bytes
+    initrd: bytes
+    append: str = ""
+    kernel_name: str = "bzImage"
+
+    @classmethod
+    def read(cls, kernel: str | Path, initrd: str | Path, append: str = "") -> "KernelFiles":
+        return cls(Path(kernel).read_bytes(), Path(initrd).read_bytes(), append, Path(kernel).name)
+
+
+class KernelLab:
+    """One kernel guest on one machine, launched honestly, run to its power-off."""
+
+    def __init__(self, files: KernelFiles, mode: str, *, physical: bool = False,
+                 timeout: float = BOOT_LIMIT):
+        self.mode = Mode(mode)
+        if self.mode not in KERNEL_MODES:
+            raise ValueError(f"a kernel runs plain, under SEV or SEV-ES, not {self.mode.label}")
+        self.config = KernelConfig(
+            kernel=files.kernel, initrd=files.initrd, append=f"{files.append} {POWEROFF_PARAM}".strip(),
+            timeout=timeout, kernel_name=files.kernel_name, mode=self.mode,
+            psp_state=psp_state_path() if self.mode.encrypted else None)
+        self.vmm = KernelVmm(self.config)
+        self.vm = self.vmm.vm
+        self._physical = kernel_physical_access(self.vmm) if physical else None
+        self.result: RunResult | None = None
+
+    def physical(self) -> PhysicalAccess:
+        """A physical attacker's access (as Lab.physical): only when made with physical=True."""
+        if self._physical is None:
+            raise PermissionError("this lab was not granted physical access (KernelLab(..., physical=True))")
+        return self._physical
+
+    def run(self) -> RunResult:
+        """Launch (measured when encrypted) and run until the guest stops."""
+        self.result = self.vmm.run()
+        return self.result
