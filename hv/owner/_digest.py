@@ -18,9 +18,10 @@ import dataclasses
 
 import sevwire
 from hv.owner._errors import OwnerInputError
+from hv.owner._inputs import parse_size, read_file
 
-__all__ = ["ImageDigest", "KernelDigest", "image_digest", "kernel_digest", "load_launch_regions",
-           "snp_measurement", "snp_pages"]
+__all__ = ["ImageDigest", "KernelDigest", "image_digest", "kernel_digest", "kernel_files_digest",
+           "load_launch_regions", "snp_measurement", "snp_pages"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +119,12 @@ def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: in
         raise OwnerInputError(f"{what}: {exc}") from None
     regions = tuple((gpa, len(data)) for gpa, data in kernel_launch_regions(plan))
     return KernelDigest(kernel_launch_digest(plan), regions, plan.cmdline, mem_size, KERNEL_CBITPOS)
+
+
+def kernel_files_digest(kernel: str, initrd: str | None, append: str | None, mem: str | None,
+                        policy: int = 0, cbitpos: int | None = None) -> KernelDigest:
+    """kernel_digest of the files at these paths, with the memory size as the user spelled it
+    (None: `hv run --kernel`'s default): what `--kernel --initrd --append --mem` give."""
+    return kernel_digest(read_file(kernel, "kernel"), read_file(initrd, "initrd") if initrd is not None else None,
+                         append or "", parse_size(mem) if mem is not None else None, policy, cbitpos,
+                         what=f"kernel {kernel}")

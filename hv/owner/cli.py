@@ -21,7 +21,7 @@ import click
 
 import sevwire
 from hv.owner._chain import verify_chain
-from hv.owner._digest import KernelDigest, image_digest, kernel_digest, snp_measurement, snp_pages
+from hv.owner._digest import image_digest, kernel_files_digest, snp_measurement, snp_pages
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._id_block import key_digest, make_id_block, read_p384_key
 from hv.owner._inputs import (
@@ -121,13 +121,6 @@ def _cbitpos_given(ctx: click.Context) -> bool:
     return ctx.get_parameter_source("cbitpos") is not click.core.ParameterSource.DEFAULT
 
 
-def _measure_kernel(kernel: str, initrd: str | None, append: str | None, mem: str | None, policy: int,
-                    cbitpos: int | None) -> KernelDigest:
-    return kernel_digest(read_file(kernel, "kernel"), read_file(initrd, "initrd") if initrd else None,
-                         append or "", parse_size(mem) if mem is not None else None, policy, cbitpos,
-                         what=f"kernel {kernel}")
-
-
 @click.group(cls=_OwnerGroup)
 def owner() -> None:
     """Guest owner tools: certificate chain, launch session, measurement, secret, SNP reports and
@@ -196,7 +189,7 @@ def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, appen
             raise OwnerInputError("--snp does not work with --kernel yet")
         pol = _policy(policy)
         cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
-        k = _measure_kernel(kernel, initrd, append, mem, pol, cbit)
+        k = kernel_files_digest(kernel, initrd, append, mem, pol, cbit)
         _emit(as_json, {"digest": k.digest.hex(), "kernel": kernel, "initrd": initrd, "cmdline": k.cmdline,
                         "mem_size": k.mem_size, "cbitpos": k.cbitpos, "policy": pol,
                         "regions": [{"gpa": gpa, "len": length} for gpa, length in k.regions]},
@@ -265,7 +258,7 @@ def verify_cmd(measurement: str, mnonce: str, tk_path: str, digest: str | None, 
         ld = parse_hex(digest, 32, "--digest")
     elif kernel is not None:
         cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
-        ld = _measure_kernel(kernel, initrd, append, mem, pol, cbit).digest
+        ld = kernel_files_digest(kernel, initrd, append, mem, pol, cbit).digest
     else:
         ld = image_digest(read_file(image, "image"), parse_size(mem if mem is not None else DEFAULT_MEM),
                           cbitpos, pol).digest

@@ -1,9 +1,10 @@
 """`python -m hv.owner.exec`: the guest owner's side of `hv run --owner-exec CMD`.
 
-SEV and SEV-ES (`--tk FILE --image IMG|--digest HEX --secret FILE`): reads one JSON request from
-stdin, {"measurement": hex32, "mnonce": hex16, "api_major": int, "api_minor": int, "build": int,
-"policy": int}, and answers with a LAUNCH_SECRET packet {"header": hex52, "data": hex} for the
-expected launch (`respond`). The expected digest comes from --image (via hv.boot) or --digest.
+SEV and SEV-ES (`--tk FILE --image IMG|--digest HEX|--kernel BZIMAGE [--initrd FILE] [--append
+CMDLINE] --secret FILE`): reads one JSON request from stdin, {"measurement": hex32, "mnonce":
+hex16, "api_major": int, "api_minor": int, "build": int, "policy": int}, and answers with a
+LAUNCH_SECRET packet {"header": hex52, "data": hex} for the expected launch (`respond`). The
+expected digest comes from --image or --kernel (via hv.boot, as `hv owner measure`) or --digest.
 
 SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]
 [--id-key PEM]`): reads
@@ -28,7 +29,7 @@ import sys
 import click
 
 import sevwire
-from hv.owner._digest import image_digest, snp_measurement
+from hv.owner._digest import image_digest, kernel_files_digest, snp_measurement
 from hv.owner._errors import OwnerError, OwnerInputError
 from hv.owner._id_block import key_digest, read_p384_key
 from hv.owner._inputs import DEFAULT_CBITPOS, DEFAULT_MEM, parse_hex, parse_int, parse_size, read_file, read_tk
@@ -65,26 +66,38 @@ def parse_snp_request(request: object) -> bytes:
 @click.option("--image", default=None, type=click.Path(dir_okay=False), help="The image the guest must run.")
 @click.option("--digest", default=None, help="Or (SEV, SEV-ES): the expected launch digest (32 bytes, hex).")
 @click.option("--measurement", default=None, help="Or (--snp): the expected measurement (48 bytes, hex).")
+@click.option("--kernel", default=None, type=click.Path(dir_okay=False),
+              help="Or (SEV): the Linux bzImage the guest must run (`hv run --kernel`).")
+@click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd.")
+@click.option("--append", default=None, help="With --kernel: the command line after hv's own.")
 @click.option("--secret", "secret_path", required=True, type=click.Path(dir_okay=False), help="Secret to release.")
-@click.option("--mem", default=str(DEFAULT_MEM >> 20) + "M", show_default=True, help="Guest memory size.")
+@click.option("--mem", default=None,
+              help=f"Guest memory size [default: {DEFAULT_MEM >> 20}M for an image, 256M for a kernel].")
 @click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int, help="C-bit position.")
 @click.option("--policy", default=None, help="Refuse guests launched under any other policy.")
 @click.option("--id-key", "id_key", default=None, type=click.Path(dir_okay=False),
               help="(--snp) Refuse guests not launched with an ID block signed by this P-384 key (PEM).")
 def main(snp: bool, tk_path: str | None, chain_dir: str | None, image: str | None, digest: str | None,
-         measurement: str | None, secret_path: str, mem: str, cbitpos: int, policy: str | None,
-         id_key: str | None) -> None:
+         measurement: str | None, kernel: str | None, initrd: str | None, append: str | None,
+         secret_path: str, mem: str | None, cbitpos: int, policy: str | None, id_key: str | None) -> None:
     """Answer one request on stdin (a launch measurement, or with --snp an attestation report)
     with the secret for the expected guest, or a refusal."""
     try:
+        if kernel is None and (initrd is not None or append is not None):
+            raise OwnerInputError("--initrd and --append go with --kernel")
         if snp:
-            answer_request = _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
-                                       cbitpos, policy, id_key)
+            if kernel is not None:
+                raise OwnerInputError("--kernel does not work with --snp yet")
+            answer_request = _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path,
+                                       mem or DEFAULT_MEM, cbitpos, policy, id_key)
         else:
             if id_key is not None:
                 raise OwnerInputError("--id-key checks SEV-SNP reports: add --snp")
-            answer_request = _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem,
-                                       cbitpos, policy)
+            cbit_given = click.get_current_context().get_parameter_source("cbitpos") is not (
+                click.core.ParameterSource.DEFAULT)
+            kernel_files = None if kernel is None else (kernel, initrd, append, cbitpos if cbit_given else None)
+            answer_request = _sev_mode(tk_path, chain_dir, image, digest, measurement, kernel_files,
+                                       secret_path, mem, cbitpos, policy)
     except (OwnerError, sevwire.SevWireError) as exc:
         click.echo(f"hv owner exec: {exc}", err=True)
         sys.exit(2)
@@ -95,20 +108,25 @@ def main(snp: bool, tk_path: str | None, chain_dir: str | None, image: str | Non
     _answer(answer, 1 if "refuse" in answer else 0)
 
 
-def _sev_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy):
+def _sev_mode(tk_path, chain_dir, image, digest, measurement, kernel_files, secret_path, mem, cbitpos,
+              policy):
+    """`kernel_files`: (kernel, initrd, append, an explicit --cbitpos or None), or None."""
     if tk_path is None:
         raise OwnerInputError("--tk is required (or --snp for an SEV-SNP guest)")
     if chain_dir is not None or measurement is not None:
         raise OwnerInputError("--chain and --measurement are for SEV-SNP reports: add --snp")
-    if (image is None) == (digest is None):
-        raise OwnerInputError("give exactly one of --image and --digest")
+    if sum(x is not None for x in (image, digest, kernel_files)) != 1:
+        raise OwnerInputError("give exactly one of --image, --digest and --kernel")
     expected_policy = None if policy is None else int(sevwire.parse_policy(policy))
     tk = read_tk(tk_path)
     secret = read_file(secret_path, "secret")
     if digest is not None:
         expected = parse_hex(digest, 32, "--digest")
+    elif kernel_files is not None:
+        kernel, initrd, append, cbit = kernel_files
+        expected = kernel_files_digest(kernel, initrd, append, mem, expected_policy or 0, cbit).digest
     else:
-        expected = image_digest(read_file(image, "image"), parse_size(mem), cbitpos,
+        expected = image_digest(read_file(image, "image"), parse_size(mem or DEFAULT_MEM), cbitpos,
                                 expected_policy or 0).digest
     return lambda request: respond(request, tk.tek + tk.tik, expected, secret,
                                    expected_policy=expected_policy)

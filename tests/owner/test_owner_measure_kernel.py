@@ -10,9 +10,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import sevwire as sw
 from hv.boot import kernel_launch_digest, kernel_plan
 from hv.owner.cli import owner
 from tests.boot.test_bzimage import MiB, synthetic
+from tests.owner.test_owner_respond import run_exec
 
 KERNEL = bytes(synthetic())
 INITRD = b"only the initramfs holds this\n" * 100
@@ -114,3 +116,27 @@ def test_verify_recomputes_a_kernel_launch_and_refuses_another_command_line(file
     _one_line_error(run(*args, "--digest", digest.hex()), "exactly one of --digest, --image and --kernel")
     _one_line_error(run(*args[:-4], "--digest", digest.hex(), "--initrd", initrd),
                     "--initrd and --append go with --kernel")
+
+
+def test_owner_exec_answers_the_expected_kernel_launch_only(files, tmp_path):
+    """Scenario: `hv run --kernel ... --sev --owner-exec` asks the owner; the owner's exec with
+    --kernel/--initrd/--append releases the secret for that launch and refuses one whose
+    command line differs (status 1)."""
+    kernel, initrd = files
+    tk, mnonce = bytes(range(32)), bytes(16)
+
+    def request(append: str) -> str:
+        digest = kernel_launch_digest(kernel_plan(KERNEL, INITRD, append, 256 * MiB, encrypted=True))
+        meas = sw.launch_measure(tk[16:], 0, 24, 15, 1, digest, mnonce)
+        return json.dumps({"measurement": meas.hex(), "mnonce": mnonce.hex(), "policy": 1,
+                           "api_major": 0, "api_minor": 24, "build": 15})
+
+    args = ("--kernel", str(kernel), "--initrd", str(initrd), "--append", "quiet")
+    proc = run_exec(tmp_path, tk, request("quiet"), *args)
+    assert proc.returncode == 0 and "header" in json.loads(proc.stdout), proc.stderr
+    proc = run_exec(tmp_path, tk, request("init=/bin/sh"), *args)
+    assert proc.returncode == 1 and "refuse" in json.loads(proc.stdout)
+    proc = run_exec(tmp_path, tk, request("quiet"), "--kernel", str(kernel), "--digest", "00" * 32)
+    assert proc.returncode == 2 and "exactly one of --image, --digest and --kernel" in proc.stderr
+    proc = run_exec(tmp_path, tk, request("quiet"), "--digest", "00" * 32, "--append", "quiet")
+    assert proc.returncode == 2 and "--initrd and --append go with --kernel" in proc.stderr
