@@ -56,6 +56,8 @@ def snoop_kernel(trial: "KernelTrial", look: Callable[["KernelLab"], T], *,
     lab = trial.lab(physical=physical)
     result = lab.run()
     if result.exit_reason != "poweroff":
+        last = [line.strip() for line in result.serial.splitlines() if line.strip()][-1:]
         raise RuntimeError(f"the kernel never reached its init's power-off: {result.exit_reason}"
-                           + (f" ({result.message})" if result.message else ""))
+                           + (f" ({result.message})" if result.message else "")
+                           + (f"; its console's last line: {last[0]}" if last else "; its console is empty"))
     return look(lab), lab
