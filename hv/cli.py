@@ -189,11 +189,12 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
     if kernel or initrd or append:
         _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
         _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                    max_insns, trace_file, gdb, gdb_wait, {"--secret-file": secret_file, "--session": session_dir,
-                     "--owner-exec": owner_exec, "--id-block": id_block_dir,
-                     "--trace-insn": trace_insn, "--policy": policy is not None,
+                    max_insns, trace_file, gdb, gdb_wait, {"--secret-file": secret_file,
+                     "--id-block": id_block_dir, "--trace-insn": trace_insn,
                      "--cbitpos": cbitpos is not None, "--tsme": tsme,
-                     **{f"--{k.replace('_', '-')}": v for k, v in migration.items()}})
+                     **{f"--{k.replace('_', '-')}": v for k, v in migration.items()}},
+                    dict(policy=policy, session_dir=session_dir, owner_exec=owner_exec,
+                         psp_state=(psp_state or default_psp_state()) if mode.encrypted else None))
     mem = mem or (64 << 20)
     _check_debug_options(gdb, gdb_wait, trace_file, trace_insn)
     moves = Moves.from_options(migration, image=image, mode=mode, psp_state=psp_state, others=dict(
@@ -249,21 +250,26 @@ def run(image, kernel, initrd, append, mem, sev, sev_es, sev_snp, policy, cbitpo
 
 
 def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_json, dump_dram,
-                max_insns, trace_file, gdb, gdb_wait, others) -> None:
-    from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, refuse_with_kernel, run_kernel
+                max_insns, trace_file, gdb, gdb_wait, others, launch) -> None:
+    from hv.vmm.linux_cli import KERNEL_DEFAULT_MEM, KERNEL_MODES, refuse_with_kernel, run_kernel
 
     if not kernel:
         raise click.UsageError("--initrd and --append go with --kernel")
     if image:
         raise click.UsageError("give IMAGE or --kernel, not both")
-    if mode.encrypted:
-        raise click.UsageError(f"--kernel runs plain guests for now, not --{mode.value}")
+    if mode not in KERNEL_MODES:
+        raise click.UsageError(f"--kernel runs plain and --sev guests for now, not --{mode.value}")
+    if (launch["session_dir"] or launch["owner_exec"]) and not mode.encrypted:
+        raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
+    if launch["policy"] is not None and not mode.encrypted:
+        raise click.UsageError("--policy needs an encrypted mode (--sev)")
     refuse_with_kernel(others)
     for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
         if path:
             check_writable(path, option)
     vmm, result = run_kernel(kernel, initrd, append, mem or KERNEL_DEFAULT_MEM, timeout,
-                             max_insns, quiet or as_json, _sigint_stops, trace_file, gdb, gdb_wait)
+                             max_insns, quiet or as_json, _sigint_stops, trace_file, gdb, gdb_wait,
+                             mode=mode, **launch)
     if dump_dram:
         try:
             Path(dump_dram).write_bytes(vmm.dump_guest_memory())

@@ -19,11 +19,18 @@ from hv.hw.grants import HypervisorPort, KeyServer, PhysicalAccess
 from hv.hw.memctl import MemoryController
 from hv.hw.npt import NestedPageTable
 from hv.hw.oscpu import OsCpu
+from hv.hw.osmem import PrivateRam
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
 from hv.hw.psp import PspMailbox
 from hv.hw.rmp import RmpEntry
 
 __all__ = ["Machine", "MachineConfig", "TweakMode"]
+
+SEV_STATUS = 0xC0010131  # read-only: bit 0 SEV, 1 SEV-ES, 2 SEV-SNP
+
+
+def _ignore(_value: int) -> None:
+    """A write to a read-only MSR the core does not fault on."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,21 @@ class Machine:
     def new_cpu(self, control: GuestControl) -> Cpu:
         return Cpu(self._mc, control)
 
-    def new_os_cpu(self, ram_spa: SPA, ram_size: int, **devices) -> OsCpu:
-        """A core for a plain operating system over host memory [ram_spa, ram_spa + ram_size)
-        (hv.hw.oscpu); `devices` are its in-kernel port devices, CPUID table and TSC."""
+    def new_os_cpu(self, ram_spa: SPA, ram_size: int, asid: int = 0, cbit: int = 0,
+                   sev_status: int = 0, **devices) -> OsCpu:
+        """A core for an operating system over host memory [ram_spa, ram_spa + ram_size)
+        (hv.hw.oscpu); `devices` are its in-kernel port devices, CPUID table and TSC. With an
+        `asid` the guest is encrypted with that key: its C-bit (`cbit`) leads to private memory
+        (hv.hw.osmem) and SEV_STATUS reads `sev_status`."""
         self._mc.check_range(ram_spa, ram_size)
         self._mc.check_host(ram_spa, ram_size)
-        return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, **devices)
+        if not asid:
+            return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, **devices)
+        self._mc.check_slot(asid)
+        private = PrivateRam(self._mc, ram_spa, ram_size, asid)
+        msrs = {SEV_STATUS: (lambda: sev_status, _ignore)}
+        return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, private=private, cbit=cbit,
+                     msrs=msrs, **devices)
 
     def stats(self) -> dict[str, int]:
         return dict(self._mc.stats)

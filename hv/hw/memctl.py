@@ -77,6 +77,9 @@ class MemoryController:
         self.rmp: Rmp | None = None  # once SNP is enabled (enable_rmp); None costs nothing
         self.stats = {"pages_decrypted": 0, "pages_encrypted": 0, "tlb_flushes": 0}
         self.trace = None  # a trace sink (Cpu.set_trace); None costs one check per page moved
+        # The private memory of encrypted operating systems (hv.hw.osmem.PrivateRam): caches no
+        # TLB fill tells about, made current whenever another agent reads or writes DRAM.
+        self.os_caches: list = []
 
     # -- checks ----------------------------------------------------------------------------------
     def check_range(self, spa: int, length: int) -> None:
@@ -176,6 +179,8 @@ class MemoryController:
 
     def writeback(self, p0: int, p1: int, keep: int | None = None) -> bool:
         """Make DRAM current for pages [p0, p1); return True if any view was downgraded."""
+        for cache in self.os_caches:
+            cache.writeback(p0, p1)
         changed = False
         for v in self.views.values():
             if v.slot == keep:
@@ -192,6 +197,8 @@ class MemoryController:
 
     def invalidate(self, p0: int, p1: int, keep: int | None = None) -> bool:
         """Write back, then drop every cached copy of pages [p0, p1); True if any view held one."""
+        for cache in self.os_caches:
+            cache.invalidate(p0, p1)
         self.writeback(p0, p1, keep)
         dropped = False
         for v in self.views.values():

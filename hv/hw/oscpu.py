@@ -29,14 +29,16 @@ import ctypes
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
+import numpy as np
 from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_PROT_ALL, UcError)
 from unicorn import x86_const as X
 
 from hv.hw import ucraw
 from hv.hw.debughooks import add_code_hook, remove_code_hook
+from hv.hw.osmem import PrivateRam
 from hv.hw.ucraw import UcIntel
 
 __all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
@@ -45,6 +47,13 @@ _MASK64 = (1 << 64) - 1
 _HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
 UD, DF, GP = 6, 8, 13
 _IF, _TF, _NT, _RF, _VM, _AC = 0x200, 0x100, 0x4000, 0x10000, 0x20000, 0x40000
+_ADDR = 0x000F_FFFF_FFFF_F000
+EXIT_MSR = 0x7C  # SVM exit codes (AMD APM vol. 2, appendix C)
+_VMEXIT = 0x100  # QEMU reports an intercept as exception 0x100 + exit code
+_EFER, _VM_HSAVE_PA, _EFER_SVME = 0xC0000080, 0xC0010117, 1 << 12
+_HF_GUEST = 1 << 21
+
+MsrHandler = tuple[Callable[[], int], Callable[[int], None]]
 
 
 class CpuStateError(RuntimeError):
@@ -150,6 +159,64 @@ class _CpuState:
                                 "(hv's OS core needs Unicorn 2.1.x)")
 
 
+class _GuestMode:
+    """The core runs the guest in SVM guest mode, so that chosen MSRs are intercepted precisely.
+
+    Unicorn cannot hook RDMSR or WRMSR, but QEMU's core implements AMD's SVM: a VMRUN from a stub
+    puts the core in guest mode with an MSR permission map, and an intercepted access then raises
+    exception 0x100 + exit code (QEMU's #VMEXIT, which Unicorn hands to the interrupt hook instead
+    of switching worlds) with the state at the instruction, nothing of it executed. The core
+    emulates the access and resumes in guest mode; the host side of the VMRUN never runs again.
+    The VMCB, the permission maps and the stub live in a region of Unicorn's physical space that
+    is not guest memory (just below 1 TiB)."""
+
+    BASE = (1 << 40) - 0x10000
+    SIZE = 0x10000
+    STUB, VMCB, HSAVE, IOPM, MSRPM = 0x0, 0x1000, 0x2000, 0x3000, 0x6000
+
+    def __init__(self, uc: UcIntel, msrs):
+        self.mem = np.zeros(self.SIZE, dtype=np.uint8)
+        uc.mem_map_ptr(self.BASE, self.SIZE, UC_PROT_ALL, self.mem.ctypes.data)
+        put = self._put
+        put(self.STUB, b"\x0f\x01\xd8\xf4")  # VMRUN; the guest's first instruction: HLT
+        vmcb = self.VMCB
+        put(vmcb + 0x0C, struct.pack("<II", 1 << 28, 1))  # intercept MSR_PROT; VMRUN (required)
+        put(vmcb + 0x40, struct.pack("<QQ", self.BASE + self.IOPM, self.BASE + self.MSRPM))
+        put(vmcb + 0x58, struct.pack("<I", 1))  # guest ASID (QEMU's core ignores it)
+        for msr in msrs:
+            bit = self._msrpm_bit(msr)
+            self.mem[self.MSRPM + bit // 8] |= 3 << (bit % 8)  # reads and writes
+        # The state VMRUN loads: flat segments at the current mode, RIP at the HLT after VMRUN.
+        for off, sel, attr in ((0x400, 0x18, 0xC93), (0x410, 0x10, 0x29B), (0x420, 0x18, 0xC93),
+                               (0x430, 0x18, 0xC93)):
+            put(vmcb + off, struct.pack("<HHIQ", sel, attr, 0xFFFFFFFF, 0))
+        efer = uc.msr_read(_EFER)
+        put(vmcb + 0x4D0, struct.pack("<Q", efer & ~_EFER_SVME))
+        put(vmcb + 0x548, struct.pack("<QQQ", uc.reg_read(X.UC_X86_REG_CR4),
+                                      uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR0)))
+        put(vmcb + 0x570, struct.pack("<QQ", 2, self.BASE + self.STUB + 3))  # RFLAGS, RIP
+        put(vmcb + 0x668, struct.pack("<Q", 0x0007040600070406))  # PAT
+        uc.msr_write(_EFER, efer | _EFER_SVME)
+        uc.msr_write(_VM_HSAVE_PA, self.BASE + self.HSAVE)
+        uc.reg_write(X.UC_X86_REG_RAX, self.BASE + vmcb)
+        uc.emu_start(self.BASE + self.STUB, 0)
+        state = _CpuState(uc)
+        if not state.get(_CpuState.HFLAGS, "<I") & _HF_GUEST:
+            raise CpuStateError("this Unicorn did not enter SVM guest mode (VMRUN)")
+        uc.reg_write(X.UC_X86_REG_RAX, 0)
+
+    def _put(self, off: int, data: bytes) -> None:
+        self.mem[off:off + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    @staticmethod
+    def _msrpm_bit(msr: int) -> int:
+        """The read-intercept bit of `msr` in the MSR permission map (write: the next bit)."""
+        for base, offset in ((0, 0), (0xC0000000, 0x800), (0xC0010000, 0x1000)):
+            if base <= msr < base + 0x2000:
+                return offset * 8 + (msr - base) * 2
+        raise ValueError(f"MSR {msr:#x} is outside the ranges SVM's permission map covers")
+
+
 class OsCpu:
     """One vCPU running a plain (unencrypted) operating system over `ram_size` bytes of RAM at
     host address `ram_ptr` (guest-physical 0). `pio_in(port, size) -> int` and
@@ -157,17 +224,41 @@ class OsCpu:
     ends the run with OsStop at the next clean point after the OUT (before the next memory access
     or at the end of the block: a few more instructions may run), which is meant for ending the
     machine (power off, reset), not for resuming it at an exact instruction. `cpuid(leaf, subleaf)` answers CPUID;
-    `tsc()` gives the TSC's value."""
+    `tsc()` gives the TSC's value.
+
+    An encrypted guest (`private`, hv.hw.osmem) sees its RAM a second time at 1 << `cbit`
+    (Unicorn-physical), the plaintext of its private pages: its own page tables choose, through
+    the C-bit, which one each access reaches. `msrs` maps MSR indices to (read, write) handlers;
+    the core then runs in SVM guest mode so that those accesses, and only those, stop precisely
+    (_GuestMode)."""
 
     def __init__(self, ram_ptr: int, ram_size: int, pio_in: Callable[[int, int], int],
                  pio_out: Callable[[int, int, int], bool],
                  cpuid: Callable[[int, int], tuple[int, int, int, int]], tsc: Callable[[], int],
-                 tcg_buffer: int = 64 << 20):
+                 tcg_buffer: int = 64 << 20, private: PrivateRam | None = None, cbit: int = 0,
+                 msrs: Mapping[int, MsrHandler] | None = None):
         uc = self._uc = ucraw.new_x86_64(cpu=X.UC_CPU_X86_EPYC)
         _CpuState.check(uc)
         uc.ctl_set_tcg_buffer_size(tcg_buffer)
-        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ram_ptr)
         self.ram_size = ram_size
+        self._private = private
+        self._cmask = 0
+        if private is None:
+            uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ram_ptr)
+        else:
+            # The guest computes on its plaintext, reached with and without the C-bit alike;
+            # DRAM (ram_ptr) follows it through hv.hw.osmem.
+            if not 32 <= cbit < 40 or private.size != ram_size:
+                raise ValueError("an encrypted OS guest needs its C-bit below bit 40 and private "
+                                 "RAM the size of its RAM")
+            self._cmask = 1 << cbit
+            for base, ptr in zip((0, self._cmask), private.alias_ptrs):
+                uc.mem_map_ptr(base, ram_size, UC_PROT_ALL, ptr)
+            private.shared_pages = self._shared_pages
+        self._msrs = dict(msrs or {})
+        self._vmexit: int | None = None
+        if self._msrs:
+            self._guest_mode = _GuestMode(uc, self._msrs)
         self._pio_in, self._pio_out, self._cpuid, self._tsc = pio_in, pio_out, cpuid, tsc
         self._flag = ctypes.c_uint8(0)
         self._stop_hooks = ucraw.StopHooks()
@@ -206,13 +297,14 @@ class OsCpu:
     def enter_long_mode(self, gdt: tuple[int, int], cr3: int, code_selector: int,
                         data_selector: int) -> None:
         """The state a 64-bit boot loader leaves: paging and long mode on (CR0.PG/PE, CR4.PAE,
-        EFER.LME/LMA), the given GDT (base, limit) and page tables, flat 64-bit segments,
+        EFER.LME/LMA), MTRRs enabled with write-back as the default type, the given GDT (base, limit) and page tables, flat 64-bit segments,
         interrupts off. The caller sets RIP and the argument registers."""
         uc = self._uc
         uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt[0], gdt[1], 0))
         uc.reg_write(X.UC_X86_REG_CR3, cr3)
         uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
         uc.msr_write(0xC0000080, 0x500)  # EFER: LME, LMA
+        uc.msr_write(0x2FF, 0xC06)  # MTRRdefType: MTRRs on, write-back (Linux then sets up PAT)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # PG, ET, PE
         uc.reg_write(X.UC_X86_REG_CS, code_selector)
         for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
@@ -220,29 +312,79 @@ class OsCpu:
         uc.reg_write(X.UC_X86_REG_RFLAGS, 2)
 
     def translate(self, gva: int) -> int | None:
-        """The guest-physical address of `gva` through the guest's 4-level tables, or None."""
-        table = self._uc.reg_read(X.UC_X86_REG_CR3) & 0x000F_FFFF_FFFF_F000
+        """The guest-physical address of `gva` through the guest's 4-level tables, or None (an
+        encrypted guest's C-bit is not part of it)."""
+        paddr = self._walk(gva)
+        return None if paddr is None else paddr & ~self._cmask
+
+    def _in_ram(self, paddr: int, length: int) -> bool:
+        return (paddr & ~self._cmask) + length <= self.ram_size
+
+    def _walk(self, gva: int) -> int | None:
+        """Where the core's own access to `gva` lands in Unicorn's physical space: the C-bit
+        leads to the private plaintext, as the walk of the part does (its table reads too)."""
+        table = self._uc.reg_read(X.UC_X86_REG_CR3) & _ADDR
         for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
             addr = table + ((gva >> shift) & 0x1FF) * 8
-            if addr + 8 > self.ram_size:
+            if not self._in_ram(addr, 8):
                 return None
             entry = int.from_bytes(self._uc.mem_read(addr, 8), "little")
             if not entry & 1:
                 return None
             if level in (2, 3) and entry & 0x80:
                 mask = (1 << shift) - 1
-                return (entry & 0x000F_FFFF_FFFF_F000 & ~mask) | (gva & mask)
-            table = entry & 0x000F_FFFF_FFFF_F000
+                return (entry & _ADDR & ~mask) | (gva & mask)
+            table = entry & _ADDR
         return table | (gva & 0xFFF)
 
+    def _shared_pages(self, out: np.ndarray) -> None:
+        """Classify guest pages for hv.hw.osmem by the guest's mappings under its current CR3:
+        True for a page some mapping reaches without the C-bit, False for one reached only with
+        it; pages nothing maps keep their class."""
+        assert self._private is not None
+        buf, cmask, npages = self._private.buf, self._cmask, len(out)
+        seen_private = np.zeros(npages, dtype=bool)
+        seen_shared = np.zeros(npages, dtype=bool)
+        addr = np.uint64(_ADDR & ~cmask)
+        todo = [((self._uc.reg_read(X.UC_X86_REG_CR3) & _ADDR & ~cmask), 4)]
+        visited = set()
+        while todo:
+            table, level = todo.pop()
+            if table in visited or table + 0x1000 > self.ram_size:
+                continue
+            visited.add(table)
+            entries = buf[table:table + 0x1000].view(np.uint64)
+            present = entries[(entries & np.uint64(1)) != 0]
+            if level > 1:
+                big = (present & np.uint64(0x80)) != 0 if level in (2, 3) else np.zeros(len(present), bool)
+                todo.extend((int(e & addr), level - 1) for e in present[~big])
+                leaves, shift = present[big], 12 + 9 * (level - 1)
+            else:
+                leaves, shift = present, 12
+            for e in leaves.tolist():
+                first = (e & int(addr) & ~((1 << shift) - 1)) >> 12
+                last = min(first + (1 << (shift - 12)), npages)
+                if first < last:
+                    (seen_private if e & cmask else seen_shared)[first:last] = True
+        out[seen_private] = False
+        out[seen_shared] = True
+
     def read_virt(self, gva: int, length: int) -> bytes | None:
+        """What the hypervisor reads at `gva`: guest memory as stored in DRAM (an encrypted
+        guest's private pages as ciphertext)."""
+        return self._read_virt(gva, length, host=True)
+
+    def _read_virt(self, gva: int, length: int, host: bool = False) -> bytes | None:
         out = b""
         while length > 0:
             n = min(length, 0x1000 - (gva & 0xFFF))
-            gpa = self.translate(gva)
-            if gpa is None or gpa + n > self.ram_size:
+            paddr = self._walk(gva)
+            if paddr is None or not self._in_ram(paddr, n):
                 return None
-            out += bytes(self._uc.mem_read(gpa, n))
+            if host and self._private is not None:
+                out += self._private.read(paddr & ~self._cmask, n)
+            else:
+                out += bytes(self._uc.mem_read(paddr, n))
             gva, length = (gva + n) & _MASK64, length - n
         return out
 
@@ -250,10 +392,10 @@ class OsCpu:
         pos = 0
         while pos < len(data):
             n = min(len(data) - pos, 0x1000 - ((gva + pos) & 0xFFF))
-            gpa = self.translate((gva + pos) & _MASK64)
-            if gpa is None or gpa + n > self.ram_size:
+            paddr = self._walk((gva + pos) & _MASK64)
+            if paddr is None or not self._in_ram(paddr, n):
                 return False
-            self._uc.mem_write(gpa, data[pos:pos + n])
+            self._uc.mem_write(paddr, data[pos:pos + n])
             pos += n
         return True
 
@@ -309,8 +451,30 @@ class OsCpu:
         return True
 
     def _on_intr(self, uc, intno, _user):
-        self._exception = intno
+        if intno >= _VMEXIT:
+            self._vmexit = intno - _VMEXIT
+        else:
+            self._exception = intno
         uc.emu_stop()
+
+    def _intercept(self, code: int) -> str | None:
+        """An intercepted instruction (guest mode): emulate it and go on after it."""
+        uc = self._uc
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        insn = self._read_virt(rip, 2)
+        if code != EXIT_MSR or insn not in (b"\x0f\x32", b"\x0f\x30"):
+            return f"unexpected intercept {code:#x} at RIP {rip:#x}"
+        index = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        read, write = self._msrs[index]
+        if insn == b"\x0f\x32":
+            value = read() & _MASK64
+            uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+        else:
+            write((uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                  | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+        return None
 
     # -- running -----------------------------------------------------------------------------------------
     def enable_counting(self, budget: int) -> None:
@@ -358,11 +522,22 @@ class OsCpu:
             if self._kicked.is_set():
                 return OsInterrupted()
             self._flag.value = 0
+            if self._private is not None and self._private.pending() and self._private.refresh():
+                uc.ctl_flush_tb()  # plaintext changed under code that may have been translated
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             try:
                 uc.emu_start(rip, 0)
             except UcError as e:
                 return OsShutdown(f"emulator error at RIP {uc.reg_read(X.UC_X86_REG_RIP):#x}: {e}")
+            finally:
+                if self._private is not None:
+                    self._private.guest_ran()
+            if self._vmexit is not None:
+                code, self._vmexit = self._vmexit, None
+                failed = self._intercept(code)
+                if failed is not None:
+                    return OsShutdown(failed)
+                continue
             if self._exception is not None:
                 vector, self._exception = self._exception, None
                 if self._invalid:
@@ -389,12 +564,23 @@ class OsCpu:
             if self._flag.value or self._kicked.is_set():
                 return OsInterrupted()
             rip = uc.reg_read(X.UC_X86_REG_RIP)
-            if self.read_virt(rip - 1, 1) == b"\xf4":
+            if self._read_virt(rip - 1, 1) == b"\xf4":
                 self.stats["halts"] += 1
                 if self.trace is not None:
                     self.trace("hlt", rip=rip - 1)
                 return OsHalt(bool(uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF))
             return OsShutdown(f"emulation stopped without a cause at RIP {rip:#x}")
+
+    def close(self) -> None:
+        """Release what the core holds outside Unicorn (an encrypted guest's memory tracking)."""
+        if self._private is not None:
+            self._private.close()
+
+    def memory_stats(self) -> dict[str, int]:
+        """Pages an encrypted guest's memory moved to DRAM (encrypted) and back (decrypted)."""
+        p = self._private
+        return {"pages_encrypted": p.stats["pages_encrypted"] if p else 0,
+                "pages_decrypted": p.stats["pages_decrypted"] if p else 0}
 
     def interrupts_enabled(self) -> bool:
         """IF is set and no STI/MOV SS shadow holds interrupts off for one instruction."""
@@ -443,7 +629,7 @@ class OsCpu:
     def _soft_interrupt_rip(self, vector: int, next_rip: int) -> int:
         """Where INT n (CD ib), INT3 (CC), INTO (CE) or INT1 (F1) started: Unicorn reports the
         next instruction by then. The vector tells `CD CC` (INT 0xCC) from a lone CC."""
-        tail = self.read_virt((next_rip - 2) & _MASK64, 2) or b""
+        tail = self._read_virt((next_rip - 2) & _MASK64, 2) or b""
         if len(tail) == 2 and tail[0] == 0xCD and tail[1] == vector:
             return (next_rip - 2) & _MASK64
         return (next_rip - 1) & _MASK64
@@ -464,7 +650,7 @@ class OsCpu:
         _sel, idt_base, idt_limit, _flags = uc.reg_read(X.UC_X86_REG_IDTR)
         if vector * 16 + 15 > idt_limit:
             return "no IDT entry"
-        gate = self.read_virt(idt_base + vector * 16, 16)
+        gate = self._read_virt(idt_base + vector * 16, 16)
         if gate is None:
             return "IDT not mapped"
         offset = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
@@ -505,7 +691,7 @@ class OsCpu:
 
     def _tss_stack(self, index: int) -> int | None:
         _sel, base, _limit, _flags = self._uc.reg_read(X.UC_X86_REG_TR)
-        data = self.read_virt(base + 4 + 8 * index, 8)
+        data = self._read_virt(base + 4 + 8 * index, 8)
         return None if data is None else int.from_bytes(data, "little")
 
     def _enter_ring0(self, cs: int, ss: int, rip: int, rsp: int, rflags: int) -> None:

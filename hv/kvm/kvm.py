@@ -210,15 +210,21 @@ class Vm:
         return vcpu
 
     def create_os_vcpu(self, pio_in, pio_out, tsc) -> OsCpu:
-        """A vCPU for a whole operating system (hv.hw.oscpu), plain VMs with one memory slot at
-        GPA 0: the port devices are in-kernel (`pio_in(port, size) -> value`, `pio_out(port,
-        size, value) -> stop?`), CPUID answers from this VM's table."""
-        if self.encrypted:
-            raise KvmError("operating-system vCPUs run plain guests only")
+        """A vCPU for a whole operating system (hv.hw.oscpu), plain or SEV VMs with one memory
+        slot at GPA 0: the port devices are in-kernel (`pio_in(port, size) -> value`,
+        `pio_out(port, size, value) -> stop?`), CPUID answers from this VM's table. An SEV VM's
+        C-bit must be below bit 40 (what the core's MMU implements)."""
+        if self.type.es:
+            raise KvmError("operating-system vCPUs run plain and SEV guests")
+        if self.encrypted and self.cbitpos >= 40:
+            raise KvmError(f"an operating system's C-bit must be below bit 40, not {self.cbitpos}")
         if len(self.slots) != 1 or self.slots.get(0) is None or self.slots[0].gpa != 0:
             raise KvmError("an operating-system vCPU needs exactly one memory slot, at GPA 0")
         slot = self.slots[0]
-        return self.kvm.machine.new_os_cpu(slot.spa, slot.size, pio_in=pio_in, pio_out=pio_out,
+        return self.kvm.machine.new_os_cpu(slot.spa, slot.size, asid=self.asid,
+                                           cbit=self.cbitpos if self.encrypted else 0,
+                                           sev_status=self.type.sev_status,
+                                           pio_in=pio_in, pio_out=pio_out,
                                            cpuid=lambda leaf, sub: cpuid_lookup(self.cpuid, leaf, sub),
                                            tsc=tsc)
 

@@ -36,6 +36,11 @@ class Mode(StrEnum):
         return self is Mode.SEV_SNP
 
     @property
+    def sev_status(self) -> int:
+        """What the guest reads in MSR SEV_STATUS (0xC0010131): bit 0 SEV, 1 SEV-ES, 2 SEV-SNP."""
+        return int(self.encrypted) | int(self.es) << 1 | int(self.snp) << 2
+
+    @property
     def label(self) -> str:
         """The mode as people write it: "plain", "SEV", "SEV-ES", "SEV-SNP"."""
         return "plain" if self is Mode.PLAIN else self.value.upper()

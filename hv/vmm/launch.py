@@ -91,8 +91,11 @@ def snp_launch_with_release(vmm, dev: SevDevice, snp_pages, owner: OwnerChannel)
     return boot.BOOT_INFO_SECRET_RELEASE
 
 
-def sev_launch(vmm, owner_channel: OwnerChannel) -> int:
-    """The SEV or SEV-ES launch of `vmm`'s guest; returns the injected secret's length."""
+def sev_launch(vmm, owner_channel: OwnerChannel,
+               plan: tuple[list[tuple[int, bytes]], bytes] | None = None) -> int:
+    """The SEV or SEV-ES launch of `vmm`'s guest; returns the injected secret's length. `plan`
+    is what to launch, (regions in order, the digest they give), when it is not the configured
+    image (a kernel's boot plan, hv.vmm.linux)."""
     from hv.owner import LocalOwner  # the guest owner's side, played locally when asked to
     from sevwire import Policy
 
@@ -108,7 +111,11 @@ def sev_launch(vmm, owner_channel: OwnerChannel) -> int:
         vmm.sev = sev = SevGuest(vm, dev, policy)
         vm.sev = sev
         owner = None
-        digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos, es=es)
+        if plan is None:
+            regions = boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos)
+            digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos, es=es)
+        else:
+            regions, digest = plan
         if cfg.session_dir is not None:
             godh, session = read_session(cfg.session_dir)
         else:
@@ -118,7 +125,7 @@ def sev_launch(vmm, owner_channel: OwnerChannel) -> int:
             owner = LocalOwner(cfg.secret or b"", digest)
             godh, session = owner.start(pdh, policy)
         sev.launch_start(godh, session)
-        for gpa, data in boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos):
+        for gpa, data in regions:
             vm.write_gpa(gpa, data)
             sev.launch_update_data(gpa, len(data))
         if es:

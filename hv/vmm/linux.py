@@ -25,13 +25,16 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from hv.boot.linux import BOOT_CS, BOOT_DS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot, kernel_plan
+from hv.boot import kernel_launch_digest
+from hv.boot.linux import (BOOT_CS, BOOT_DS, KERNEL_CBITPOS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot,
+                           kernel_launch_regions, kernel_plan)
 from hv.hw.machine import Machine, MachineConfig
 from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown
 from hv.kvm import exits as K
 from hv.kvm.kvm import Kvm
 from hv.kvm.mode import Mode
 from hv.vmm.bus import Bus
+from hv.vmm.launch import OwnerChannel, sev_launch
 from hv.vmm.linux_debug import KernelVcpuView
 from hv.vmm.pc import PcPlatform
 from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
@@ -57,6 +60,14 @@ class KernelConfig:
     input_fd: int | None = None  # terminal input for the UART's receive side (None: no input)
     kernel_name: str = "bzImage"
     extra: dict = field(default_factory=dict)
+    mode: Mode = Mode.PLAIN
+    # The measured launch of an encrypted kernel, as for images (hv.vmm.launch): the launch
+    # policy, the owner's session files or command. A kernel has no secret area to inject into.
+    policy: int | None = None
+    session_dir: str | None = None
+    owner_exec: str | None = None
+    secret: bytes | None = None
+    psp_state: str | os.PathLike | None = None
 
     @property
     def cmdline(self) -> str:
@@ -73,9 +84,13 @@ def _guest_cpuid(table: dict) -> dict:
     # MWAITX is not in the emulated core; IBS (instruction-based sampling) has no interrupt
     # offset to give (the kernel reported that as a firmware bug).
     t[(0x80000001, 0)] = (a, b, c & ~(1 << 29) & ~(1 << 10), d)
-    max_ext = t.get((0x80000000, 0), (0, 0, 0, 0))[0]
-    t[(0x80000000, 0)] = (max(max_ext, 0x80000007),) + t.get((0x80000000, 0), (0, 0, 0, 0))[1:]
     t[(0x80000007, 0)] = (0, 0, 0, 1 << 8)
+    # 40 physical address bits: what the core's MMU implements (an encrypted guest's C-bit is
+    # bit 39, hv.hw.osmem), 48 virtual.
+    a, b, c, d = t.get((0x80000008, 0), (0, 0, 0, 0))
+    t[(0x80000008, 0)] = (0x3028, b, c, d)
+    max_ext = max(leaf for leaf, _sub in t if leaf >= 0x80000000)
+    t[(0x80000000, 0)] = (max_ext,) + t.get((0x80000000, 0), (0, 0, 0, 0))[1:]
     return t
 
 
@@ -125,13 +140,17 @@ class KernelVmm:
         self.events: list[str] = []
         self.platform = PcPlatform(self, self._serial_out, self.events.append,
                                    on_input=self._on_input)
+        encrypted = config.mode.encrypted
         self.plan: LinuxBoot = kernel_plan(config.kernel, config.initrd, config.append,
-                                           config.mem_size, encrypted=False)
-        self.machine = Machine(MachineConfig(dram_size=config.mem_size + (8 << 20)))
+                                           config.mem_size, encrypted=encrypted)
+        self.machine = Machine(MachineConfig(dram_size=config.mem_size + (8 << 20),
+                                             psp_state=config.psp_state))
         self.kvm = Kvm(self.machine)
-        self.vm = self.kvm.create_vm(Mode.PLAIN)
+        self.vm = self.kvm.create_vm(config.mode, cbitpos=KERNEL_CBITPOS if encrypted else None)
         self.vm.set_user_memory_region(0, 0, config.mem_size)
         self.vm.cpuid = _guest_cpuid(self.vm.cpuid)
+        self.sev = None
+        self.launch_info: dict = {}
         self.pio = Bus("port I/O")
         self.platform.attach(self.pio)
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
@@ -195,8 +214,14 @@ class KernelVmm:
 
     # -- running ----------------------------------------------------------------------------------------
     def load(self) -> None:
-        for gpa, data in self.plan.writes:
-            self.vm.write_gpa(gpa, data)
+        if self.config.mode.encrypted:
+            # The measured launch (hv.vmm.launch): every piece of the plan goes through
+            # LAUNCH_UPDATE_DATA in order, and the owner checks the measurement.
+            sev_launch(self, OwnerChannel(self.config),
+                       (kernel_launch_regions(self.plan), kernel_launch_digest(self.plan)))
+        else:
+            for gpa, data in self.plan.writes:
+                self.vm.write_gpa(gpa, data)
         cpu = self.cpu
         cpu.enter_long_mode(self.plan.gdtr, self.plan.cr3, BOOT_CS, BOOT_DS)
         cpu.set_reg(X.UC_X86_REG_RSI, self.plan.boot_params)
@@ -235,17 +260,20 @@ class KernelVmm:
                 watchdog.cancel()
         uart = self.platform.uart
         stats = self.cpu.stats
+        crypt = self.cpu.memory_stats()
         return RunResult(
             exit_reason=reason, exit_code=code, guest_exit_code=None,
             serial=uart.transmitted.decode("utf-8", "replace"), serial_dropped=uart.dropped,
             exits={"io": stats["io"], "hlt": stats["halts"]},
-            tlb_fills=None, pages_encrypted=0, pages_decrypted=0, instructions=self.cpu.instructions,
+            tlb_fills=None, pages_encrypted=crypt["pages_encrypted"],
+            pages_decrypted=crypt["pages_decrypted"], instructions=self.cpu.instructions,
             wall_time=time.perf_counter() - t0, message=message,
             launch={"kernel": cfg.kernel_name, "kernel_release": self.plan.image.release,
                     "cmdline": cfg.cmdline, "platform_cmdline": PLATFORM_CMDLINE,
                     "mem_size": cfg.mem_size, "initrd_gpa": self.plan.initrd_gpa,
                     "interrupts_injected": stats["interrupts"], "exceptions": stats["exceptions"],
-                    "page_faults": stats["page_faults"], "syscalls": stats["syscalls"]})
+                    "page_faults": stats["page_faults"], "syscalls": stats["syscalls"],
+                    "mode": cfg.mode.value, **self.launch_info})
 
     def _loop(self, waker: _Waker) -> tuple[str, int, str]:
         cpu, plat = self.cpu, self.platform
@@ -300,3 +328,15 @@ class KernelVmm:
 
     def dump_guest_memory(self) -> bytes:
         return self.vm.read_gpa(0, self.config.mem_size)
+
+    def physical_access(self):
+        """The physical attacker's grant on this machine (DMA, the DRAM cells)."""
+        return self.machine.physical_access()
+
+    def close(self) -> None:
+        """Decommission an encrypted guest's launch context and free its ASID."""
+        if self.sev is not None:
+            self.sev.decommission()
+            self.sev = None
+        self.cpu.close()
+        self.vm.destroy()

@@ -19,14 +19,16 @@ from pathlib import Path
 import click
 
 from hv.boot.bzimage import BzImageError
+from hv.boot.linux import KERNEL_DEFAULT_MEM
+from hv.kvm.mode import Mode
 from hv.vmm.gdbstub import DebuggerKilled, GdbError, GdbStub
 from hv.vmm.hostfiles import TraceSink
 from hv.vmm.linux import KernelConfig, KernelVmm
 from hv.vmm.vmm import EXIT_USAGE
 
-__all__ = ["KERNEL_DEFAULT_MEM", "refuse_with_kernel", "run_kernel"]
+__all__ = ["KERNEL_DEFAULT_MEM", "KERNEL_MODES", "refuse_with_kernel", "run_kernel"]
 
-KERNEL_DEFAULT_MEM = 256 << 20
+KERNEL_MODES = (Mode.PLAIN, Mode.SEV)
 
 
 def refuse_with_kernel(given: dict[str, object]) -> None:
@@ -34,8 +36,9 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
     for option, value in given.items():
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
-                                   "plain, with --mem, --append, --initrd, --timeout, --max-insns, "
-                                   "-q, --json, --dump-dram, --trace and --gdb)")
+                                   "plain or with --sev, with --mem, --append, --initrd, "
+                                   "--timeout, --max-insns, -q, --json, --dump-dram, --trace, "
+                                   "--gdb, --policy, --session and --owner-exec)")
 
 
 def _read(path: str, what: str) -> bytes:
@@ -94,7 +97,8 @@ def _warn(message: str) -> None:
 
 def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: float | None,
                max_insns: int | None, quiet: bool, sigint_stops, trace_file: str | None = None,
-               gdb: str | None = None, gdb_wait: bool = False):
+               gdb: str | None = None, gdb_wait: bool = False, mode: Mode = Mode.PLAIN,
+               **launch):
     """Build and run the kernel VMM; BzImageError becomes one line and status 2. Returns the
     VMM and its RunResult (the caller reports, dumps and exits as for any guest)."""
     data = _read(kernel, "kernel")
@@ -104,7 +108,7 @@ def run_kernel(kernel: str, initrd: str | None, append: str, mem: int, timeout: 
     out = None if quiet else _writer(getattr(sys.stdout, "buffer", sys.stdout))
     config = KernelConfig(kernel=data, initrd=initrd_data, append=append, mem_size=mem,
                           timeout=timeout, max_insns=max_insns, serial_out=out, input_fd=stdin_fd,
-                          kernel_name=Path(kernel).name)
+                          kernel_name=Path(kernel).name, mode=mode, **launch)
     try:
         vmm = KernelVmm(config)
     except BzImageError as e:

@@ -68,7 +68,8 @@ class Frame:
 class Guest:
     """8 MiB of RAM laid out as the module docstring says, and an OsCpu over it at CPL 0."""
 
-    def __init__(self, *, pio_in=None, pio_out=None, cpuid=None, tsc=None, idt: bool = True):
+    def __init__(self, *, pio_in=None, pio_out=None, cpuid=None, tsc=None, idt: bool = True,
+                 **core):
         self.ram = np.zeros(RAM_SIZE, np.uint8)
         self.write(PML4, struct.pack("<Q", PDPT | 0x7))            # P, RW, U/S
         self.write(PDPT, struct.pack("<Q", PD | 0x7))
@@ -90,7 +91,7 @@ class Guest:
                          pio_in=pio_in or (lambda port, size: 0xFFFFFFFF),
                          pio_out=pio_out or (lambda port, size, value: False),
                          cpuid=cpuid or (lambda leaf, sub: (0, 0, 0, 0)), tsc=tsc or (lambda: 0),
-                         tcg_buffer=8 << 20)
+                         tcg_buffer=8 << 20, **core)
         uc = self.uc = self.cpu.uc
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 8 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 256 * 16 - 1 if idt else 0, 0))
