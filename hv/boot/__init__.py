@@ -6,7 +6,7 @@ machine. docs/guest-abi.md is the human-readable form of the constants here.
 """
 
 from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
-from hv.boot._vmsa import initial_vmsa, launch_vmsas
+from hv.boot._vmsa import initial_vmsa, kernel_launch_vmsa, launch_vmsas
 from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages, snp_pages_digest
 from hv.boot._layout import (
     BOOT_INFO_GPA,
@@ -51,6 +51,7 @@ __all__ = [
     "image_regions",
     "kernel_launch_digest",
     "kernel_launch_regions",
+    "kernel_launch_vmsa",
     "kernel_plan",
     "launch_digest",
     "launch_regions",

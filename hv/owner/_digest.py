@@ -8,7 +8,9 @@ computes it. With the ES bit in the policy the digest continues over the initial
 checks the guest's entry registers (RIP = the image's entry point...) as well as its memory.
 A kernel's launch is `hv.boot.kernel_plan` (the boot plan `hv run --kernel --sev` loads: entry
 page tables with the C-bit at KERNEL_CBITPOS, hv's platform command line before the user's, the
-platform's ACPI tables) measured as `hv.boot.kernel_launch_regions` lays it out.
+platform's ACPI tables) measured as `hv.boot.kernel_launch_regions` lays it out, and under the
+ES policy bit its initial VMSA (`hv.boot.kernel_launch_vmsa`: the 64-bit boot protocol's entry
+registers, RIP = the kernel's entry point, RSI = boot_params) after them.
 `hv.boot` is imported when needed, so the rest of the owner tools work without it.
 """
 
@@ -38,6 +40,7 @@ class KernelDigest:
     cmdline: str  # the whole command line the kernel gets (and the launch measures)
     mem_size: int
     cbitpos: int
+    vmsas: int = 0  # initial VMSA pages measured after the regions (SEV-ES)
 
 
 def load_launch_regions():
@@ -98,11 +101,11 @@ def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: in
                   policy: int = 0, cbitpos: int | None = None, what: str = "kernel") -> KernelDigest:
     """The SEV launch digest of `kernel` (a bzImage) with `initrd` and `append` in `mem_size`
     bytes (None: `hv run --kernel`'s default): SHA-256 over every measured region in launch
-    order. The C-bit is the kernel's (KERNEL_CBITPOS); a different `cbitpos` is refused, as is
-    the ES policy bit: an SEV-ES kernel launch also measures its VMSA, not predicted yet.
-    `what` names the kernel in the one-line error a file that is no bzImage (or does not fit) gives."""
-    if int(policy) & sevwire.Policy.ES:
-        raise OwnerInputError("--policy: the launch digest of a kernel under SEV-ES is not predicted yet")
+    order and, with the ES policy bit, over the initial VMSA page after them (as `hv run --kernel
+    --sev-es` measures). The C-bit is the kernel's (KERNEL_CBITPOS); a different `cbitpos` is
+    refused. `what` names the kernel in the one-line error a file that is no bzImage (or does
+    not fit) gives."""
+    es = bool(int(policy) & sevwire.Policy.ES)
     try:
         from hv.boot import KERNEL_CBITPOS, kernel_launch_digest, kernel_launch_regions, kernel_plan
         from hv.boot.bzimage import BzImageError
@@ -118,7 +121,8 @@ def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: in
     except BzImageError as exc:
         raise OwnerInputError(f"{what}: {exc}") from None
     regions = tuple((gpa, len(data)) for gpa, data in kernel_launch_regions(plan))
-    return KernelDigest(kernel_launch_digest(plan), regions, plan.cmdline, mem_size, KERNEL_CBITPOS)
+    return KernelDigest(kernel_launch_digest(plan, es=es), regions, plan.cmdline, mem_size, KERNEL_CBITPOS,
+                        vmsas=1 if es else 0)
 
 
 def kernel_files_digest(kernel: str, initrd: str | None, append: str | None, mem: str | None,

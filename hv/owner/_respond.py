@@ -45,19 +45,25 @@ def _parse_request(request: object) -> dict:
 
 
 def respond(request: dict, tk: bytes, expected_digest: bytes, secret: bytes, *,
-            expected_policy: int | None = None) -> dict:
+            expected_policy: int | None = None, es_digest: bytes | None = None) -> dict:
     """{"header": hex52, "data": hex} for a launch whose measurement matches `expected_digest`,
     {"refuse": reason} otherwise. A malformed request or wrong-sized key raises OwnerInputError.
     With `expected_policy`, a launch under any other policy is refused too (the measurement
-    proves which policy the PSP enforced; this checks it is the one the owner wants)."""
+    proves which policy the PSP enforced; this checks it is the one the owner wants).
+    `es_digest`, when given, is expected instead for a launch whose policy has the ES bit (its
+    initial VMSA is measured too): taking the policy from the request is safe because the
+    measurement's MAC covers it, so a host that flips the bit gets a mismatch."""
     if len(tk) != TK_SIZE:
         raise OwnerInputError(f"transport keys must be {TK_SIZE} bytes (TEK||TIK), got {len(tk)}")
-    if len(expected_digest) != 32:
-        raise OwnerInputError(f"expected digest must be 32 bytes, got {len(expected_digest)}")
+    for digest in (expected_digest, es_digest):
+        if digest is not None and len(digest) != 32:
+            raise OwnerInputError(f"expected digest must be 32 bytes, got {len(digest)}")
     if len(secret) > MAX_SECRET:
         raise OwnerInputError(f"secret is {len(secret)} bytes; the guest's secret page holds {MAX_SECRET}")
     req = _parse_request(request)
     tek, tik = bytes(tk[:16]), bytes(tk[16:])
+    if es_digest is not None and req["policy"] & sevwire.Policy.ES:
+        expected_digest = es_digest
     try:
         sevwire.verify_launch_measure(req["measurement"], tik, req["api_major"], req["api_minor"],
                                       req["build"], req["policy"], bytes(expected_digest), req["mnonce"])

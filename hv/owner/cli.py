@@ -104,7 +104,8 @@ launch_mem_option = click.option("--mem", "mem", default=None,
                                       f"[default: {DEFAULT_MEM >> 20}M for an image, 256M for a kernel].")
 kernel_options = (
     click.option("--kernel", default=None, type=click.Path(dir_okay=False),
-                 help="Or: a Linux bzImage, as `hv run --kernel ... --sev` launches it (C-bit 39)."),
+                 help="Or: a Linux bzImage, as `hv run --kernel ... --sev` (or --sev-es, with the ES "
+                      "policy bit) launches it (C-bit 39)."),
     click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd."),
     click.option("--append", default=None,
                  help="With --kernel: the command line after hv's own (both are measured)."),
@@ -181,8 +182,9 @@ def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, appen
     """Print the expected launch digest (SHA-256, hex) of IMAGE as hv launches it (with the ES
     policy bit, 0x4: the digest also covers the initial VMSA page, as `hv run --sev-es` measures).
     With --snp: the SHA-384 digest SNP_LAUNCH_UPDATE builds (pages, their types and GPAs).
-    With --kernel instead of IMAGE: the SEV launch digest of that kernel, its initrd and its whole
-    command line, as `hv run --kernel ... --sev` measures them."""
+    With --kernel instead of IMAGE: the launch digest of that kernel, its initrd and its whole
+    command line, as `hv run --kernel ... --sev` measures them (with the ES bit: and the kernel's
+    initial VMSA, as `--sev-es` does)."""
     _image_or_kernel(image, kernel, initrd, append, "IMAGE")
     if kernel is not None:
         if snp:
@@ -192,7 +194,8 @@ def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, appen
         k = kernel_files_digest(kernel, initrd, append, mem, pol, cbit)
         _emit(as_json, {"digest": k.digest.hex(), "kernel": kernel, "initrd": initrd, "cmdline": k.cmdline,
                         "mem_size": k.mem_size, "cbitpos": k.cbitpos, "policy": pol,
-                        "regions": [{"gpa": gpa, "len": length} for gpa, length in k.regions]},
+                        "regions": [{"gpa": gpa, "len": length} for gpa, length in k.regions],
+                        "vmsas": k.vmsas},
               [k.digest.hex()])
         return
     mem_size = parse_size(mem if mem is not None else DEFAULT_MEM)

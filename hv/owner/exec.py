@@ -5,6 +5,8 @@ CMDLINE] --secret FILE`): reads one JSON request from stdin, {"measurement": hex
 hex16, "api_major": int, "api_minor": int, "build": int, "policy": int}, and answers with a
 LAUNCH_SECRET packet {"header": hex52, "data": hex} for the expected launch (`respond`). The
 expected digest comes from --image or --kernel (via hv.boot, as `hv owner measure`) or --digest.
+From --image or --kernel it covers the initial VMSA when the policy has the ES bit: --policy's,
+or without --policy the launch's own (which its measurement proves).
 
 SEV-SNP (`--snp --chain DIR --image IMG|--measurement HEX --secret FILE [--policy P]
 [--id-key PEM]`): reads
@@ -67,7 +69,7 @@ def parse_snp_request(request: object) -> bytes:
 @click.option("--digest", default=None, help="Or (SEV, SEV-ES): the expected launch digest (32 bytes, hex).")
 @click.option("--measurement", default=None, help="Or (--snp): the expected measurement (48 bytes, hex).")
 @click.option("--kernel", default=None, type=click.Path(dir_okay=False),
-              help="Or (SEV): the Linux bzImage the guest must run (`hv run --kernel`).")
+              help="Or (SEV, SEV-ES): the Linux bzImage the guest must run (`hv run --kernel`).")
 @click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd.")
 @click.option("--append", default=None, help="With --kernel: the command line after hv's own.")
 @click.option("--secret", "secret_path", required=True, type=click.Path(dir_okay=False), help="Secret to release.")
@@ -120,16 +122,28 @@ def _sev_mode(tk_path, chain_dir, image, digest, measurement, kernel_files, secr
     expected_policy = None if policy is None else int(sevwire.parse_policy(policy))
     tk = read_tk(tk_path)
     secret = read_file(secret_path, "secret")
+    es_digest = None
     if digest is not None:
         expected = parse_hex(digest, 32, "--digest")
     elif kernel_files is not None:
         kernel, initrd, append, cbit = kernel_files
-        expected = kernel_files_digest(kernel, initrd, append, mem, expected_policy or 0, cbit).digest
+        expected, es_digest = _expected_digests(
+            lambda pol: kernel_files_digest(kernel, initrd, append, mem, pol, cbit).digest, expected_policy)
     else:
-        expected = image_digest(read_file(image, "image"), parse_size(mem or DEFAULT_MEM), cbitpos,
-                                expected_policy or 0).digest
+        data = read_file(image, "image")
+        expected, es_digest = _expected_digests(
+            lambda pol: image_digest(data, parse_size(mem or DEFAULT_MEM), cbitpos, pol).digest, expected_policy)
     return lambda request: respond(request, tk.tek + tk.tik, expected, secret,
-                                   expected_policy=expected_policy)
+                                   expected_policy=expected_policy, es_digest=es_digest)
+
+
+def _expected_digests(digest_of, policy: int | None) -> tuple[bytes, bytes | None]:
+    """The digest to expect and the one to expect of an SEV-ES launch instead (None: the same).
+    With --policy the owner names the launch, ES or not; without, the launch's policy picks
+    between its SEV digest and its SEV-ES one (its initial VMSA measured too)."""
+    if policy is not None:
+        return digest_of(policy), None
+    return digest_of(0), digest_of(int(sevwire.Policy.ES))
 
 
 def _snp_mode(tk_path, chain_dir, image, digest, measurement, secret_path, mem, cbitpos, policy, id_key):

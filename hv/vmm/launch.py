@@ -92,10 +92,11 @@ def snp_launch_with_release(vmm, dev: SevDevice, snp_pages, owner: OwnerChannel)
 
 
 def sev_launch(vmm, owner_channel: OwnerChannel,
-               plan: tuple[list[tuple[int, bytes]], bytes] | None = None) -> int:
+               plan: tuple[list[tuple[int, bytes]], bytes, list[bytes]] | None = None) -> int:
     """The SEV or SEV-ES launch of `vmm`'s guest; returns the injected secret's length. `plan`
-    is what to launch, (regions in order, the digest they give), when it is not the configured
-    image (a kernel's boot plan, hv.vmm.linux)."""
+    is what to launch when it is not the configured image (a kernel's boot plan, hv.vmm.linux):
+    (regions in order, the digest they give, the initial VMSA pages LAUNCH_UPDATE_VMSA measures
+    after them under SEV-ES, [] under SEV). The digest must cover those VMSA pages too."""
     from hv.owner import LocalOwner  # the guest owner's side, played locally when asked to
     from sevwire import Policy
 
@@ -114,8 +115,9 @@ def sev_launch(vmm, owner_channel: OwnerChannel,
         if plan is None:
             regions = boot.launch_regions(cfg.image, cfg.mem_size, vm.cbitpos)
             digest = boot.launch_digest(cfg.image, cfg.mem_size, vm.cbitpos, es=es)
+            vmsas = boot.launch_vmsas(cfg.image, cfg.mem_size) if es else []
         else:
-            regions, digest = plan
+            regions, digest, vmsas = plan
         if cfg.session_dir is not None:
             godh, session = read_session(cfg.session_dir)
         else:
@@ -128,9 +130,8 @@ def sev_launch(vmm, owner_channel: OwnerChannel,
         for gpa, data in regions:
             vm.write_gpa(gpa, data)
             sev.launch_update_data(gpa, len(data))
-        if es:
-            for vmsa in boot.launch_vmsas(cfg.image, cfg.mem_size):
-                sev.launch_update_vmsa(vmm.vcpu, vmsa)
+        for vmsa in vmsas:
+            sev.launch_update_vmsa(vmm.vcpu, vmsa)
         measurement, mnonce = sev.launch_measure()
         request = {"measurement": measurement.hex(), "mnonce": mnonce.hex(),
                    "api_major": status.api_major, "api_minor": status.api_minor,

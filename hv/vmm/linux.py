@@ -25,7 +25,7 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from hv.boot import kernel_launch_digest
+from hv.boot import kernel_launch_digest, kernel_launch_vmsa
 from hv.boot.linux import (BOOT_CS, BOOT_DS, KERNEL_CBITPOS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot,
                            kernel_launch_regions, kernel_plan)
 from hv.hw.machine import Machine, MachineConfig
@@ -217,8 +217,10 @@ class KernelVmm:
         if self.config.mode.encrypted:
             # The measured launch (hv.vmm.launch): every piece of the plan goes through
             # LAUNCH_UPDATE_DATA in order, and the owner checks the measurement.
+            es = self.config.mode is Mode.SEV_ES
             sev_launch(self, OwnerChannel(self.config),
-                       (kernel_launch_regions(self.plan), kernel_launch_digest(self.plan)))
+                       (kernel_launch_regions(self.plan), kernel_launch_digest(self.plan, es=es),
+                        [kernel_launch_vmsa(self.plan)] if es else []))
         else:
             for gpa, data in self.plan.writes:
                 self.vm.write_gpa(gpa, data)

@@ -91,3 +91,20 @@ def test_es_policy_extends_the_digest_over_the_vmsa(image):
     h.update(boot.initial_vmsa(IMAGE, 16 << 20))
     assert result.stdout.strip() == h.hexdigest()
     assert result.stdout != run("measure", image, "--mem", "16M", "--policy", "0x1").stdout
+
+
+def test_owner_exec_without_policy_takes_the_es_digest_for_an_es_launch_of_an_image(image, tmp_path):
+    """Scenario: `hv run IMAGE --sev-es --owner-exec` (policy 0x5) measures the VMSA after the
+    image; the owner's exec without --policy expects that digest of it, and the SEV one of an
+    SEV launch."""
+    import sevwire as sw
+    from tests.owner.test_owner_respond import run_exec
+
+    tk, mnonce = bytes(range(32)), bytes(16)
+    for policy in (5, 1):
+        digest = boot.launch_digest(IMAGE, 16 << 20, 47, es=policy == 5)
+        meas = sw.launch_measure(tk[16:], 0, 24, 15, policy, digest, mnonce)
+        request = json.dumps({"measurement": meas.hex(), "mnonce": mnonce.hex(), "policy": policy,
+                              "api_major": 0, "api_minor": 24, "build": 15})
+        proc = run_exec(tmp_path, tk, request, "--image", str(image), "--mem", "16M")
+        assert proc.returncode == 0 and "header" in json.loads(proc.stdout), proc.stderr

@@ -1,5 +1,6 @@
-"""`hv owner measure --kernel` and `verify --kernel`: the SEV launch digest of a Linux kernel,
-its initrd and its whole command line, from the files alone; every misuse is one line, status 2."""
+"""`hv owner measure --kernel` and `verify --kernel`: the SEV and SEV-ES launch digest of a Linux
+kernel, its initrd and its whole command line, from the files alone; every misuse is one line,
+status 2."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import sevwire as sw
-from hv.boot import kernel_launch_digest, kernel_plan
+from hv.boot import kernel_launch_digest, kernel_launch_regions, kernel_launch_vmsa, kernel_plan
 from hv.owner.cli import owner
 from tests.boot.test_bzimage import MiB, synthetic
 from tests.owner.test_owner_respond import run_exec
@@ -53,6 +54,7 @@ def test_json_names_the_inputs_the_c_bit_the_command_line_and_the_regions(files)
     data = json.loads(result.stdout)
     assert data["kernel"] == str(kernel) and data["initrd"] == str(initrd)
     assert data["mem_size"] == 64 * MiB and data["cbitpos"] == 39 and data["policy"] == 1
+    assert data["vmsas"] == 0
     assert data["cmdline"] == f"{PLATFORM} quiet"
     plan = kernel_plan(KERNEL, INITRD, "quiet", 64 * MiB, encrypted=True)
     assert data["digest"] == kernel_launch_digest(plan).hex()
@@ -94,7 +96,6 @@ def test_bad_kernels_and_options_are_one_line_and_status_2(files, tmp_path):
     _one_line_error(run("measure", "--kernel", kernel, "--mem", "1M"), "too small for the kernel")
     _one_line_error(run("measure", "--kernel", kernel, "--snp"), "--snp does not work with --kernel")
     _one_line_error(run("measure", "--kernel", kernel, "--cbitpos", "47"), "C-bit at 39, not 47")
-    _one_line_error(run("measure", "--kernel", kernel, "--policy", "0x5"), "SEV-ES is not predicted yet")
     result = run("measure", "--kernel", elf, "--json")
     assert result.exit_code == 2 and json.loads(result.stdout)["ok"] is False
 
@@ -140,3 +141,73 @@ def test_owner_exec_answers_the_expected_kernel_launch_only(files, tmp_path):
     assert proc.returncode == 2 and "exactly one of --image, --digest and --kernel" in proc.stderr
     proc = run_exec(tmp_path, tk, request("quiet"), "--digest", "00" * 32, "--append", "quiet")
     assert proc.returncode == 2 and "--initrd and --append go with --kernel" in proc.stderr
+
+
+# ---- SEV-ES: the initial VMSA after the memory ------------------------------------------------------
+
+
+def _es_digest(append: str) -> bytes:
+    """SHA-256 over the launch regions, then the kernel's initial VMSA page."""
+    plan = kernel_plan(KERNEL, INITRD, append, 256 * MiB, encrypted=True)
+    h = hashlib.sha256()
+    for _gpa, data in kernel_launch_regions(plan):
+        h.update(data)
+    h.update(kernel_launch_vmsa(plan))
+    return h.digest()
+
+
+def test_measure_with_the_es_bit_covers_the_initial_vmsa(files):
+    """Scenario: `--policy 0x5` gives the digest `hv run --kernel --sev-es` measures (regions,
+    then one VMSA page), which is not the SEV one; --snp stays refused for kernels."""
+    kernel, initrd = files
+    args = ("measure", "--kernel", kernel, "--initrd", initrd, "--append", "quiet")
+    es = run(*args, "--policy", "0x5")
+    assert es.exit_code == 0, es.output
+    assert es.stdout.strip() == _es_digest("quiet").hex() != run(*args).stdout.strip()
+    assert run(*args, "--policy", "NODBG|ES").stdout == es.stdout
+    data = json.loads(run(*args, "--policy", "0x5", "--json").stdout)
+    assert data["digest"] == _es_digest("quiet").hex() and data["vmsas"] == 1 and data["policy"] == 5
+    _one_line_error(run(*args, "--policy", "0x5", "--snp"), "--snp does not work with --kernel")
+
+
+def test_verify_with_the_es_bit_recomputes_an_sev_es_kernel_launch(files, tmp_path):
+    """Scenario: an SEV-ES launch's measurement passes with --policy 0x5 and fails under the
+    SEV digest (--policy 0x1) or another command line (status 1)."""
+    kernel, initrd = files
+    tk = bytes(range(32))
+    (tmp_path / "tk.bin").write_bytes(tk)
+    meas = sw.launch_measure(tk[16:], 0, 24, 15, 5, _es_digest("quiet"), bytes(16)).hex()
+    args = ["verify", "--measurement", meas, "--mnonce", "00" * 16, "--tk", tmp_path / "tk.bin",
+            "--api-major", 0, "--api-minor", 24, "--build", 15, "--kernel", kernel, "--initrd", initrd]
+    ok = run(*args, "--append", "quiet", "--policy", "0x5", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["digest"] == _es_digest("quiet").hex()
+    assert run(*args, "--append", "quiet", "--policy", "0x1").exit_code == 1
+    assert run(*args, "--append", "init=/bin/sh", "--policy", "0x5").exit_code == 1
+
+
+def test_owner_exec_checks_the_es_digest_when_the_launch_has_the_es_bit(files, tmp_path):
+    """Scenario: without --policy the owner's exec answers an SEV-ES launch of the kernel (policy
+    0x5, VMSA measured) and an SEV one (0x1); a host that reports the SEV launch's measurement
+    under the ES policy, or an ES launch with another command line, is refused; --policy 0x1
+    refuses the ES launch."""
+    kernel, initrd = files
+    tk, mnonce = bytes(range(32)), bytes(16)
+    sev = kernel_launch_digest(kernel_plan(KERNEL, INITRD, "quiet", 256 * MiB, encrypted=True))
+
+    def request(digest: bytes, policy: int) -> str:
+        meas = sw.launch_measure(tk[16:], 0, 24, 15, policy, digest, mnonce)
+        return json.dumps({"measurement": meas.hex(), "mnonce": mnonce.hex(), "policy": policy,
+                           "api_major": 0, "api_minor": 24, "build": 15})
+
+    args = ("--kernel", str(kernel), "--initrd", str(initrd), "--append", "quiet")
+    for digest, policy in ((_es_digest("quiet"), 5), (sev, 1)):
+        proc = run_exec(tmp_path, tk, request(digest, policy), *args)
+        assert proc.returncode == 0 and "header" in json.loads(proc.stdout), proc.stderr
+    for digest, policy in ((sev, 5), (_es_digest("init=/bin/sh"), 5), (_es_digest("quiet"), 1)):
+        proc = run_exec(tmp_path, tk, request(digest, policy), *args)
+        assert proc.returncode == 1 and "refuse" in json.loads(proc.stdout)
+    proc = run_exec(tmp_path, tk, request(_es_digest("quiet"), 5), *args, "--policy", "0x5")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_exec(tmp_path, tk, request(_es_digest("quiet"), 5), *args, "--policy", "0x1")
+    assert proc.returncode == 1 and "refuse" in json.loads(proc.stdout)

@@ -60,6 +60,24 @@ def test_expected_policy(launch):
     assert "policy" in answer["refuse"]
 
 
+def test_the_es_digest_is_expected_of_a_launch_whose_policy_has_the_es_bit(launch):
+    """Scenario: given both digests, the owner expects the SEV-ES one (VMSA measured too) of a
+    launch under an ES policy and the SEV one otherwise; a host that claims the ES bit for an SEV
+    launch's measurement gets a refusal, since the measurement covers the policy."""
+    tk, _, request = launch
+    es_digest = hashlib.sha256(b"expected image, then its VMSA").digest()
+    tik = bytes(tk[16:])
+    mnonce = bytes.fromhex(request["mnonce"])
+    es = {**request, "policy": 5,
+          "measurement": sw.launch_measure(tik, 0, 24, 15, 5, es_digest, mnonce).hex()}
+    assert "header" in respond(es, tk, DIGEST, SECRET, es_digest=es_digest)
+    assert "header" in respond(request, tk, DIGEST, SECRET, es_digest=es_digest)
+    assert "refuse" in respond(es, tk, DIGEST, SECRET)
+    assert "refuse" in respond({**request, "policy": 5}, tk, DIGEST, SECRET, es_digest=es_digest)
+    with pytest.raises(OwnerInputError):
+        respond(request, tk, DIGEST, SECRET, es_digest=es_digest[:31])
+
+
 @pytest.mark.parametrize("bad", [
     [], {"measurement": "00"}, {"measurement": "zz" * 32}, {"measurement": 5}, {"build": True}, {"build": 256},
     {"mnonce": "00" * 15},
