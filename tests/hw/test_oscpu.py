@@ -50,6 +50,18 @@ PF, GP, UD, BP = 14, 13, 6, 3
 _DISASM = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
+def assemble(addr: int, *insns: tuple[str, str]) -> bytes:
+    """The bytes of (hex bytes, capstone's text) pairs as code at addr; a wrong byte fails here."""
+    out = b""
+    for hexbytes, text in insns:
+        raw = bytes.fromhex(hexbytes)
+        at = addr + len(out)
+        got = [(i.size, f"{i.mnemonic} {i.op_str}".strip()) for i in _DISASM.disasm(raw, at)]
+        assert got == [(len(raw), text)], f"{hexbytes} at {at:#x} disassembles to {got}"
+        out += raw
+    return out
+
+
 def stub(vector: int) -> int:
     return STUBS + vector * 16
 
@@ -66,11 +78,14 @@ class Frame:
 
 
 class Guest:
-    """8 MiB of RAM laid out as the module docstring says, and an OsCpu over it at CPL 0."""
+    """8 MiB of RAM laid out as the module docstring says, and an OsCpu over it at CPL 0
+    (`core`: OsCpu's keyword arguments, e.g. an encrypted guest's private RAM and C-bit)."""
 
     def __init__(self, *, pio_in=None, pio_out=None, cpuid=None, tsc=None, idt: bool = True,
-                 **core):
-        self.ram = np.zeros(RAM_SIZE, np.uint8)
+                 ram: np.ndarray | None = None, **core):
+        # `ram`: what the layout is written into (an encrypted guest's plaintext, whose core
+        # maps it itself and ignores the host address it is given); fresh RAM by default.
+        self.ram = np.zeros(RAM_SIZE, np.uint8) if ram is None else ram
         self.write(PML4, struct.pack("<Q", PDPT | 0x7))            # P, RW, U/S
         self.write(PDPT, struct.pack("<Q", PD | 0x7))
         self.write(PD, struct.pack("<2Q", 0x83, UCODE | 0x87))     # 2 MiB: P, RW, PS (+ U/S)
@@ -115,15 +130,11 @@ class Guest:
         return int.from_bytes(self.ram[addr:addr + 8].tobytes(), "little")
 
     def code(self, addr: int, *insns: tuple[str, str]) -> int:
-        """Place (hex bytes, capstone's text) pairs at addr; a wrong byte fails here. Returns the
-        address after the last instruction."""
-        for hexbytes, text in insns:
-            raw = bytes.fromhex(hexbytes)
-            got = [(i.size, f"{i.mnemonic} {i.op_str}".strip()) for i in _DISASM.disasm(raw, addr)]
-            assert got == [(len(raw), text)], f"{hexbytes} at {addr:#x} disassembles to {got}"
-            self.write(addr, raw)
-            addr += len(raw)
-        return addr
+        """Place (hex bytes, capstone's text) pairs at addr (see assemble). Returns the address
+        after the last instruction."""
+        raw = assemble(addr, *insns)
+        self.write(addr, raw)
+        return addr + len(raw)
 
     def gate(self, vector: int, target: int | None = None, *, kind: int = INTERRUPT_GATE,
              dpl: int = 0, ist: int = 0, selector: int = KERNEL_CS) -> None:
