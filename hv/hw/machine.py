@@ -27,6 +27,11 @@ from hv.hw.rmp import RmpEntry
 __all__ = ["Machine", "MachineConfig", "TweakMode"]
 
 SEV_STATUS = 0xC0010131  # read-only: bit 0 SEV, 1 SEV-ES, 2 SEV-SNP
+# The MSRs whose accesses an SEV-ES guest's #VC handler forwards to the hypervisor (the rest run
+# on the core, as KVM passes them through): the TSC, APIC base, microcode patch level, the
+# machine-check registers and AMD's configuration registers (SYSCFG, HWCR, DE_CFG).
+ES_VC_MSRS = frozenset({0x10, 0x1B, 0x8B, 0x179, 0x17A, 0x17B, 0xC0010010, 0xC0010015,
+                        0xC0011029})
 
 
 def _ignore(_value: int) -> None:
@@ -121,8 +126,13 @@ class Machine:
         self._mc.check_slot(asid)
         private = PrivateRam(self._mc, ram_spa, ram_size, asid)
         msrs = {SEV_STATUS: (lambda: sev_status, _ignore)}
-        return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, private=private, cbit=cbit,
-                     msrs=msrs, **devices)
+        es = bool(sev_status & 2)
+        try:
+            return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, private=private, cbit=cbit,
+                         msrs=msrs, es=es, vc_msrs=ES_VC_MSRS if es else frozenset(), **devices)
+        except BaseException:
+            private.close()  # a refused core leaves the memory controller as it was
+            raise
 
     def stats(self) -> dict[str, int]:
         return dict(self._mc.stats)

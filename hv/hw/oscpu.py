@@ -39,19 +39,24 @@ from unicorn import x86_const as X
 from hv.hw import ucraw
 from hv.hw.debughooks import add_code_hook, remove_code_hook
 from hv.hw.osmem import PrivateRam
-from hv.hw.ucraw import UcIntel
+from hv.hw.ucraw import UcContext, UcIntel
 
-__all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "CpuStateError"]
+__all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "OsVmgexit",
+           "CpuStateError"]
 
 _MASK64 = (1 << 64) - 1
 _HAS_ERROR_CODE = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
 UD, DF, GP = 6, 8, 13
 _IF, _TF, _NT, _RF, _VM, _AC = 0x200, 0x100, 0x4000, 0x10000, 0x20000, 0x40000
 _ADDR = 0x000F_FFFF_FFFF_F000
-EXIT_MSR = 0x7C  # SVM exit codes (AMD APM vol. 2, appendix C)
+# SVM exit codes (AMD APM vol. 2, appendix C); under SEV-ES, also the #VC error codes
+EXIT_DR7_WRITE, EXIT_CPUID, EXIT_IOIO, EXIT_MSR, EXIT_VMMCALL, EXIT_WBINVD = 0x37, 0x72, 0x7B, 0x7C, 0x81, 0x89
+VC = 29  # the VMM communication exception
+_VMGEXIT = b"\xf3\x0f\x01\xd9"  # REP VMMCALL
 _VMEXIT = 0x100  # QEMU reports an intercept as exception 0x100 + exit code
 _EFER, _VM_HSAVE_PA, _EFER_SVME = 0xC0000080, 0xC0010117, 1 << 12
 _HF_GUEST = 1 << 21
+GHCB_MSR = 0xC0010130
 
 MsrHandler = tuple[Callable[[], int], Callable[[int], None]]
 
@@ -80,6 +85,12 @@ class OsInterrupted(OsExit):
 @dataclass(frozen=True)
 class OsStop(OsExit):
     """A device asked to stop the machine from inside an I/O instruction (power off, reset)."""
+
+
+@dataclass(frozen=True)
+class OsVmgexit(OsExit):
+    """An SEV-ES guest's VMGEXIT: the hypervisor reads the GHCB MSR (OsCpu.ghcb_msr) and the
+    GHCB page it names, answers there, and runs the vCPU again (it resumes after the VMGEXIT)."""
 
 
 @dataclass(frozen=True)
@@ -172,15 +183,20 @@ class _GuestMode:
 
     BASE = (1 << 40) - 0x10000
     SIZE = 0x10000
-    STUB, VMCB, HSAVE, IOPM, MSRPM = 0x0, 0x1000, 0x2000, 0x3000, 0x6000
+    STUB, VMCB, HSAVE, IOPM, MSRPM, EMPTY = 0x0, 0x1000, 0x2000, 0x3000, 0x6000, 0x8000
 
-    def __init__(self, uc: UcIntel, msrs):
+    def __init__(self, uc: UcIntel, msrs, es: bool = False):
         self.mem = np.zeros(self.SIZE, dtype=np.uint8)
         uc.mem_map_ptr(self.BASE, self.SIZE, UC_PROT_ALL, self.mem.ctypes.data)
         put = self._put
         put(self.STUB, b"\x0f\x01\xd8\xf4")  # VMRUN; the guest's first instruction: HLT
         vmcb = self.VMCB
-        put(vmcb + 0x0C, struct.pack("<II", 1 << 28, 1))  # intercept MSR_PROT; VMRUN (required)
+        # Intercepts: MSR_PROT, and under SEV-ES what becomes a #VC (CPUID, DR7 writes, VMMCALL,
+        # which VMGEXIT is, WBINVD); VMRUN itself, which the architecture requires.
+        misc1 = 1 << 28 | (1 << 18 if es else 0)
+        misc2 = 1 | ((1 << 1 | 1 << 9) if es else 0)
+        put(vmcb + 0x04, struct.pack("<I", 1 << (16 + 7) if es else 0))
+        put(vmcb + 0x0C, struct.pack("<II", misc1, misc2))
         put(vmcb + 0x40, struct.pack("<QQ", self.BASE + self.IOPM, self.BASE + self.MSRPM))
         put(vmcb + 0x58, struct.pack("<I", 1))  # guest ASID (QEMU's core ignores it)
         for msr in msrs:
@@ -191,7 +207,9 @@ class _GuestMode:
                                (0x430, 0x18, 0xC93)):
             put(vmcb + off, struct.pack("<HHIQ", sel, attr, 0xFFFFFFFF, 0))
         efer = uc.msr_read(_EFER)
-        put(vmcb + 0x4D0, struct.pack("<Q", efer & ~_EFER_SVME))
+        # An SEV-ES guest runs with EFER.SVME set (its VMSA's), which QEMU's core also needs to
+        # decode VMMCALL, and so VMGEXIT, rather than raise #UD.
+        put(vmcb + 0x4D0, struct.pack("<Q", efer | _EFER_SVME if es else efer & ~_EFER_SVME))
         put(vmcb + 0x548, struct.pack("<QQQ", uc.reg_read(X.UC_X86_REG_CR4),
                                       uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR0)))
         put(vmcb + 0x570, struct.pack("<QQ", 2, self.BASE + self.STUB + 3))  # RFLAGS, RIP
@@ -204,6 +222,11 @@ class _GuestMode:
         if not state.get(_CpuState.HFLAGS, "<I") & _HF_GUEST:
             raise CpuStateError("this Unicorn did not enter SVM guest mode (VMRUN)")
         uc.reg_write(X.UC_X86_REG_RAX, 0)
+
+    @property
+    def empty_table(self) -> int:
+        """A page of zeros outside guest memory: as CR3, no address translates."""
+        return self.BASE + self.EMPTY
 
     def _put(self, off: int, data: bytes) -> None:
         self.mem[off:off + len(data)] = np.frombuffer(data, dtype=np.uint8)
@@ -236,7 +259,8 @@ class OsCpu:
                  pio_out: Callable[[int, int, int], bool],
                  cpuid: Callable[[int, int], tuple[int, int, int, int]], tsc: Callable[[], int],
                  tcg_buffer: int = 64 << 20, private: PrivateRam | None = None, cbit: int = 0,
-                 msrs: Mapping[int, MsrHandler] | None = None):
+                 msrs: Mapping[int, MsrHandler] | None = None, es: bool = False,
+                 vc_msrs: frozenset[int] = frozenset()):
         uc = self._uc = ucraw.new_x86_64(cpu=X.UC_CPU_X86_EPYC)
         _CpuState.check(uc)
         uc.ctl_set_tcg_buffer_size(tcg_buffer)
@@ -257,8 +281,18 @@ class OsCpu:
             private.shared_pages = self._shared_pages
         self._msrs = dict(msrs or {})
         self._vmexit: int | None = None
-        if self._msrs:
-            self._guest_mode = _GuestMode(uc, self._msrs)
+        # SEV-ES: what the hypervisor would intercept raises #VC in the guest instead, whose
+        # handler asks through the GHCB; the GHCB MSR is the core's (the VMCB's ghcb_gpa).
+        self.es = es
+        self.ghcb_msr = 0
+        self._vc_msrs = vc_msrs
+        self._pending_vc: tuple[int, UcContext] | None = None
+        if es:
+            if private is None:
+                raise ValueError("an SEV-ES guest is an encrypted one")
+            self._msrs[GHCB_MSR] = (lambda: self.ghcb_msr, self._set_ghcb_msr)
+        if self._msrs or es:
+            self._guest_mode = _GuestMode(uc, [*self._msrs, *vc_msrs], es)
         self._pio_in, self._pio_out, self._cpuid, self._tsc = pio_in, pio_out, cpuid, tsc
         self._flag = ctypes.c_uint8(0)
         self._stop_hooks = ucraw.StopHooks()
@@ -281,7 +315,7 @@ class OsCpu:
         self._kicked = threading.Event()
         self.trace: Callable[..., None] | None = None  # trace(event, **fields); None: no tracing
         self.stats = {"exceptions": 0, "page_faults": 0, "interrupts": 0, "syscalls": 0,
-                      "io": 0, "halts": 0}
+                      "io": 0, "halts": 0, "vc": 0, "vmgexits": 0}
 
     # -- registers and memory --------------------------------------------------------------------------
     @property
@@ -303,7 +337,7 @@ class OsCpu:
         uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt[0], gdt[1], 0))
         uc.reg_write(X.UC_X86_REG_CR3, cr3)
         uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
-        uc.msr_write(0xC0000080, 0x500)  # EFER: LME, LMA
+        uc.msr_write(_EFER, 0x500 | (_EFER_SVME if self.es else 0))  # LME, LMA (SVME: SEV-ES)
         uc.msr_write(0x2FF, 0xC06)  # MTRRdefType: MTRRs on, write-back (Linux then sets up PAT)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # PG, ET, PE
         uc.reg_write(X.UC_X86_REG_CS, code_selector)
@@ -400,7 +434,24 @@ class OsCpu:
         return True
 
     # -- hooks (inside Unicorn) --------------------------------------------------------------------------
-    def _on_in(self, _uc, port, size, _user):
+    def _set_ghcb_msr(self, value: int) -> None:
+        self.ghcb_msr = value & _MASK64
+
+    def _vc_from_hook(self, code: int) -> None:
+        """A #VC for the instruction an instruction hook is in (its RIP is that instruction's):
+        keep the state as it is now, and make the core stop before anything after it touches
+        memory: with an empty page table, the next access or fetch faults before it happens.
+        run() then puts the kept state back and delivers the #VC (register-only instructions
+        that ran in between are undone with it)."""
+        if self._pending_vc is None:
+            self._pending_vc = (code, self._uc.context_save())
+            self._uc.reg_write(X.UC_X86_REG_CR3, self._guest_mode.empty_table)
+        self._uc.emu_stop()
+
+    def _on_in(self, uc, port, size, _user):
+        if self.es:
+            self._vc_from_hook(EXIT_IOIO)
+            return uc.reg_read(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
         self.stats["io"] += 1
         value = self._pio_in(port, size) & ((1 << (8 * size)) - 1)
         if self.trace is not None:
@@ -408,6 +459,9 @@ class OsCpu:
         return value
 
     def _on_out(self, uc, port, size, value, _user):
+        if self.es:
+            self._vc_from_hook(EXIT_IOIO)
+            return
         self.stats["io"] += 1
         value &= (1 << (8 * size)) - 1
         if self.trace is not None:
@@ -457,14 +511,25 @@ class OsCpu:
             self._exception = intno
         uc.emu_stop()
 
-    def _intercept(self, code: int) -> str | None:
-        """An intercepted instruction (guest mode): emulate it and go on after it."""
+    def _intercept(self, code: int) -> OsExit | str | None:
+        """An intercepted instruction (guest mode), nothing of it executed: the core emulates
+        its own MSRs; under SEV-ES the rest raises #VC with the exit code, and a VMGEXIT goes to
+        the hypervisor. Returns an exit for run() to return, a reason to stop, or None."""
         uc = self._uc
         rip = uc.reg_read(X.UC_X86_REG_RIP)
+        if code == EXIT_VMMCALL and self.es and self._read_virt(rip, 4) == _VMGEXIT:
+            uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
+            self.stats["vmgexits"] += 1
+            if self._private is not None and not self.ghcb_msr & 0xFFF:
+                self._private.declare_shared(self.ghcb_msr)  # the GHCB: shared by definition
+            return OsVmgexit()
         insn = self._read_virt(rip, 2)
-        if code != EXIT_MSR or insn not in (b"\x0f\x32", b"\x0f\x30"):
-            return f"unexpected intercept {code:#x} at RIP {rip:#x}"
         index = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        own = code == EXIT_MSR and insn in (b"\x0f\x32", b"\x0f\x30") and index in self._msrs
+        if not own:
+            if self.es and code in (EXIT_CPUID, EXIT_MSR, EXIT_DR7_WRITE, EXIT_VMMCALL, EXIT_WBINVD):
+                return self._vc(code)
+            return f"unexpected intercept {code:#x} at RIP {rip:#x}"
         read, write = self._msrs[index]
         if insn == b"\x0f\x32":
             value = read() & _MASK64
@@ -475,6 +540,13 @@ class OsCpu:
                   | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
         uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
         return None
+
+    def _vc(self, code: int) -> str | None:
+        """Deliver #VC with `code` as its error code, at the current instruction."""
+        self.stats["vc"] += 1
+        if self.trace is not None:
+            self.trace("vc", code=code)
+        return self._deliver(VC, code, hardware=True)
 
     # -- running -----------------------------------------------------------------------------------------
     def enable_counting(self, budget: int) -> None:
@@ -532,11 +604,22 @@ class OsCpu:
             finally:
                 if self._private is not None:
                     self._private.guest_ran()
-            if self._vmexit is not None:
-                code, self._vmexit = self._vmexit, None
-                failed = self._intercept(code)
+            if self._pending_vc is not None:
+                code, ctx = self._pending_vc
+                self._pending_vc, self._exception, self._vmexit, self._invalid = None, None, None, False
+                self._syscall = False
+                uc.context_restore(ctx)
+                failed = self._vc(code)
                 if failed is not None:
                     return OsShutdown(failed)
+                continue
+            if self._vmexit is not None:
+                code, self._vmexit = self._vmexit, None
+                out = self._intercept(code)
+                if isinstance(out, str):
+                    return OsShutdown(out)
+                if out is not None:
+                    return out
                 continue
             if self._exception is not None:
                 vector, self._exception = self._exception, None
@@ -603,6 +686,9 @@ class OsCpu:
         soft = bool(state.get(_CpuState.IS_INT, "<i"))
         next_rip = state.get(_CpuState.NEXT_EIP, "<Q")
         state.put(_CpuState.OLD_EXCEPTION, "<i", -1)  # delivered here: no #DF for the next one
+        # Taken: QEMU keeps the INT n flag until its next exception, and Unicorn moves RIP to
+        # the INT's next instruction after any exception while it is set, an intercept too.
+        state.put(_CpuState.IS_INT, "<i", 0)
         state.restore()
         self.stats["exceptions"] += 1
         if vector == 14:

@@ -69,6 +69,8 @@ class PrivateRam:
         self._p0 = spa // PAGE
         self._npages = size // PAGE
         self.shared = np.zeros(self._npages, dtype=bool)  # the last classification
+        # Pages the guest has told the hypervisor are shared (an SEV-ES GHCB): no walk needed.
+        self._declared = np.zeros(self._npages, dtype=bool)
         self.shared_pages: Callable[[np.ndarray], None] | None = None
         self._classified = False
         self._stale: list[tuple[int, int]] = [(0, self._npages)]  # DRAM may have changed here
@@ -103,12 +105,14 @@ class PrivateRam:
         return bool(self._stale)
 
     def refresh(self) -> bool:
-        """Before the guest runs: take in what changed in DRAM. True if any plaintext changed
-        (the caller drops translated code, which may have come from those pages)."""
+        """Before the guest runs: take in what changed in DRAM. True if the plaintext of a page
+        that may hold code changed (the caller drops translated code, which may have come from
+        it); a page the guest declared shared (its GHCB) holds none."""
         stale, self._stale = self._stale, []
         changed = False
         for lo, hi in stale:
-            changed |= self._sync(lo, hi)
+            if self._sync(lo, hi) and not self._declared[lo:hi].all():
+                changed = True
         return changed
 
     def read(self, gpa: int, length: int) -> bytes:
@@ -116,10 +120,17 @@ class PrivateRam:
         self.writeback(self._p0 + gpa // PAGE, self._p0 + (gpa + length + PAGE - 1) // PAGE)
         return self._dram[gpa:gpa + length].tobytes()
 
+    def declare_shared(self, gpa: int) -> None:
+        """The guest named the page at `gpa` as one it shares (its GHCB)."""
+        if 0 <= gpa < self.size:
+            self._declared[gpa // PAGE] = True
+            self.shared[gpa // PAGE] = True
+
     # -- coherence ----------------------------------------------------------------------------------------
     def _classify(self) -> None:
         if not self._classified and self.shared_pages is not None:
             self.shared_pages(self.shared)
+            self.shared |= self._declared
         self._classified = True
 
     def _sync(self, lo: int, hi: int) -> bool:
@@ -133,7 +144,8 @@ class PrivateRam:
             computed = _changed(self.buf[a:b], self._buf_ref[a:b]) & ~written
             if not (written.any() or computed.any()):
                 continue
-            self._classify()
+            if ((written | computed) & ~self._declared[c0:c1]).any():
+                self._classify()
             shared = self.shared[c0:c1]
             for mask, encrypt in ((computed & ~shared, True), (written & ~shared, False)):
                 for first, last in _runs(mask):

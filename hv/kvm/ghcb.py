@@ -34,12 +34,17 @@ _GHCB_USAGE = 0xFFC
 
 class SwExit:
     """sw_exit_code values hv performs (SVM exit codes and the GHCB's own events)."""
+    DR7_READ = 0x27
+    DR7_WRITE = 0x37
     CPUID = 0x72
     IOIO = 0x7B
     MSR = 0x7C
     VMMCALL = 0x81
+    WBINVD = 0x89
     MMIO_READ = 0x8000_0001
     MMIO_WRITE = 0x8000_0002
+    NMI_COMPLETE = 0x8000_0003
+    AP_JUMP_TABLE = 0x8000_0005  # sw_exit_info_1 0: set it to sw_exit_info_2; 1: get it
     SNP_PSC = 0x8000_0010  # SEV-SNP page state change: sw_scratch -> the PSC buffer
     SNP_GUEST_REQUEST = 0x8000_0011
     SNP_EXT_GUEST_REQUEST = 0x8000_0012  # RAX = certificate pages' GPA, RBX = their number

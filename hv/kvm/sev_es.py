@@ -43,6 +43,8 @@ class EsExits:
         self.vm = vm
         self.control = control  # hv.hw.cpu.GuestControl: ghcb_msr lives there
         self.registered_gpa: int | None = None
+        self.dr7 = 0x400  # the guest's DR7 as it reported it (its reads are answered from here)
+        self.ap_jump_table = 0  # the AP jump table's GPA, as the BSP set it
         self._ghcb: Ghcb | None = None  # the request user space is completing
         self._scratch = 0  # offset of an MMIO request's data in the pending GHCB
         self.stats = {"msr_protocol": 0, "ghcb": 0, "bad_requests": 0, "psc": 0}
@@ -163,6 +165,26 @@ class EsExits:
                 return K.Rdmsr(msr)
             g.set("rax", value & 0xFFFFFFFF)
             g.set("rdx", (value >> 32) & 0xFFFFFFFF)
+            return None
+        if code == SwExit.WBINVD:
+            return None  # the caches write back at every hypervisor access already (hv.hw.memctl)
+        if code == SwExit.DR7_WRITE:
+            (rax,) = _need(inputs, "rax")
+            self.dr7 = rax & 0xFFFFFFFF
+            return None
+        if code == SwExit.DR7_READ:
+            g.set("rax", self.dr7)
+            return None
+        if code == SwExit.NMI_COMPLETE:
+            return None  # no NMI is ever injected
+        if code == SwExit.AP_JUMP_TABLE:
+            (info1,) = _need(inputs, "sw_exit_info_1")
+            if info1 == 0:
+                self.ap_jump_table = inputs["sw_exit_info_2"] or 0
+            elif info1 == 1:
+                g.answer(0, self.ap_jump_table)
+            else:
+                raise _Bad(GHCB_ERR.INVALID_INPUT)
             return None
         if code == SwExit.VMMCALL:
             (rax,) = _need(inputs, "rax")

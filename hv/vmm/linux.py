@@ -29,10 +29,11 @@ from hv.boot import kernel_launch_digest, kernel_launch_vmsa
 from hv.boot.linux import (BOOT_CS, BOOT_DS, KERNEL_CBITPOS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot,
                            kernel_launch_regions, kernel_plan)
 from hv.hw.machine import Machine, MachineConfig
-from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown
+from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown, OsVmgexit
 from hv.kvm import exits as K
 from hv.kvm.kvm import Kvm
 from hv.kvm.mode import Mode
+from hv.kvm.sev_es import EsExits
 from hv.vmm.bus import Bus
 from hv.vmm.launch import OwnerChannel, sev_launch
 from hv.vmm.linux_debug import KernelVcpuView
@@ -42,6 +43,8 @@ from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
 __all__ = ["EXIT_PANIC", "EXIT_REBOOT", "KernelConfig", "KernelVmm", "PLATFORM_CMDLINE", "TSC_KHZ"]
 
 EXIT_REBOOT = 1
+_MSR_TSC, _MSR_HWCR = 0x10, 0xC0010015
+_KVM_ENOSYS = (1 << 64) - 1000  # what KVM returns for a hypercall it does not know
 EXIT_PANIC = 4
 _PANIC_TEXT = b"Kernel panic - not syncing"
 _POLL_NS = 500_000  # how soon to look again when an interrupt waits for IF
@@ -79,7 +82,9 @@ def _guest_cpuid(table: dict) -> dict:
     controller), no MONITOR/MWAITX (the core does not implement them) or IBS, and an invariant TSC (it counts wall time at TSC_KHZ whatever the guest does)."""
     t = dict(table)
     a, b, c, d = t.get((1, 0), (0, 0, 0, 0))
-    t[(1, 0)] = (a, b, c & ~(1 << 21) & ~(1 << 3), d & ~(1 << 9))  # x2APIC, MONITOR, APIC
+    # x2APIC, MONITOR, APIC; OSXSAVE reads 0 here (Linux leaves CR4.OSXSAVE clear: no XSAVE
+    # state components are offered), and the core mirrors CR4 where it answers CPUID itself.
+    t[(1, 0)] = (a, b, c & ~(1 << 21) & ~(1 << 3) & ~(1 << 27), d & ~(1 << 9))
     a, b, c, d = t.get((0x80000001, 0), (0, 0, 0, 0))
     # MWAITX is not in the emulated core; IBS (instruction-based sampling) has no interrupt
     # offset to give (the kernel reported that as a firmware bug).
@@ -151,9 +156,13 @@ class KernelVmm:
         self.vm.cpuid = _guest_cpuid(self.vm.cpuid)
         self.sev = None
         self.launch_info: dict = {}
+        # HWCR.TscFreqSel: the TSC counts at the P0 frequency (asked through the GHCB under
+        # SEV-ES; the other modes read the core's own MSR).
+        self.vm.msrs.setdefault(_MSR_HWCR, 1 << 24)
         self.pio = Bus("port I/O")
         self.platform.attach(self.pio)
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
+        self.es = EsExits(self.vm, self.cpu) if config.mode.es else None
         if config.max_insns is not None:
             self.cpu.enable_counting(config.max_insns)
         self.vcpu = KernelVcpuView(self.cpu)  # what the GDB stub and the debug view use
@@ -277,10 +286,38 @@ class KernelVmm:
                     "page_faults": stats["page_faults"], "syscalls": stats["syscalls"],
                     "mode": cfg.mode.value, **self.launch_info})
 
+    def _vmgexit(self) -> str | None:
+        """Answer an SEV-ES guest's VMGEXIT (hv.kvm.sev_es): port I/O goes to the platform,
+        MSRs to the VM's table; a termination request ends the run with its reason."""
+        assert self.es is not None
+        k = self.es.vmgexit()
+        if isinstance(k, K.SystemEvent):
+            return k.detail
+        if isinstance(k, K.Io):
+            if k.is_in:
+                k.data = self._pio_in(k.port, k.size)
+            else:
+                self._pio_out(k.port, k.size, k.data)
+        elif isinstance(k, K.Rdmsr):
+            k.data = self._tsc() if k.index == _MSR_TSC else self.vm.msrs.get(k.index, 0)
+        elif isinstance(k, K.Wrmsr):
+            self.vm.msrs[k.index] = k.data
+        elif isinstance(k, K.Mmio) and not k.is_write:
+            k.data = (1 << (8 * k.size)) - 1  # nothing is mapped there: the bus floats
+        elif isinstance(k, K.Hypercall):
+            k.ret = _KVM_ENOSYS
+        if k is not None:
+            self.es.complete(k)
+        return None
+
     def _loop(self, waker: _Waker) -> tuple[str, int, str]:
         cpu, plat = self.cpu, self.platform
         while True:
             exit_ = cpu.run()
+            if isinstance(exit_, OsVmgexit):
+                ended = self._vmgexit()
+                if ended is not None:
+                    return "terminated", EXIT_CRASH, f"guest stopped: {ended}"
             plat.update(self.now_ns())
             if self.events:
                 return self._event(self.events[0])

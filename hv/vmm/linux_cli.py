@@ -28,7 +28,7 @@ from hv.vmm.vmm import EXIT_USAGE
 
 __all__ = ["KERNEL_DEFAULT_MEM", "KERNEL_MODES", "refuse_with_kernel", "run_kernel"]
 
-KERNEL_MODES = (Mode.PLAIN, Mode.SEV)
+KERNEL_MODES = (Mode.PLAIN, Mode.SEV, Mode.SEV_ES)
 
 
 def refuse_with_kernel(given: dict[str, object]) -> None:

@@ -23,6 +23,13 @@ class KernelVcpuView:
 
     guest_state_protected = False
     vmsa_spa = None
+    index = 0
+
+    def attach_vmsa(self, spa: int) -> None:
+        """The launch measured and encrypted this vCPU's initial state (SEV-ES): from here on
+        the hypervisor has no view of its registers."""
+        self.vmsa_spa = spa
+        self.guest_state_protected = True
 
     def __init__(self, cpu: OsCpu):
         self._cpu = cpu

@@ -417,10 +417,6 @@ def test_create_os_vcpu_refuses_sev_snp():
         _vm(Mode.SEV_SNP, 39).create_os_vcpu(**_devices())
 
 
-@pytest.mark.xfail(strict=True, reason="Machine.new_os_cpu registers the PrivateRam with the memory "
-                   "controller before OsCpu checks the C-bit; the refused core's RAM stays in "
-                   "mc.os_caches, and the next host read of its range decrypts with an ASID that "
-                   "has no key (KeySlotError)")
 def test_a_refused_encrypted_core_leaves_host_memory_as_it_was():
     machine = Machine(MachineConfig(dram_size=16 << 20))
     with pytest.raises(ValueError):
