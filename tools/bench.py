@@ -21,8 +21,12 @@ are printed for context only, never compared with a threshold.
               command line (hv's PLATFORM_CMDLINE and hv.init=poweroff), whole processes timed;
               without QEMU hv's time is reported alone (`--install-qemu` installs Debian's
               qemu-system-x86 with apt-get)
+  8 linux-sev the same boot in `hv run --sev` vs `hv run` (plain), and
+  9           in `hv run --sev-es` vs plain: one bench (`--only linux-sev`) that boots plain, SEV
+              and SEV-ES in every round, so both ratios share their plain boots; each boot counts
+              only if the kernel's "Memory Encryption Features active" line names its mode
 
-    python tools/bench.py            # full run, a few minutes
+    python tools/bench.py            # full run, about eight minutes (most of it rows 7 to 9)
     python tools/bench.py --quick    # fewer rounds
     python tools/bench.py --only linux --install-qemu   # the Linux boot alone, QEMU installed first
     python tools/bench.py --json     # JSON on stdout (the table goes to stderr)
@@ -37,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -69,6 +74,7 @@ __all__ = [
     "openssl_throughput", "parse_openssl_mr", "hv_exit_seconds", "bare_exit_seconds",
     "launch_bound", "interleave", "summarize", "run_benchmarks", "format_table", "main",
     "linux_files", "hv_boot_command", "qemu_boot_command", "boot_seconds", "install_qemu",
+    "LINUX_FEATURES", "encryption_features",
 ]
 
 GUESTS = REPO / "guests"
@@ -78,6 +84,11 @@ LINUX_DIR = linux_tool.DEFAULT_OUT
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"  # the Debian package that holds qemu-system-x86_64
 BOOT_TIMEOUT = 600.0  # seconds for one boot to power off (hv takes about 30 here)
+# What the kernel says it found, by hv's mode: the rest of its line "Memory Encryption Features
+# active: ..." (arch/x86/mm/mem_encrypt.c), which it prints only when it found any.
+LINUX_FEATURES: dict[str, str | None] = {
+    "plain": None, "sev": "AMD SEV", "sev-es": "AMD SEV SEV-ES"}
+_FEATURES_LINE = re.compile(r"Memory Encryption Features active: ([^\r\n]*)")
 
 
 class BenchError(RuntimeError):
@@ -115,6 +126,10 @@ GOALS = {g.key: g for g in (
     Goal("launch", "LAUNCH_UPDATE_DATA vs aes+sha256 bound", "psp / bound B/s", 0.50),
     Goal("linux", "Linux boot to init and power-off, hv vs QEMU TCG", "hv / qemu time", 4.0,
          higher_is_better=False, aim=2.0),
+    Goal("linux-sev", "Linux boot, hv under SEV vs plain", "sev / plain time", 1.25,
+         higher_is_better=False, aim=1.1),
+    Goal("linux-sev-es", "Linux boot, hv under SEV-ES vs plain", "sev-es / plain time", 2.0,
+         higher_is_better=False),
 )}
 
 
@@ -131,13 +146,14 @@ class Plan:
     openssl_seconds: int = 1
     window: float = 1.0  # seconds each engine / launch figure averages over, as openssl does
     linux_rounds: int = 2  # each a boot in hv and one in QEMU: about 35 s here
+    linux_sev_rounds: int = 3  # each a plain, an SEV and an SEV-ES boot: about 2 minutes here
 
 
 PLANS = {
     # The compute guest runs a quarter of a second: short enough for one burst of a neighbour to
     # skew a round, cheap enough to run many rounds.
     "quick": Plan(guest_rounds=5, memstress_rounds=1, crypto_rounds=2, exit_rounds=3, exits=5000,
-                  window=0.3, linux_rounds=1),
+                  window=0.3, linux_rounds=1, linux_sev_rounds=1),
     "full": Plan(guest_rounds=15, memstress_rounds=5, crypto_rounds=5, exit_rounds=7, exits=20000),
 }
 
@@ -389,10 +405,12 @@ def linux_files(linux_dir: Path = LINUX_DIR) -> tuple[Path, Path] | None:
     return (kernel, initrd) if kernel.is_file() and initrd.is_file() else None
 
 
-def hv_boot_command(kernel: Path, initrd: Path) -> list[str]:
-    """`hv run` to the init's power-off, console silenced: the summary (with the serial) as JSON."""
+def hv_boot_command(kernel: Path, initrd: Path, mode: str = "plain") -> list[str]:
+    """`hv run` to the init's power-off, console silenced: the summary (with the serial) as JSON.
+    `mode` is a key of LINUX_FEATURES; an encrypted one adds its flag (--sev, --sev-es)."""
+    flags = [] if mode == "plain" else [f"--{mode}"]
     return [sys.executable, "-m", "hv", "run", "--kernel", str(kernel), "--initrd", str(initrd),
-            "--append", linux_tool.POWEROFF_PARAM, "-q", "--json"]
+            "--append", linux_tool.POWEROFF_PARAM, "-q", "--json", *flags]
 
 
 def qemu_boot_command(qemu: str, kernel: Path, initrd: Path) -> list[str]:
@@ -403,12 +421,20 @@ def qemu_boot_command(qemu: str, kernel: Path, initrd: Path) -> list[str]:
             "-append", f"{PLATFORM_CMDLINE} {linux_tool.POWEROFF_PARAM}"]
 
 
+def encryption_features(console: str) -> str | None:
+    """The memory encryption the kernel reports on its console ("AMD SEV" ...); None: none."""
+    found = _FEATURES_LINE.search(console)
+    return None if found is None else found.group(1).strip()
+
+
 def boot_seconds(argv: list[str], what: str, console: Callable[[str], str] = lambda out: out,
-                 timeout: float = BOOT_TIMEOUT) -> float:
+                 timeout: float = BOOT_TIMEOUT, features: str | None = None) -> float:
     """Wall seconds of one boot, from starting the process to its exit (stdin: /dev/null).
 
     A boot counts only if the process exits with status 0 and its console (`console` takes it
-    from the standard output) shows the init's line; anything else is a BenchError, never a time.
+    from the standard output) shows the init's line and, as the kernel's report of memory
+    encryption, `features` (None: no report); anything else is a BenchError, never a time. The
+    features check keeps an encrypted row from timing a boot that silently ran unencrypted.
     """
     t0 = time.perf_counter()
     try:
@@ -426,11 +452,23 @@ def boot_seconds(argv: list[str], what: str, console: Callable[[str], str] = lam
         raise BenchError(f"{what}: unreadable output ({e})") from None
     if linux_tool.INIT_MARKER not in text:
         raise BenchError(f"{what} exited without printing {linux_tool.INIT_MARKER!r}")
+    found = encryption_features(text)
+    if found != features:
+        raise BenchError(f"{what}: the kernel reported memory encryption {found or 'none'}, "
+                         f"expected {features or 'none'}")
     return seconds
 
 
 def _hv_serial(out: str) -> str:
     return json.loads(out)["serial"]
+
+
+def _hv_boot(hv_command: Callable[..., list[str]], kernel: Path, initrd: Path,
+             mode: str = "plain") -> Callable[[], float]:
+    """One interleaved side: a boot of `hv run` in `mode`, its kernel reporting that mode."""
+    argv = hv_command(kernel, initrd, mode)
+    what = "hv run" if mode == "plain" else f"hv run --{mode}"
+    return lambda: boot_seconds(argv, what, _hv_serial, features=LINUX_FEATURES[mode])
 
 
 def install_qemu(log: Callable[[str], None] = print) -> str:
@@ -570,18 +608,23 @@ def bench_exit(plan: Plan, progress=None) -> list[Outcome]:
     return [summarize(GOALS["exit"], times["hv"], times["bare"], ctx, times)]
 
 
+def _without_kernel(linux_dir: Path, *goals: Goal) -> list[Outcome]:
+    """The Linux rows `goals`, not measured: the note says how to fetch the kernel."""
+    where = linux_dir.relative_to(REPO) if linux_dir.is_relative_to(REPO) else linux_dir
+    note = f"skipped: no vmlinuz and initrd.cpio.gz in {where} (python tools/linux.py fetch)"
+    return [Outcome(goal, [], note=note) for goal in goals]
+
+
 def bench_linux(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR, qemu: str = QEMU,
-                hv_command: Callable[[Path, Path], list[str]] = hv_boot_command) -> list[Outcome]:
+                hv_command: Callable[..., list[str]] = hv_boot_command) -> list[Outcome]:
     """Goal 7: whole boots, hv then QEMU in turn. Not measured without the kernel (the note says
     how to fetch it); without QEMU, hv's boots alone are timed and the note says how to get it."""
     goal = GOALS["linux"]
     files = linux_files(linux_dir)
     if files is None:
-        where = linux_dir.relative_to(REPO) if linux_dir.is_relative_to(REPO) else linux_dir
-        return [Outcome(goal, [], note=f"skipped: no vmlinuz and initrd.cpio.gz in {where} "
-                                       "(python tools/linux.py fetch)")]
+        return _without_kernel(linux_dir, goal)
     kernel, initrd = files
-    sides = {"hv": lambda: boot_seconds(hv_command(kernel, initrd), "hv run", _hv_serial)}
+    sides = {"hv": _hv_boot(hv_command, kernel, initrd)}
     exe = shutil.which(qemu)
     if exe is not None:
         sides["qemu"] = lambda: boot_seconds(qemu_boot_command(exe, kernel, initrd), "QEMU")
@@ -594,8 +637,26 @@ def bench_linux(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR, qemu: st
     return [summarize(goal, times["hv"], times["qemu"], ctx, times)]
 
 
+def bench_linux_sev(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR,
+                    hv_command: Callable[..., list[str]] = hv_boot_command) -> list[Outcome]:
+    """Goals 8 and 9: hv's plain, SEV and SEV-ES boots of the same kernel, initrd and command
+    line in turn, the order rotating by round; both ratios are over the same plain boots.
+    Skipped as goal 7 is without the kernel."""
+    goals = GOALS["linux-sev"], GOALS["linux-sev-es"]
+    files = linux_files(linux_dir)
+    if files is None:
+        return _without_kernel(linux_dir, *goals)
+    kernel, initrd = files
+    sides = {mode: _hv_boot(hv_command, kernel, initrd, mode) for mode in LINUX_FEATURES}
+    times = interleave(sides, plan.linux_sev_rounds, progress)
+    ctx = {k: _fmt_s(v) for k, v in times.items()}
+    return [summarize(goal, times[mode], times["plain"], {"plain": ctx["plain"], mode: ctx[mode]},
+                      times)
+            for goal, mode in zip(goals, ("sev", "sev-es"))]
+
+
 BENCHES = {"compute": bench_compute, "memstress": bench_memstress, "crypto": bench_crypto,
-           "exit": bench_exit, "linux": bench_linux}
+           "exit": bench_exit, "linux": bench_linux, "linux-sev": bench_linux_sev}
 
 
 def run_benchmarks(plan: Plan, only: list[str] | None = None,
@@ -672,7 +733,8 @@ def machine_info() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Measure hv's performance goals as ratios in one run.")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer rounds (a few minutes, most of them the Linux boots)")
     ap.add_argument("--json", action="store_true", help="JSON on stdout, the table on stderr")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
     ap.add_argument("--rounds", type=int, default=None, help="override every round count")
@@ -688,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None:
         r = max(1, args.rounds)
         plan = dataclasses.replace(plan, guest_rounds=r, memstress_rounds=r, crypto_rounds=r,
-                                   exit_rounds=r, linux_rounds=r)
+                                   exit_rounds=r, linux_rounds=r, linux_sev_rounds=r)
 
     t0 = time.perf_counter()
     log = (lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", file=sys.stderr))

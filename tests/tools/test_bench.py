@@ -33,7 +33,7 @@ bench = _load_bench()
 bare = bench.bare_unicorn
 
 TINY = bench.Plan(guest_rounds=1, memstress_rounds=1, crypto_rounds=2, exit_rounds=2, exits=40,
-                  bulk_bytes=64 << 10, window=0.0)
+                  bulk_bytes=64 << 10, window=0.0, linux_sev_rounds=1)
 
 
 def _sane(value: float) -> bool:
@@ -204,13 +204,21 @@ def _stand_in(tmp_path: Path, name: str, body: str) -> str:
     return str(path)
 
 
-def _hv_printing(tmp_path: Path, serial: str, status: int = 0):
-    body = f"print(json.dumps({{'serial': {serial!r}}})); sys.exit({status})"
-    exe = _stand_in(tmp_path, "hv", body)
-    return lambda kernel, initrd: [exe, "run", str(kernel), str(initrd)]
+def _hv_printing(tmp_path: Path, serial: str, status: int = 0, **by_mode: str):
+    """An `hv_command`: hv_boot_command's arguments, run by a stand-in that prints `serial` in
+    JSON, or by_mode[mode] in that mode (the keyword sev_es= for sev-es)."""
+    exes = {}
+    for mode in bench.LINUX_FEATURES:
+        text = by_mode.get(mode.replace("-", "_"), serial)
+        body = f"print(json.dumps({{'serial': {text!r}}})); sys.exit({status})"
+        exes[mode] = _stand_in(tmp_path, f"hv-{mode}", body)
+    return lambda kernel, initrd, mode="plain": [exes[mode],
+                                                 *bench.hv_boot_command(kernel, initrd, mode)[1:]]
 
 
 UP = "Run /init as init process\r\nhv-init: user space is up\r\nhv-init: powering off\r\n"
+SEV_UP = "Memory Encryption Features active: AMD SEV\r\n" + UP
+SEV_ES_UP = "Memory Encryption Features active: AMD SEV SEV-ES\r\n" + UP
 
 
 def test_linux_commands_share_the_kernel_initrd_and_command_line(tmp_path):
@@ -259,3 +267,74 @@ def test_a_boot_that_misses_init_or_fails_is_an_error_not_a_time(tmp_path, seria
     bad_qemu = _stand_in(tmp_path, "qemu-bad", "print('hv-init: powering off')")
     with pytest.raises(bench.BenchError):
         bench.boot_seconds([bad_qemu], "QEMU")
+
+
+# -- the Linux boot under SEV and SEV-ES against plain, with stand-ins for hv -------------------
+
+def test_encrypted_boot_commands_add_the_modes_flag_to_the_plain_one(tmp_path):
+    kernel, initrd = tmp_path / "k", tmp_path / "i"
+    plain = bench.hv_boot_command(kernel, initrd)
+    assert plain == bench.hv_boot_command(kernel, initrd, "plain")
+    assert not {"--sev", "--sev-es"} & set(plain)
+    for mode in ("sev", "sev-es"):
+        assert bench.hv_boot_command(kernel, initrd, mode) == [*plain, f"--{mode}"]
+
+
+def test_the_kernels_features_line_is_read_whole():
+    assert bench.encryption_features(UP) is None
+    assert bench.encryption_features(SEV_UP) == "AMD SEV"
+    assert bench.encryption_features(SEV_ES_UP) == "AMD SEV SEV-ES"
+
+
+def test_linux_sev_rows_without_the_kernel_are_skipped_saying_how_to_fetch(tmp_path):
+    rows = bench.bench_linux_sev(TINY, linux_dir=tmp_path)
+    assert [o.goal.key for o in rows] == ["linux-sev", "linux-sev-es"]
+    for o in rows:
+        assert o.ratios == [] and "python tools/linux.py fetch" in o.note and not o.met
+    assert "skipped" in bench.format_table(rows)
+
+
+def test_linux_sev_rows_form_each_mode_over_the_same_plain_boots(tmp_path):
+    plan = bench.dataclasses.replace(TINY, linux_sev_rounds=2)
+    sev, es = bench.bench_linux_sev(plan, linux_dir=_linux_dir(tmp_path),
+                                    hv_command=_hv_printing(tmp_path, UP, sev=SEV_UP,
+                                                            sev_es=SEV_ES_UP))
+    assert (sev.goal.key, es.goal.key) == ("linux-sev", "linux-sev-es")
+    times = sev.samples
+    assert {k: len(v) for k, v in times.items()} == {"plain": 2, "sev": 2, "sev-es": 2}
+    assert sev.ratios == [s / p for s, p in zip(times["sev"], times["plain"])]
+    assert es.ratios == [s / p for s, p in zip(times["sev-es"], times["plain"])]
+    assert set(sev.context) == {"plain", "sev"} and set(es.context) == {"plain", "sev-es"}
+    assert sev.goal.text == "<= 1.25 (aim 1.1)" and es.goal.text == "<= 2"
+    table = bench.format_table([sev, es])
+    assert table.count("\n8 ") == 1 and table.count("\n9 ") == 1
+    rows = bench.json.loads(bench.json.dumps([sev.to_json(), es.to_json()]))
+    assert [r["key"] for r in rows] == ["linux-sev", "linux-sev-es"]
+    assert rows[1]["samples"].keys() == {"plain", "sev", "sev-es"}
+
+
+def test_linux_sev_verdicts_against_bound_and_aim():
+    sev, es = bench.GOALS["linux-sev"], bench.GOALS["linux-sev-es"]
+    assert "met, aim met" in bench.format_table([bench.summarize(sev, [1.05], [1.0], {})])
+    assert "met, aim not met" in bench.format_table([bench.summarize(sev, [1.2], [1.0], {})])
+    assert "NOT met" in bench.format_table([bench.summarize(sev, [1.3], [1.0], {})])
+    assert bench.summarize(es, [1.9], [1.0], {}).met
+    assert not bench.summarize(es, [2.1], [1.0], {}).met
+
+
+@pytest.mark.parametrize("sev, sev_es", [
+    (UP, SEV_ES_UP),          # the SEV boot's kernel found no encryption: it ran plain
+    (SEV_UP, SEV_UP),         # the SEV-ES boot's kernel found SEV alone
+    (SEV_UP, "Kernel panic - not syncing\r\n"),
+])
+def test_an_encrypted_boot_that_is_not_what_it_claims_is_an_error(tmp_path, sev, sev_es):
+    with pytest.raises(bench.BenchError):
+        bench.bench_linux_sev(TINY, linux_dir=_linux_dir(tmp_path),
+                              hv_command=_hv_printing(tmp_path, UP, sev=sev, sev_es=sev_es))
+
+
+def test_a_plain_boot_whose_kernel_reports_encryption_is_an_error(tmp_path):
+    qemu = _stand_in(tmp_path, "qemu", f"sys.stdout.write({UP!r})")
+    with pytest.raises(bench.BenchError, match="AMD SEV"):
+        bench.bench_linux(TINY, linux_dir=_linux_dir(tmp_path), qemu=qemu,
+                          hv_command=_hv_printing(tmp_path, SEV_UP))
