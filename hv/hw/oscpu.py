@@ -267,6 +267,13 @@ class OsCpu:
         self.ram_size = ram_size
         self._private = private
         self._cmask = 0
+        self._r, self._w = ucraw.fast_registers(uc)  # 64-bit registers on the hot paths
+        self._start = ucraw.emu_starter(uc)
+        # The core's own reads and writes of guest memory (tables, IDT, TSS, frames) go straight
+        # to the RAM Unicorn computes on: the plaintext of an encrypted guest.
+        self._ram = (private.buf if private is not None
+                     else np.ctypeslib.as_array((ctypes.c_uint8 * ram_size).from_address(ram_ptr)))
+        self._ram64 = self._ram.view(np.uint64)
         if private is None:
             uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ram_ptr)
         else:
@@ -357,12 +364,13 @@ class OsCpu:
     def _walk(self, gva: int) -> int | None:
         """Where the core's own access to `gva` lands in Unicorn's physical space: the C-bit
         leads to the private plaintext, as the walk of the part does (its table reads too)."""
-        table = self._uc.reg_read(X.UC_X86_REG_CR3) & _ADDR
+        table = self._r(X.UC_X86_REG_CR3) & _ADDR
+        cmask, size, ram64 = self._cmask, self.ram_size, self._ram64
         for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
-            addr = table + ((gva >> shift) & 0x1FF) * 8
-            if not self._in_ram(addr, 8):
+            addr = (table + ((gva >> shift) & 0x1FF) * 8) & ~cmask
+            if addr + 8 > size:
                 return None
-            entry = int.from_bytes(self._uc.mem_read(addr, 8), "little")
+            entry = int(ram64[addr >> 3])
             if not entry & 1:
                 return None
             if level in (2, 3) and entry & 0x80:
@@ -418,7 +426,8 @@ class OsCpu:
             if host and self._private is not None:
                 out += self._private.read(paddr & ~self._cmask, n)
             else:
-                out += bytes(self._uc.mem_read(paddr, n))
+                a = paddr & ~self._cmask
+                out += self._ram[a:a + n].tobytes()
             gva, length = (gva + n) & _MASK64, length - n
         return out
 
@@ -429,7 +438,8 @@ class OsCpu:
             paddr = self._walk((gva + pos) & _MASK64)
             if paddr is None or not self._in_ram(paddr, n):
                 return False
-            self._uc.mem_write(paddr, data[pos:pos + n])
+            a = paddr & ~self._cmask
+            self._ram[a:a + n] = np.frombuffer(data, dtype=np.uint8, count=n, offset=pos)
             pos += n
         return True
 
@@ -451,7 +461,7 @@ class OsCpu:
     def _on_in(self, uc, port, size, _user):
         if self.es:
             self._vc_from_hook(EXIT_IOIO)
-            return uc.reg_read(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+            return self._r(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
         self.stats["io"] += 1
         value = self._pio_in(port, size) & ((1 << (8 * size)) - 1)
         if self.trace is not None:
@@ -515,16 +525,15 @@ class OsCpu:
         """An intercepted instruction (guest mode), nothing of it executed: the core emulates
         its own MSRs; under SEV-ES the rest raises #VC with the exit code, and a VMGEXIT goes to
         the hypervisor. Returns an exit for run() to return, a reason to stop, or None."""
-        uc = self._uc
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self._r(X.UC_X86_REG_RIP)
         if code == EXIT_VMMCALL and self.es and self._read_virt(rip, 4) == _VMGEXIT:
-            uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
+            self._w(X.UC_X86_REG_RIP, rip + 4)
             self.stats["vmgexits"] += 1
             if self._private is not None and not self.ghcb_msr & 0xFFF:
                 self._private.declare_shared(self.ghcb_msr)  # the GHCB: shared by definition
             return OsVmgexit()
         insn = self._read_virt(rip, 2)
-        index = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        index = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         own = code == EXIT_MSR and insn in (b"\x0f\x32", b"\x0f\x30") and index in self._msrs
         if not own:
             if self.es and code in (EXIT_CPUID, EXIT_MSR, EXIT_DR7_WRITE, EXIT_VMMCALL, EXIT_WBINVD):
@@ -533,12 +542,12 @@ class OsCpu:
         read, write = self._msrs[index]
         if insn == b"\x0f\x32":
             value = read() & _MASK64
-            uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-            uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+            self._w(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+            self._w(X.UC_X86_REG_RDX, value >> 32)
         else:
-            write((uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
-                  | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+            write((self._r(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                  | self._r(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+        self._w(X.UC_X86_REG_RIP, rip + 2)
         return None
 
     def _vc(self, code: int) -> str | None:
@@ -596,9 +605,9 @@ class OsCpu:
             self._flag.value = 0
             if self._private is not None and self._private.pending() and self._private.refresh():
                 uc.ctl_flush_tb()  # plaintext changed under code that may have been translated
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._r(X.UC_X86_REG_RIP)
             try:
-                uc.emu_start(rip, 0)
+                self._start(rip, 0)
             except UcError as e:
                 return OsShutdown(f"emulator error at RIP {uc.reg_read(X.UC_X86_REG_RIP):#x}: {e}")
             finally:

@@ -136,6 +136,8 @@ class PrivateRam:
     def _sync(self, lo: int, hi: int) -> bool:
         """Make pages [lo, hi) coherent; True if the plaintext of any changed."""
         self.stats["syncs"] += 1
+        if hi - lo == 1:
+            return self._sync_page(lo)
         taken_in = False
         for c0 in range(lo, hi, _CHUNK_PAGES):
             c1 = min(c0 + _CHUNK_PAGES, hi)
@@ -162,6 +164,25 @@ class PrivateRam:
                 self._dram_ref[s] = self._dram[s]
             taken_in |= bool(written.any())
         return taken_in
+
+    def _sync_page(self, p: int) -> bool:
+        """_sync for one page (an SEV-ES guest's GHCB at every VMGEXIT): the same rules."""
+        s = slice(p * PAGE, (p + 1) * PAGE)
+        written = self._dram[s].tobytes() != self._dram_ref[s].tobytes()
+        if not written and self.buf[s].tobytes() == self._buf_ref[s].tobytes():
+            return False
+        if not self._declared[p]:
+            self._classify()
+        if self.shared[p]:
+            if written:
+                self.buf[s] = self._dram[s]
+            else:
+                self._dram[s] = self.buf[s]
+        else:
+            self._crypt(p, p + 1, encrypt=not written)
+        self._buf_ref[s] = self.buf[s]
+        self._dram_ref[s] = self._dram[s]
+        return written
 
     def _crypt(self, first: int, last: int, encrypt: bool) -> None:
         s = slice(first * PAGE, last * PAGE)

@@ -48,6 +48,9 @@ class EsExits:
         self._ghcb: Ghcb | None = None  # the request user space is completing
         self._scratch = 0  # offset of an MMIO request's data in the pending GHCB
         self.stats = {"msr_protocol": 0, "ghcb": 0, "bad_requests": 0, "psc": 0}
+        # How often each request came: GHCB events by sw_exit_code ("0x7b"), MSR-protocol
+        # requests by GHCBInfo ("msr:0x004").
+        self.events: dict[str, int] = {}
 
     @property
     def busy(self) -> bool:
@@ -66,6 +69,7 @@ class EsExits:
     # -- the MSR protocol -----------------------------------------------------------------------
     def _msr_protocol(self, msr: int) -> K.KvmExit | None:
         info = msr & 0xFFF
+        self._count(f"msr:{info:#05x}")
         if info == MsrProto.SEV_INFO_REQ:
             self.control.ghcb_msr = MsrProto.sev_info(self.vm.cbitpos)
         elif info == MsrProto.CPUID_REQ:
@@ -126,6 +130,7 @@ class EsExits:
         code = g.get_valid("sw_exit_code")
         if code is None:
             raise _Bad(GHCB_ERR.MISSING_INPUT)
+        self._count(f"{code:#x}")
         # Inputs are read once, then the bitmap is cleared: only outputs are valid on return.
         inputs = {n: g.get_valid(n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "cpl", "xcr0",
                                                 "sw_exit_info_1", "sw_exit_info_2", "sw_scratch")}
@@ -272,6 +277,9 @@ class EsExits:
         self.stats["psc"] += 1
         g.answer(0, sev_snp.page_state_change(self.vm, g.page, off, ghcb_gpa=g.gpa))
         return None
+
+    def _count(self, key: str) -> None:
+        self.events[key] = self.events.get(key, 0) + 1
 
     # -- completion -----------------------------------------------------------------------------
     def complete(self, p: K.KvmExit | None) -> None:

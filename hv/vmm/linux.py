@@ -112,9 +112,13 @@ class _Waker:
         self._thread.start()
 
     def arm(self, at_ns: int | None) -> None:
+        if at_ns == self._at:
+            return  # already armed so (the run loop re-arms after every exit)
         with self._cond:
+            earlier = at_ns is not None and (self._at is None or at_ns < self._at)
             self._at = at_ns
-            self._cond.notify()
+            if earlier:  # a later deadline is seen when the thread wakes for the earlier one
+                self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -284,7 +288,9 @@ class KernelVmm:
                     "mem_size": cfg.mem_size, "initrd_gpa": self.plan.initrd_gpa,
                     "interrupts_injected": stats["interrupts"], "exceptions": stats["exceptions"],
                     "page_faults": stats["page_faults"], "syscalls": stats["syscalls"],
-                    "mode": cfg.mode.value, **self.launch_info})
+                    "mode": cfg.mode.value, **self.launch_info,
+                    **({"vc": stats["vc"], "vmgexits": stats["vmgexits"],
+                        "ghcb_events": dict(sorted(self.es.events.items()))} if self.es else {})})
 
     def _vmgexit(self) -> str | None:
         """Answer an SEV-ES guest's VMGEXIT (hv.kvm.sev_es): port I/O goes to the platform,
