@@ -57,6 +57,7 @@ _VMEXIT = 0x100  # QEMU reports an intercept as exception 0x100 + exit code
 _EFER, _VM_HSAVE_PA, _EFER_SVME = 0xC0000080, 0xC0010117, 1 << 12
 _HF_GUEST = 1 << 21
 GHCB_MSR = 0xC0010130
+_ES_VISIBLE = frozenset({"interrupt", "hlt", "vmgexit"})
 
 MsrHandler = tuple[Callable[[], int], Callable[[int], None]]
 
@@ -444,6 +445,17 @@ class OsCpu:
         return True
 
     # -- hooks (inside Unicorn) --------------------------------------------------------------------------
+    def _emit(self, event: str, **fields) -> None:
+        """A trace event (the caller checked self.trace). Of an SEV-ES guest the hypervisor sees
+        only what reaches it: interrupts it injects, HLT and VMGEXIT (with the GHCB MSR), never
+        the guest's registers, exceptions or system calls."""
+        assert self.trace is not None
+        if self.es:
+            if event not in _ES_VISIBLE:
+                return
+            fields = {k: v for k, v in fields.items() if k not in ("rip", "cr2")}
+        self.trace(event, **fields)
+
     def _set_ghcb_msr(self, value: int) -> None:
         self.ghcb_msr = value & _MASK64
 
@@ -465,7 +477,7 @@ class OsCpu:
         self.stats["io"] += 1
         value = self._pio_in(port, size) & ((1 << (8 * size)) - 1)
         if self.trace is not None:
-            self.trace("io", port=port, size=size, dir="in", value=value)
+            self._emit("io", port=port, size=size, dir="in", value=value)
         return value
 
     def _on_out(self, uc, port, size, value, _user):
@@ -475,7 +487,7 @@ class OsCpu:
         self.stats["io"] += 1
         value &= (1 << (8 * size)) - 1
         if self.trace is not None:
-            self.trace("io", port=port, size=size, dir="out", value=value)
+            self._emit("io", port=port, size=size, dir="out", value=value)
         if self._pio_out(port, size, value):
             # A synchronous request from inside the instruction: Unicorn takes it at the next
             # check after a later access, which restarts that instruction before its store.
@@ -529,6 +541,8 @@ class OsCpu:
         if code == EXIT_VMMCALL and self.es and self._read_virt(rip, 4) == _VMGEXIT:
             self._w(X.UC_X86_REG_RIP, rip + 4)
             self.stats["vmgexits"] += 1
+            if self.trace is not None:
+                self._emit("vmgexit", ghcb_msr=self.ghcb_msr)
             if self._private is not None and not self.ghcb_msr & 0xFFF:
                 self._private.declare_shared(self.ghcb_msr)  # the GHCB: shared by definition
             return OsVmgexit()
@@ -554,7 +568,7 @@ class OsCpu:
         """Deliver #VC with `code` as its error code, at the current instruction."""
         self.stats["vc"] += 1
         if self.trace is not None:
-            self.trace("vc", code=code)
+            self._emit("vc", code=code)
         return self._deliver(VC, code, hardware=True)
 
     # -- running -----------------------------------------------------------------------------------------
@@ -644,7 +658,7 @@ class OsCpu:
                 self._syscall = False
                 self.stats["syscalls"] += 1
                 if self.trace is not None:
-                    self.trace("syscall", nr=uc.reg_read(X.UC_X86_REG_RAX),
+                    self._emit("syscall", nr=uc.reg_read(X.UC_X86_REG_RAX),
                                rip=uc.reg_read(X.UC_X86_REG_RIP) - 2)
                 self._syscall_entry()
                 continue
@@ -659,7 +673,7 @@ class OsCpu:
             if self._read_virt(rip - 1, 1) == b"\xf4":
                 self.stats["halts"] += 1
                 if self.trace is not None:
-                    self.trace("hlt", rip=rip - 1)
+                    self._emit("hlt", rip=rip - 1)
                 return OsHalt(bool(uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF))
             return OsShutdown(f"emulation stopped without a cause at RIP {rip:#x}")
 
@@ -685,7 +699,7 @@ class OsCpu:
         """Deliver an external interrupt now (the caller checked interrupts_enabled())."""
         self.stats["interrupts"] += 1
         if self.trace is not None:
-            self.trace("interrupt", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP))
+            self._emit("interrupt", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP))
         return self._deliver(vector, None, hardware=True) is None
 
     # -- delivery ----------------------------------------------------------------------------------------
@@ -706,7 +720,7 @@ class OsCpu:
             fields = {"cr2": self._uc.reg_read(X.UC_X86_REG_CR2)} if vector == 14 else {}
             if vector in _HAS_ERROR_CODE and not soft:
                 fields["error_code"] = error
-            self.trace("exception", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP), **fields)
+            self._emit("exception", vector=vector, rip=self._uc.reg_read(X.UC_X86_REG_RIP), **fields)
         if soft:
             # INT n, INT3, INTO: a trap; the frame holds the next instruction (but a #GP for a
             # gate the caller may not use is a fault at the INT itself).
