@@ -126,8 +126,8 @@ psp_state_option = click.option(
 @main.command()
 @click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--kernel", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Boot a Linux bzImage through the 64-bit boot protocol instead of IMAGE "
-                   "(docs/linux.md).")
+              help="Boot a Linux bzImage through the 64-bit boot protocol instead of IMAGE: plain, "
+                   "--sev or --sev-es (docs/linux.md).")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --kernel: the initramfs (a cpio archive, compressed or not).")
 @click.option("--append", default="", help="With --kernel: the kernel command line, after the "
@@ -258,11 +258,11 @@ def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_jso
     if image:
         raise click.UsageError("give IMAGE or --kernel, not both")
     if mode not in KERNEL_MODES:
-        raise click.UsageError(f"--kernel runs plain and --sev guests for now, not --{mode.value}")
+        raise click.UsageError(f"--kernel runs plain, --sev and --sev-es guests for now, not --{mode.value}")
     if (launch["session_dir"] or launch["owner_exec"]) and not mode.encrypted:
-        raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev)")
+        raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev or --sev-es)")
     if launch["policy"] is not None and not mode.encrypted:
-        raise click.UsageError("--policy needs an encrypted mode (--sev)")
+        raise click.UsageError("--policy needs an encrypted mode (--sev or --sev-es)")
     refuse_with_kernel(others)
     for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
         if path:

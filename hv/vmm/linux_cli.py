@@ -36,7 +36,7 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
     for option, value in given.items():
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
-                                   "plain or with --sev, with --mem, --append, --initrd, "
+                                   "plain or with --sev or --sev-es, with --mem, --append, --initrd, "
                                    "--timeout, --max-insns, -q, --json, --dump-dram, --trace, "
                                    "--gdb, --policy, --session and --owner-exec)")
 

@@ -77,3 +77,35 @@ def test_an_encrypted_guest_boots_and_its_dump_hides_the_marker(boot, marker, mo
     assert "hv-init: user space is up" in serial and "hv-init: powering off" in serial
     assert len(dump) == summary["launch"]["mem_size"]
     assert find_windows(dump, marker) == []
+
+
+# What the kernel sends the hypervisor under SEV-ES (docs/linux.md, "SEV and SEV-ES"), by the
+# keys of `launch.ghcb_events`: GHCB MSR protocol requests by GHCBInfo, GHCB events by exit code.
+GHCB_EVENTS = {
+    "msr:0x002": "SEV_INFO request (protocol negotiation)",
+    "msr:0x004": "CPUID request (#VC before the GHCB is set up)",
+    "0x37": "DR7 write",
+    "0x72": "CPUID",
+    "0x7b": "IOIO",
+    "0x7c": "MSR",
+    "0x89": "WBINVD",
+    "0x80000005": "AP jump table",
+}
+VC_EVENTS = ("0x37", "0x72", "0x7b", "0x7c", "0x89")  # the GHCB events a #VC handler sends
+
+
+def test_an_sev_es_boot_sends_each_documented_ghcb_event_and_no_other(boot):
+    """Scenario: the SEV-ES boot above talks to the hypervisor only through the GHCB MSR protocol
+    and GHCB events, each of the documented kinds at least once (unit tests of each answer:
+    tests/kvm/test_sev_es.py). Every VMGEXIT is one counted request; every #VC is one GHCB
+    event, except that the decompressor's CPUIDs (no GHCB yet) ask for EAX, EBX, ECX and EDX
+    through four MSR-protocol requests; SEV_INFO and the AP jump table are asked without a #VC."""
+    status, summary, _dump = boot("sev-es")
+    assert status == 0, summary["message"]
+    launch = summary["launch"]
+    events = launch["ghcb_events"]
+    assert set(events) == set(GHCB_EVENTS), events
+    assert all(n > 0 for n in events.values()), events
+    assert launch["vmgexits"] == sum(events.values())
+    assert events["msr:0x004"] % 4 == 0
+    assert launch["vc"] == sum(events[k] for k in VC_EVENTS) + events["msr:0x004"] // 4

@@ -46,8 +46,8 @@ def test_an_initrd_that_does_not_fit_in_mem(tmp_path):
 
 def test_options_that_do_not_go_with_a_kernel(tmp_path):
     kernel = bytes(synthetic())
-    for args, text in ((["--sev-snp"], "--kernel runs plain and --sev guests for now, not --sev-snp"),
-                       (["--policy", "1"], "--policy needs an encrypted mode (--sev)"),
+    for args, text in ((["--sev-snp"], "--kernel runs plain, --sev and --sev-es guests for now, not --sev-snp"),
+                       (["--policy", "1"], "--policy needs an encrypted mode (--sev or --sev-es)"),
                        (["--owner-exec", "true"], "--session and --owner-exec need an encrypted mode"),
                        (["--secret-file", __file__], "--secret-file does not work with --kernel yet"),
                        (["--trace", "t.jsonl", "--trace-insn"], "--trace-insn does not work with --kernel yet")):
