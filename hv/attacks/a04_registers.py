@@ -7,18 +7,30 @@ bytes, live in RBX at a port write) and rewrites RIP to run any code already in 
 (here: debug_shell, which the guest itself never calls and which prints the secret). SEV-ES moves
 that state into the encrypted, integrity-checked VMSA; the hypervisor sees only what the guest
 copies into the GHCB.
+
+Against a kernel (`run_kernel`, hv.attacks.kernel_lab) the hypervisor only reads: at every exit
+of the boot it asks for RIP and RSP (KVM_GET_REGS) and CR3 (KVM_GET_SREGS), where the kernel
+runs and which address space (process) is live, and claims the values of the last exit, the
+init's power-off. The judge compares them with the core's own registers there
+(hv.attacks.verdict.judge_kernel_registers). Plain and SEV give them away; under SEV-ES KVM
+refuses the calls, and the VMSA page the hypervisor reads instead holds ciphertext.
 """
 
 from __future__ import annotations
 
+from sevwire import VMSA_SIZE
+
 from hv.attacks.evidence import text_of
 from hv.attacks.findings import Findings, Seen
+from hv.attacks.kernel_lab import KernelFiles
 from hv.attacks.lab import OP_REGS, PORT_REGS, Request, Stop
 from hv.attacks.outcome import Outcome
-from hv.attacks.verdict import Trial, judge
-from hv.kvm import RmpViolation, exits as K
+from hv.attacks.snoop import snoop_kernel
+from hv.attacks.verdict import REGISTERS_AT_EXIT, KernelTrial, Trial, judge, judge_kernel_registers
+from hv.kvm import KvmError, RmpViolation, exits as K
+from hv.kvm.vcpu import vmsa_words
 
-__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run"]
+__all__ = ["ID", "NAME", "PAPER", "PRIMITIVES", "run", "run_kernel"]
 
 ID = "A04"
 NAME = "registers at exits"
@@ -90,3 +102,49 @@ def _write_text(seen: dict[str, object], stop: Stop, target: int, redirected: bo
                if stop.exit.detail.startswith(check) else f"VMRUN failed ({stop.exit.detail})")
         return f"its RIP write was refused: {why}, so the guest never ran again", why
     return f"it set RIP to debug_shell ({target:#x}), but the guest did not run it: {stop.describe()}", ""
+
+
+class _ExitReads:
+    """The hypervisor's look at a kernel's registers at every exit: RIP and RSP (KVM_GET_REGS)
+    and CR3 (KVM_GET_SREGS); where KVM refuses (SEV-ES), the same registers' words in the VMSA
+    page as DRAM holds it, the one copy of them a hypervisor can reach."""
+
+    def __init__(self) -> None:
+        self.exits = 0
+        self.last: dict[str, int] = {}
+        self.spaces: set[int] = set()   # the CR3 values seen: the address spaces that ran
+        self.refused = ""               # KVM's refusal, and at how many exits it came
+        self.refusals = 0
+
+    def __call__(self, vmm) -> None:
+        self.exits += 1
+        vcpu = vmm.vcpu
+        try:
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        except KvmError as e:
+            self.refused, self.refusals = str(e), self.refusals + 1
+            self.last = vmsa_words(vmm.vm.host.read(vcpu.vmsa_spa, VMSA_SIZE), REGISTERS_AT_EXIT)
+            return
+        self.last = {"rip": regs["rip"], "rsp": regs["rsp"], "cr3": sregs["cr3"]}
+        self.spaces.add(sregs["cr3"])
+
+
+def _attack_kernel(trial: KernelTrial) -> Findings:
+    reads = _ExitReads()
+    last, _lab = snoop_kernel(trial, lambda lab: dict(reads.last), on_exit=reads)
+    if not last:
+        raise RuntimeError("the hypervisor saw no exit of the kernel's run")
+    words = ", ".join(f"{n.upper()} {last[n]:#x}" for n in REGISTERS_AT_EXIT)
+    recovered = b"".join(last[n].to_bytes(8, "little") for n in REGISTERS_AT_EXIT)
+    if reads.refused:
+        return Findings(f"KVM refused the registers at {reads.refusals} of the kernel's {reads.exits} exits "
+                        f"({reads.refused}); the VMSA page read instead gave, at the last (its "
+                        f"power-off), the words {words}", recovered=recovered, completed=True,
+                        defence="SEV-ES: the registers are saved in the encrypted VMSA")
+    return Findings(f"read RIP, RSP and CR3 at each of the kernel's {reads.exits} exits "
+                    f"({len(reads.spaces)} distinct CR3 values); at the last (its power-off): {words}",
+                    recovered=recovered, completed=True)
+
+
+def run_kernel(mode: str, files: KernelFiles) -> Outcome:
+    return judge_kernel_registers(ID, mode, files, _attack_kernel)

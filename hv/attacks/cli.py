@@ -69,8 +69,9 @@ def list_(as_json: bool) -> None:
 @click.option("--sev-es", is_flag=True, help="Against an SEV-ES guest.")
 @click.option("--sev-snp", is_flag=True, help="Against an SEV-SNP guest. The modes exclude each other.")
 @click.option("--kernel", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Attack a Linux guest booted from this bzImage instead (A01, A02, A03; plain, "
-                   "--sev or --sev-es). The secret looked for is the initramfs's /etc/hv-secret.")
+              help="Attack a Linux guest booted from this bzImage instead (A01-A04; plain, --sev "
+                   "or --sev-es). The secret looked for is the initramfs's /etc/hv-secret (A04: the "
+                   "kernel's RIP, RSP and CR3 at its last exit).")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --kernel: the initramfs holding /etc/hv-secret (python tools/linux.py fetch).")
 @click.option("--append", default="", help="With --kernel: more kernel command line (the lab adds hv.init=poweroff).")
@@ -78,7 +79,7 @@ def list_(as_json: bool) -> None:
 def run(name: str, sev: bool, sev_es: bool, sev_snp: bool, kernel: str | None, initrd: str | None,
         append: str, as_json: bool) -> None:
     """Run attack NAME (e.g. A07) against a plain guest, or --sev / --sev-es / --sev-snp.
-    With --kernel and --initrd the guest is a Linux kernel (the memory attacks A01-A03).
+    With --kernel and --initrd the guest is a Linux kernel (the memory attacks A01-A03, A04).
     Status 1 when the experiment broke (an "error" outcome: no verdict)."""
     mode = one_mode(sev=sev, sev_es=sev_es, sev_snp=sev_snp)
     try:

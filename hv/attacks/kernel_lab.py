@@ -1,14 +1,17 @@
 """The lab's Linux guest: a stock kernel and hv's test initramfs, as `hv run --kernel` boots them.
 
-The memory attacks (A01 dump, A02 cold boot, A03 DMA) take a kernel too (`hv attack run A01
---kernel K --initrd I [--append A] [--sev | --sev-es]`). The kernel boots under the mode asked
-for through hv.vmm's KernelVmm, with its measured launch when encrypted, runs the initramfs's
-/init with `hv.init=poweroff` added to the command line, and stops at its power-off: the ACPI
-S5 write is its last exit, and the unpacked initramfs (the page cache of its root file system)
-is still in memory there. That is where the attack looks (hv.attacks.snoop.snoop_kernel).
+The memory attacks (A01 dump, A02 cold boot, A03 DMA) and A04 (registers at exits) take a
+kernel too (`hv attack run A01 --kernel K --initrd I [--append A] [--sev | --sev-es]`). The
+kernel boots under the mode asked for through hv.vmm's KernelVmm, with its measured launch when
+encrypted, runs the initramfs's /init with `hv.init=poweroff` added to the command line, and
+stops at its power-off: the ACPI S5 write is its last exit, and the unpacked initramfs (the page
+cache of its root file system) is still in memory there. That is where the memory attacks look
+(hv.attacks.snoop.snoop_kernel); A04 also looks at every exit before it (KernelLab.run's on_exit).
 
-The ground truth is the initramfs's marker file (/etc/hv-secret, tools/linux.py), which the judge
-reads from the initrd it is given (hv.attacks.verdict.judge_kernel); the attacks here never do.
+The memory attacks' ground truth is the initramfs's marker file (/etc/hv-secret, tools/linux.py),
+which the judge reads from the initrd it is given (hv.attacks.verdict.judge_kernel); the attacks
+here never do. A04's is the guest's RIP, RSP and CR3 at its last exit, which the judge reads
+from the core after the run (hv.attacks.verdict.judge_kernel_registers).
 There is no honest control: a plain kernel shares everything, and an encrypted one puts no text
 known in advance into the pages it decrypts (bounce buffers, under SEV-ES its GHCBs), so a
 "failed" verdict rests on the plain run, which reads the same memory the same way, succeeding.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hv.attacks.lab import psp_state_path
 from hv.hw.grants import PhysicalAccess
@@ -72,7 +76,9 @@ class KernelLab:
             raise PermissionError("this lab was not granted physical access (KernelLab(..., physical=True))")
         return self._physical
 
-    def run(self) -> RunResult:
-        """Launch (measured when encrypted) and run until the guest stops."""
+    def run(self, on_exit: Callable[[KernelVmm], None] | None = None) -> RunResult:
+        """Launch (measured when encrypted) and run until the guest stops; `on_exit(vmm)` at
+        every exit of the run loop, while the guest is stopped there."""
+        self.vmm.exit_hook = on_exit
         self.result = self.vmm.run()
         return self.result

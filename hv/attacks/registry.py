@@ -18,9 +18,9 @@ ATTACKS: tuple[ModuleType, ...] = (
 )
 
 # The attacks that also take a Linux kernel (`run_kernel(mode, KernelFiles)`, hv.attacks.kernel_lab):
-# the memory reads, whose secret can be a file in the initramfs. A04 needs a secret live in a
-# register at an exit, which the kernel's marker file never is; the others need the service guest.
-KERNEL_ATTACKS: tuple[ModuleType, ...] = (a01_dump, a02_cold_boot, a03_dma)
+# the memory reads, whose secret is a file in the initramfs, and A04, whose secret is the
+# kernel's own registers at its exits; the others need the service guest.
+KERNEL_ATTACKS: tuple[ModuleType, ...] = (a01_dump, a02_cold_boot, a03_dma, a04_registers)
 
 # What each code in an attack's PRIMITIVES lets the hypervisor do (the codes of attacks.md).
 PRIMITIVE_CODES: dict[str, str] = {

@@ -4,7 +4,8 @@ The `secret` guest holds its secret in private memory on its stack, heap and .bs
 non-secret HV-SHARED-MARKER in the one page it shares with the hypervisor; it writes the round
 number to the POST port 64 times while the secret is live. The snoop pauses the guest at round 32
 (an exit) and calls `look(lab)` there: whatever it reads is what the hypervisor could read.
-A kernel (hv.attacks.kernel_lab) is looked at in its last exit, its power-off.
+A kernel (hv.attacks.kernel_lab) is looked at in its last exit, its power-off (A04 also at
+every exit before it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hv.kvm import exits as K
 if TYPE_CHECKING:
     from hv.attacks.kernel_lab import KernelLab
     from hv.attacks.verdict import KernelTrial, Trial
+    from hv.vmm.linux import KernelVmm
 
 __all__ = ["POST_PORT", "SNOOP_ROUND", "snoop", "snoop_kernel"]
 
@@ -48,13 +50,14 @@ def snoop(trial: "Trial", look: Callable[[Lab], T], *, tsme: bool = False,
     return seen[0], lab
 
 
-def snoop_kernel(trial: "KernelTrial", look: Callable[["KernelLab"], T], *,
-                 physical: bool = False) -> tuple[T, "KernelLab"]:
+def snoop_kernel(trial: "KernelTrial", look: Callable[["KernelLab"], T], *, physical: bool = False,
+                 on_exit: Callable[["KernelVmm"], None] | None = None) -> tuple[T, "KernelLab"]:
     """Boot the trial's kernel to its init's power-off and call `look(lab)` at that last exit,
-    where the unpacked initramfs is still in memory. Only the init powers off, so a run that
-    ends another way (a panic, the time limit) never had the marker live: no verdict."""
+    where the unpacked initramfs is still in memory (and `on_exit(vmm)` at every exit on the way).
+    Only the init powers off, so a run that ends another way (a panic, the time limit) never had
+    the marker live: no verdict."""
     lab = trial.lab(physical=physical)
-    result = lab.run()
+    result = lab.run(on_exit)
     if result.exit_reason != "poweroff":
         last = [line.strip() for line in result.serial.splitlines() if line.strip()][-1:]
         raise RuntimeError(f"the kernel never reached its init's power-off: {result.exit_reason}"

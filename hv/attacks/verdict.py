@@ -9,7 +9,10 @@ attack a `Trial`: a way to launch those guests, never the secret. The attack ret
 - raw material the hypervisor read wins if a 16-byte window of the secret, or the secret in hex
   (as the guests print it), is in it;
 A kernel trial (judge_kernel) has a fixed ground truth instead: the marker file of the initramfs
-it boots (/etc/hv-secret, tools/linux.py), which the judge reads from the initrd itself.
+it boots (/etc/hv-secret, tools/linux.py), which the judge reads from the initrd itself. A
+register trial against a kernel (judge_kernel_registers, A04) has the guest's RIP, RSP and CR3 at
+its last exit, which the judge reads from the core itself after the run (the hardware, not the
+vCPU interface the hypervisor and the attack use).
 
 - a dump whose honest control is missing, a guest that did not finish without a defence that
   stopped it, an effect seen in a guest that did not finish, a "wrong" guess that was right by
@@ -22,6 +25,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from unicorn import x86_const as X
+
 from hv.attacks.evidence import find_all, find_windows, hexs
 from hv.attacks.findings import Findings
 from hv.attacks.kernel_lab import KernelFiles, KernelLab
@@ -29,11 +34,15 @@ from hv.attacks.lab import Lab
 from hv.attacks.outcome import Outcome
 from hv.vmm.initramfs import SECRET_PATH, InitramfsError, initrd_file
 
-__all__ = ["MIN_BITS", "SECRET_SIZE", "GroundTruth", "KernelTrial", "Trial", "judge", "judge_kernel",
-           "kernel_truth", "verdict"]
+__all__ = ["MIN_BITS", "REGISTERS_AT_EXIT", "SECRET_SIZE", "GroundTruth", "KernelTrial", "Trial", "judge",
+           "judge_kernel", "judge_kernel_registers", "kernel_truth", "verdict"]
 
 MIN_BITS = 64          # the fewest recovered bits the judge compares: a guess wins one time in 2^64
 SECRET_SIZE = 32       # bytes of the guests' secret (guests/service.c's SECRET_LEN)
+# judge_kernel_registers' ground truth: these registers at the kernel's last exit, 8 bytes each,
+# little-endian, in this order (what an attack's recovered bytes are compared with).
+REGISTERS_AT_EXIT = ("rip", "rsp", "cr3")
+_CORE_IDS = {"rip": X.UC_X86_REG_RIP, "rsp": X.UC_X86_REG_RSP, "cr3": X.UC_X86_REG_CR3}
 
 
 class GroundTruth:
@@ -69,15 +78,20 @@ class KernelTrial:
     marker it looks for is in the initrd, which goes to the VMM untouched; the attack's code
     never reads it out."""
 
-    __slots__ = ("mode", "_files")
+    __slots__ = ("mode", "_files", "_booted")
 
-    def __init__(self, mode: str, files: KernelFiles):
+    def __init__(self, mode: str, files: KernelFiles,
+                 booted: Callable[[KernelLab], None] | None = None):
         self.mode = mode
         self._files = files
+        self._booted = booted  # the judge's: told of every lab made (judge_kernel_registers)
 
     def lab(self, **options) -> KernelLab:
         """A KernelLab booting this trial's kernel in its mode (hv.attacks.kernel_lab)."""
-        return KernelLab(self._files, self.mode, **options)
+        lab = KernelLab(self._files, self.mode, **options)
+        if self._booted is not None:
+            self._booted(lab)
+        return lab
 
 
 def kernel_truth(initrd: bytes) -> GroundTruth:
@@ -98,7 +112,7 @@ def judge(attack_id: str, mode: str, experiment: Callable[[Trial], Findings],
           truth: GroundTruth | None = None) -> Outcome:
     """Run `experiment` as one trial and judge what it found against the trial's secret."""
     truth = truth or GroundTruth()
-    return _judged(attack_id, mode, lambda: experiment(Trial(mode, truth)), truth.secret)
+    return _judged(attack_id, mode, lambda: (experiment(Trial(mode, truth)), truth.secret))
 
 
 def judge_kernel(attack_id: str, mode: str, files: KernelFiles,
@@ -106,15 +120,47 @@ def judge_kernel(attack_id: str, mode: str, files: KernelFiles,
     """Run `experiment` against `files`' kernel and judge it against the initramfs's marker.
     An initrd without the marker raises InitramfsError before anything runs."""
     truth = kernel_truth(files.initrd)
-    return _judged(attack_id, mode, lambda: experiment(KernelTrial(mode, files)), truth.secret)
+    return _judged(attack_id, mode, lambda: (experiment(KernelTrial(mode, files)), truth.secret))
 
 
-def _judged(attack_id: str, mode: str, experiment: Callable[[], Findings], secret: bytes) -> Outcome:
+def judge_kernel_registers(attack_id: str, mode: str, files: KernelFiles,
+                           experiment: Callable[[KernelTrial], Findings]) -> Outcome:
+    """Run `experiment` against `files`' kernel and judge it against the guest's registers at its
+    last exit (REGISTERS_AT_EXIT), read from the core after the run. The experiment boots one
+    kernel, which must reach its init's power-off; anything else has no verdict."""
+    booted: list[KernelLab] = []
+
+    def trial() -> tuple[Findings, bytes]:
+        found = experiment(KernelTrial(mode, files, booted.append))
+        return found, _registers_at_last_exit(booted)
+
+    return _judged(attack_id, mode, trial,
+                   "the judge read RIP, RSP and CR3 from the core itself at that exit")
+
+
+def _registers_at_last_exit(booted: list[KernelLab]) -> bytes:
+    """RIP, RSP and CR3 as the core (hv.hw.oscpu) holds them where the run stopped: at its last
+    exit, read below every view a hypervisor has (under SEV-ES the part keeps them in the
+    encrypted VMSA, which only the CPU reads)."""
+    if len(booted) != 1:
+        raise RuntimeError(f"the experiment booted {len(booted)} kernels; the judge reads one's registers")
+    lab = booted[0]
+    if lab.result is None or lab.result.exit_reason != "poweroff":
+        raise RuntimeError("the kernel did not run to its power-off, so its last exit is no fixed point")
+    core = lab.vmm.cpu
+    return b"".join(core.reg(_CORE_IDS[n]).to_bytes(8, "little") for n in REGISTERS_AT_EXIT)
+
+
+def _judged(attack_id: str, mode: str, experiment: Callable[[], tuple[Findings, bytes]],
+            note: str = "") -> Outcome:
+    """Run `experiment` (its findings and the secret to judge them by) into one Outcome; `note`
+    says where the judge's truth came from, when that is not the secret the trial made."""
     try:
-        found = experiment()
+        found, secret = experiment()
     except Exception as e:  # noqa: BLE001 - any breakage becomes an error cell, in words
         return Outcome(attack_id, mode, "error", _broke(e))
     outcome, why = verdict(found, secret)
+    why = f"{why} ({note})" if note else why
     evidence = f"{found.story}; {why}" if found.story else why
     return Outcome(attack_id, mode, outcome, evidence, found.to_json())
 

@@ -28,7 +28,7 @@ from hv.kvm import exits as K
 from hv.kvm.cpuid import cpuid_lookup
 from hv.kvm.sev_es import EsExits
 
-__all__ = ["MemoryFault", "Vcpu"]
+__all__ = ["GPRS_OF_REGS", "MemoryFault", "SREGS_OF_VMSA", "Vcpu", "vmsa_words"]
 
 MSR_IA32_APIC_BASE = 0x1B
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -104,8 +104,7 @@ class Vcpu:
         return spa
 
     def _vmsa_words(self, names) -> dict[str, int]:
-        page = self.vm.host.read(self._vmsa_spa(), VMSA_SIZE)
-        return {n: int.from_bytes(page[_VMSA_OFF[n]:_VMSA_OFF[n] + 8], "little") for n in names}
+        return vmsa_words(self.vm.host.read(self._vmsa_spa(), VMSA_SIZE), names)
 
     def _poke_vmsa(self, values: dict[str, int]) -> None:
         for name, value in values.items():
@@ -327,3 +326,9 @@ GPRS_OF_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r
 SREGS_OF_VMSA = ("cr0", "cr2", "cr3", "cr4", "efer")
 _VMSA_OFF = dict(VMSA_QWORDS)
 _VMSA_OFF.update({f"{seg}_base": off + 8 for seg, off in VMSA_SEGMENTS.items()})
+
+
+def vmsa_words(page: bytes, names) -> dict[str, int]:
+    """The 64-bit word at each named register's save-area offset in a VMSA page. For the page as
+    stored in DRAM that is ciphertext: what a hypervisor reading an SEV-ES guest's VMSA gets."""
+    return {n: int.from_bytes(page[_VMSA_OFF[n]:_VMSA_OFF[n] + 8], "little") for n in names}

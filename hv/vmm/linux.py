@@ -173,6 +173,9 @@ class KernelVmm:
         # Called with (vmm, exit) when the guest stopped for a reason other than its devices
         # (a debugger's stop request): the GDB stub serves its debugger there.
         self.debug_hook: Callable[["KernelVmm", object], None] | None = None
+        # Called with the VMM after every exit of the run loop, before the loop handles it: what a
+        # hypervisor can look at while the guest is stopped there (hv.attacks.a04_registers).
+        self.exit_hook: Callable[["KernelVmm"], None] | None = None
         self._idle = threading.Event()
         self._interrupted = threading.Event()
         self._timed_out = False
@@ -320,6 +323,8 @@ class KernelVmm:
         cpu, plat = self.cpu, self.platform
         while True:
             exit_ = cpu.run()
+            if self.exit_hook is not None:
+                self.exit_hook(self)
             if isinstance(exit_, OsVmgexit):
                 ended = self._vmgexit()
                 if ended is not None:

@@ -26,6 +26,7 @@ ATTACKS_DIR = Path(hv.attacks.__file__).parent
 FORBIDDEN = ("hv.hw.memctl", "hv.hw.engine", "hv.hw.mmu", "hv.hw.cpu", "hv.hw.ports", "hv.hw.psp",
              "hv.hw.machine", "hv.hw.inspect", "firmware")
 REACH = ("machine", "firmware", "psp_firmware")          # the machine, and the firmware behind it
+CORE = ("cpu",)  # a kernel VMM's core: its live registers, which SEV-ES hides (judge side only)
 TRUTH = ("secret", "truth")                               # the judge's ground truth
 JUDGE_SIDE = ("lab.py", "verdict.py", "demo.py")          # where the ground truth may be read
 DUNDERS_ALLOWED = ("__name__", "__doc__")
@@ -51,6 +52,8 @@ def violations(source: str, judge_side: bool = False) -> list[str]:
             out.append(f"line {node.lineno}: reaches inside an object through .{node.attr}")
         if isinstance(node, ast.Attribute) and node.attr in REACH:
             out.append(f"line {node.lineno}: reaches the machine or the firmware through .{node.attr}")
+        if isinstance(node, ast.Attribute) and node.attr in CORE and not judge_side:
+            out.append(f"line {node.lineno}: reads the core's live registers through .{node.attr}")
         if isinstance(node, ast.Attribute) and node.attr in TRUTH and not judge_side:
             out.append(f"line {node.lineno}: reads the ground truth through .{node.attr}")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "vars", "__import__"):
@@ -114,6 +117,7 @@ def test_a_lab_without_the_grant_refuses_physical_access():
     "def f(port):\n    return port.rmpread.__self__\n",
     "def f(lab):\n    return lab.config.secret\n",
     "def f(trial):\n    return trial.truth\n",
+    "def f(vmm):\n    return vmm.cpu.reg(41)\n",
 ])
 def test_the_scan_catches_a_cheating_attack(cheat):
     """Scenario: an attack that reads keys or plaintext views is rejected by the scan."""

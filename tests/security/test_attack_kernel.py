@@ -1,6 +1,7 @@
 """The attack lab against a Linux kernel, without booting one: the command line's refusals and
-options, and the judge's ground truth taken from the initrd's marker file. The boots themselves
-are in the Linux tier (tests/linux_boot/test_attack_kernel.py)."""
+options, the judge's ground truth taken from the initrd's marker file, and A04's taken from the
+core's registers at the last exit, shown on a "kernel" whose only code is its power-off. The
+real boots are in the Linux tier (tests/linux_boot/test_attack_kernel.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import pytest
 from click.testing import CliRunner
 
 import hv.attacks
-from hv.attacks import a01_dump
+from hv.attacks import a01_dump, a04_registers
 from hv.attacks.findings import Findings, Seen
 from hv.attacks.kernel_lab import KernelFiles, KernelLab
 from hv.attacks.outcome import Outcome
-from hv.attacks.verdict import KernelTrial, judge_kernel
+from hv.attacks.verdict import KernelTrial, judge_kernel, judge_kernel_registers
+from hv.boot.linux import KERNEL_CBITPOS, PML4_GPA
 from hv.cli import main
 from hv.vmm.initramfs import InitramfsError
+from tests.boot.test_bzimage import synthetic
+from tests.hw.test_oscpu import assemble
 
 pytestmark = pytest.mark.security
 
@@ -81,8 +85,8 @@ def test_the_options_reach_the_kernel_run(files, fake_a01):
     (["A01", "--initrd", "{initrd}"], "--initrd and --append go with --kernel"),
     (["A01", "--append", "quiet"], "--initrd and --append go with --kernel"),
     (["A01", "--kernel", "{kernel}"], "--kernel needs --initrd"),
-    (["A04", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev"],
-     "A04 does not take --kernel: against a kernel the lab runs A01, A02, A03"),
+    (["A05", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev"],
+     "A05 does not take --kernel: against a kernel the lab runs A01, A02, A03, A04"),
     (["A07", "--kernel", "{kernel}", "--initrd", "{initrd}"], "A07 does not take --kernel"),
     (["A01", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev-snp"],
      "--kernel runs plain, --sev and --sev-es guests, not --sev-snp"),
@@ -153,3 +157,60 @@ def test_only_the_judge_reads_the_marker_out_of_the_initrd():
     readers = {f.name for f in Path(hv.attacks.__file__).parent.glob("*.py")
                if any(n in f.read_text() for n in names)}
     assert readers == {"verdict.py"}
+
+
+def test_a04_takes_a_kernel(files, monkeypatch):
+    """Scenario: `hv attack run A04 --kernel K --initrd I --sev` reads that kernel's registers."""
+    asked: list[tuple[str, KernelFiles]] = []
+    monkeypatch.setattr(a04_registers, "run_kernel",
+                        lambda mode, kf: asked.append((mode, kf)) or Outcome("A04", mode, "succeeded", "stand-in"))
+    kernel, initrd = files
+    r = _run("A04", "--kernel", str(kernel), "--initrd", str(initrd), "--sev")
+    assert r.exit_code == 0, r.output
+    assert asked == [("sev", KernelFiles(kernel.read_bytes(), initrd.read_bytes(), "", "vmlinuz"))]
+
+
+# A "kernel" whose 64-bit entry writes SLP_TYP = 5 (S5) with SLP_EN into PM1a_CNT (port 0x604,
+# hv.boot.acpi_tables.PmLayout; ACPI 6.3, 4.8.3.2.1): a boot whose one exit is its power-off.
+POWEROFF = (("66ba0406", "mov dx, 0x604"), ("66b80034", "mov ax, 0x3400"), ("66ef", "out dx, ax"),
+            ("f4", "hlt"))
+
+
+def tiny_kernel() -> KernelFiles:
+    image = synthetic()
+    entry = (image[0x1F1] + 1) * 512 + 0x200  # startup_64: 0x200 into the protected-mode code
+    code = assemble(0, *POWEROFF)
+    image[entry:entry + len(code)] = code
+    return KernelFiles(bytes(image), b"\0" * 64)
+
+
+@pytest.mark.parametrize("mode", ["plain", "sev"])
+def test_a04_reads_the_registers_of_a_kernel_at_its_power_off(mode, psp_state, monkeypatch):
+    """Scenario: without SEV-ES the hypervisor's KVM_GET_REGS/SREGS at the power-off exit give the
+    core's own RIP, RSP and CR3 (CR3: the page tables hv's loader built, with the C-bit under SEV)."""
+    monkeypatch.setenv("HV_PSP_STATE", str(psp_state))
+    out = a04_registers.run_kernel(mode, tiny_kernel())
+    assert out.outcome == "succeeded", out.evidence
+    cr3 = PML4_GPA | (1 << KERNEL_CBITPOS if mode == "sev" else 0)
+    assert f"CR3 {cr3:#x}" in out.evidence and "at each of the kernel's 1 exits" in out.evidence
+    assert out.evidence.endswith("the 192 recovered bits are the secret's "
+                                 "(the judge read RIP, RSP and CR3 from the core itself at that exit)")
+
+
+def test_the_register_judge_reads_the_core_not_the_claim():
+    """Scenario: the judge's truth is the core's, so a claim of other registers fails, and an
+    experiment that boots no kernel, or two, has no verdict."""
+    kf = tiny_kernel()
+
+    def claim(recovered: bytes, boots: int):
+        def run(trial: KernelTrial) -> Findings:
+            for _ in range(boots):
+                trial.lab().run()
+            return Findings("claimed", recovered=recovered, completed=True)
+        return run
+
+    wrong = judge_kernel_registers("A04", "plain", kf, claim(bytes(24), 1))
+    assert wrong.outcome == "failed" and "the 192 recovered bits are not the secret's" in wrong.evidence
+    for boots in (0, 2):
+        out = judge_kernel_registers("A04", "plain", kf, claim(bytes(24), boots))
+        assert out.outcome == "error" and f"booted {boots} kernels" in out.evidence
