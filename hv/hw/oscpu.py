@@ -50,7 +50,8 @@ UD, DF, GP = 6, 8, 13
 _IF, _TF, _NT, _RF, _VM, _AC = 0x200, 0x100, 0x4000, 0x10000, 0x20000, 0x40000
 _ADDR = 0x000F_FFFF_FFFF_F000
 # SVM exit codes (AMD APM vol. 2, appendix C); under SEV-ES, also the #VC error codes
-EXIT_DR7_WRITE, EXIT_CPUID, EXIT_IOIO, EXIT_MSR, EXIT_VMMCALL, EXIT_WBINVD = 0x37, 0x72, 0x7B, 0x7C, 0x81, 0x89
+EXIT_DR7_READ, EXIT_DR7_WRITE = 0x27, 0x37
+EXIT_CPUID, EXIT_IOIO, EXIT_MSR, EXIT_VMMCALL, EXIT_WBINVD = 0x72, 0x7B, 0x7C, 0x81, 0x89
 VC = 29  # the VMM communication exception
 _VMGEXIT = b"\xf3\x0f\x01\xd9"  # REP VMMCALL
 _VMEXIT = 0x100  # QEMU reports an intercept as exception 0x100 + exit code
@@ -192,11 +193,11 @@ class _GuestMode:
         put = self._put
         put(self.STUB, b"\x0f\x01\xd8\xf4")  # VMRUN; the guest's first instruction: HLT
         vmcb = self.VMCB
-        # Intercepts: MSR_PROT, and under SEV-ES what becomes a #VC (CPUID, DR7 writes, VMMCALL,
+        # Intercepts: MSR_PROT, and under SEV-ES what becomes a #VC (CPUID, DR7, VMMCALL,
         # which VMGEXIT is, WBINVD); VMRUN itself, which the architecture requires.
         misc1 = 1 << 28 | (1 << 18 if es else 0)
         misc2 = 1 | ((1 << 1 | 1 << 9) if es else 0)
-        put(vmcb + 0x04, struct.pack("<I", 1 << (16 + 7) if es else 0))
+        put(vmcb + 0x04, struct.pack("<I", (1 << 7 | 1 << (16 + 7)) if es else 0))  # DR7 read, write
         put(vmcb + 0x0C, struct.pack("<II", misc1, misc2))
         put(vmcb + 0x40, struct.pack("<QQ", self.BASE + self.IOPM, self.BASE + self.MSRPM))
         put(vmcb + 0x58, struct.pack("<I", 1))  # guest ASID (QEMU's core ignores it)
@@ -456,6 +457,10 @@ class OsCpu:
             fields = {k: v for k, v in fields.items() if k not in ("rip", "cr2")}
         self.trace(event, **fields)
 
+    def _at(self, rip: int) -> str:
+        """Where, for a message the hypervisor reads: nothing of an SEV-ES guest's registers."""
+        return "" if self.es else f" at RIP {rip:#x}"
+
     def _set_ghcb_msr(self, value: int) -> None:
         self.ghcb_msr = value & _MASK64
 
@@ -550,9 +555,10 @@ class OsCpu:
         index = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         own = code == EXIT_MSR and insn in (b"\x0f\x32", b"\x0f\x30") and index in self._msrs
         if not own:
-            if self.es and code in (EXIT_CPUID, EXIT_MSR, EXIT_DR7_WRITE, EXIT_VMMCALL, EXIT_WBINVD):
+            if self.es and code in (EXIT_CPUID, EXIT_MSR, EXIT_DR7_READ, EXIT_DR7_WRITE, EXIT_VMMCALL,
+                                    EXIT_WBINVD):
                 return self._vc(code)
-            return f"unexpected intercept {code:#x} at RIP {rip:#x}"
+            return f"unexpected intercept {code:#x}{self._at(rip)}"
         read, write = self._msrs[index]
         if insn == b"\x0f\x32":
             value = read() & _MASK64
@@ -623,7 +629,7 @@ class OsCpu:
             try:
                 self._start(rip, 0)
             except UcError as e:
-                return OsShutdown(f"emulator error at RIP {uc.reg_read(X.UC_X86_REG_RIP):#x}: {e}")
+                return OsShutdown(f"emulator error{self._at(self._r(X.UC_X86_REG_RIP))}: {e}")
             finally:
                 if self._private is not None:
                     self._private.guest_ran()
@@ -675,7 +681,7 @@ class OsCpu:
                 if self.trace is not None:
                     self._emit("hlt", rip=rip - 1)
                 return OsHalt(bool(uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF))
-            return OsShutdown(f"emulation stopped without a cause at RIP {rip:#x}")
+            return OsShutdown(f"emulation stopped without a cause{self._at(rip)}")
 
     def close(self) -> None:
         """Release what the core holds outside Unicorn (an encrypted guest's memory tracking)."""
@@ -751,8 +757,8 @@ class OsCpu:
             return None
         if depth < 2 and vector != DF:
             return self._deliver(DF, 0, True, 2)
-        return (f"triple fault: vector {vector} could not be delivered at RIP "
-                f"{uc.reg_read(X.UC_X86_REG_RIP):#x} ({problem})")
+        return (f"triple fault: vector {vector} could not be delivered"
+                f"{self._at(self._r(X.UC_X86_REG_RIP))} ({problem})")
 
     def _try_deliver(self, vector: int, error: int | None, hardware: bool) -> str | None:
         uc = self._uc

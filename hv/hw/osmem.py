@@ -78,7 +78,9 @@ class PrivateRam:
         mc.os_caches.append(self)
 
     def close(self) -> None:
+        """The guest is done: DRAM is made current, then the memory controller forgets this."""
         if self in self._mc.os_caches:
+            self._sync(0, self._npages)
             self._mc.os_caches.remove(self)
 
     # -- the memory controller's calls (host page numbers) ---------------------------------------------

@@ -152,8 +152,13 @@ def sev_launch(vmm, owner_channel: OwnerChannel,
             if "refuse" in answer:
                 raise LaunchError(f"the guest owner refused the launch: {answer['refuse']}")
             header, data = bytes.fromhex(answer["header"]), bytes.fromhex(answer["data"])
-            sev.launch_secret(header, data, boot.SECRET_GPA)
-            secret_len = len(data)
+            if plan is None:
+                sev.launch_secret(header, data, boot.SECRET_GPA)
+                secret_len = len(data)
+            else:
+                # A kernel's boot protocol has no secret area (hv's secret page is where
+                # boot_params are): the owner's approval counts, its secret is not injected.
+                vmm.launch_info["secret_not_injected"] = "a kernel launch has no secret area"
         sev.launch_finish()
         vmm.launch_info["secret_injected"] = secret_len > 0
         return secret_len

@@ -31,7 +31,8 @@ from hv.boot.linux import (BOOT_CS, BOOT_DS, KERNEL_CBITPOS, PLATFORM_CMDLINE, T
 from hv.hw.machine import Machine, MachineConfig
 from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown, OsVmgexit
 from hv.kvm import exits as K
-from hv.kvm.kvm import Kvm
+from hv.kvm.ghcb import MsrProto
+from hv.kvm.kvm import Kvm, KvmError
 from hv.kvm.mode import Mode
 from hv.kvm.sev_es import EsExits
 from hv.vmm.bus import Bus
@@ -167,6 +168,8 @@ class KernelVmm:
         self.platform.attach(self.pio)
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
         self.es = EsExits(self.vm, self.cpu) if config.mode.es else None
+        if self.es is not None:
+            self.cpu.ghcb_msr = MsrProto.sev_info(self.vm.cbitpos)  # as KVM starts an SEV-ES vCPU
         if config.max_insns is not None:
             self.cpu.enable_counting(config.max_insns)
         self.vcpu = KernelVcpuView(self.cpu)  # what the GDB stub and the debug view use
@@ -282,15 +285,18 @@ class KernelVmm:
         return RunResult(
             exit_reason=reason, exit_code=code, guest_exit_code=None,
             serial=uart.transmitted.decode("utf-8", "replace"), serial_dropped=uart.dropped,
-            exits={"io": stats["io"], "hlt": stats["halts"]},
+            exits={"io": stats["io"] + (self.es.events.get("0x7b", 0) if self.es else 0),
+                   "hlt": stats["halts"]},
             tlb_fills=None, pages_encrypted=crypt["pages_encrypted"],
             pages_decrypted=crypt["pages_decrypted"], instructions=self.cpu.instructions,
             wall_time=time.perf_counter() - t0, message=message,
             launch={"kernel": cfg.kernel_name, "kernel_release": self.plan.image.release,
                     "cmdline": cfg.cmdline, "platform_cmdline": PLATFORM_CMDLINE,
                     "mem_size": cfg.mem_size, "initrd_gpa": self.plan.initrd_gpa,
-                    "interrupts_injected": stats["interrupts"], "exceptions": stats["exceptions"],
-                    "page_faults": stats["page_faults"], "syscalls": stats["syscalls"],
+                    "interrupts_injected": stats["interrupts"],
+                    # what happens inside an SEV-ES guest never reaches the hypervisor: null
+                    **{k: None if self.es else stats[k] for k in ("exceptions", "page_faults",
+                                                                   "syscalls")},
                     "mode": cfg.mode.value, **self.launch_info,
                     **({"vc": stats["vc"], "vmgexits": stats["vmgexits"],
                         "ghcb_events": dict(sorted(self.es.events.items()))} if self.es else {})})
@@ -373,7 +379,10 @@ class KernelVmm:
         return "reboot", EXIT_REBOOT, "guest stopped: it asked for a reboot (hv does not restart it)"
 
     def cr3(self) -> int:
-        """The guest's page-table root (its CR3) as the run left it."""
+        """The guest's page-table root (its CR3) as the run left it; an SEV-ES guest's is in its
+        encrypted save area (KvmError)."""
+        if self.config.mode.es:
+            raise KvmError("an SEV-ES guest's CR3 is in its encrypted save area")
         return self.cpu.reg(X.UC_X86_REG_CR3)
 
     def dump_guest_memory(self) -> bytes:
@@ -385,8 +394,8 @@ class KernelVmm:
 
     def close(self) -> None:
         """Decommission an encrypted guest's launch context and free its ASID."""
+        self.cpu.close()  # DRAM current and the core's memory released while the key exists
         if self.sev is not None:
             self.sev.decommission()
             self.sev = None
-        self.cpu.close()
         self.vm.destroy()
