@@ -30,6 +30,18 @@ class Io(KvmExit):
 
 
 @dataclass
+class StringIo(KvmExit):
+    """KVM_EXIT_IO of a string instruction (INS/OUTS): `count` accesses of `size` bytes at
+    `port`; `buffer` holds an OUT's data, and for an IN user space puts count * size bytes there."""
+    port: int
+    size: int
+    is_in: bool
+    count: int
+    buffer: bytes = b""
+    reason = "IO"
+
+
+@dataclass
 class Mmio(KvmExit):
     """KVM_EXIT_MMIO: an access to a GPA that no memory slot backs. For a read set `data`."""
     gpa: int

@@ -34,6 +34,8 @@ _GHCB_USAGE = 0xFFC
 
 class SwExit:
     """sw_exit_code values hv performs (SVM exit codes and the GHCB's own events)."""
+    RDTSC = 0x6E
+    RDTSCP = 0x87
     DR7_READ = 0x27
     DR7_WRITE = 0x37
     CPUID = 0x72

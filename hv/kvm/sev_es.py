@@ -21,6 +21,7 @@ from hv.kvm.sev_snp import PSC_ENTRY_SIZE, PSC_HEADER_SIZE, PSC_MAX_ENTRIES
 __all__ = ["EsExits"]
 
 MSR_IA32_APIC_BASE = 0x1B
+MSR_TSC_AUX = 0xC0000103
 GP = 13
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _IOIO_IN, _IOIO_STR, _IOIO_REP = 1 << 0, 1 << 2, 1 << 3
@@ -39,9 +40,15 @@ class EsExits:
     exit that user space must complete (I/O, MMIO, MSR, hypercall), `complete()` writes the
     result into the GHCB at the next run()."""
 
-    def __init__(self, vm, control):
+    def __init__(self, vm, control, tsc=None, string_io: bool = False):
         self.vm = vm
         self.control = control  # hv.hw.cpu.GuestControl: ghcb_msr lives there
+        # The guest's TSC, for RDTSC/RDTSCP events (None: this hypervisor never intercepts them,
+        # and they are answered as events it does not know)
+        self.tsc = tsc
+        # String I/O through sw_scratch as K.StringIo exits: for a VMM that handles them (the
+        # kernel VMM); otherwise refused as invalid input
+        self.string_io = string_io
         self.registered_gpa: int | None = None
         self.dr7 = 0x400  # the guest's DR7 as it reported it (its reads are answered from here)
         self.ap_jump_table = 0  # the AP jump table's GPA, as the BSP set it
@@ -144,12 +151,14 @@ class EsExits:
             return None
         if code == SwExit.IOIO:
             (info,) = _need(inputs, "sw_exit_info_1")
-            if info & (_IOIO_STR | _IOIO_REP):
-                raise _Bad(GHCB_ERR.INVALID_INPUT)  # string I/O is not offered
+            if info & _IOIO_REP and not info & _IOIO_STR:
+                raise _Bad(GHCB_ERR.INVALID_INPUT)
             size = {1: 1, 2: 2, 4: 4}.get((info >> 4) & 7)
             if size is None:
                 raise _Bad(GHCB_ERR.INVALID_INPUT)
             port = (info >> 16) & 0xFFFF
+            if info & _IOIO_STR:
+                return self._string_io(g, inputs, port, size, bool(info & _IOIO_IN))
             if info & _IOIO_IN:
                 return K.Io(port, size, True)
             (rax,) = _need(inputs, "rax")
@@ -170,6 +179,13 @@ class EsExits:
                 return K.Rdmsr(msr)
             g.set("rax", value & 0xFFFFFFFF)
             g.set("rdx", (value >> 32) & 0xFFFFFFFF)
+            return None
+        if code in (SwExit.RDTSC, SwExit.RDTSCP) and self.tsc is not None:
+            t = self.tsc() & _MASK64
+            g.set("rax", t & 0xFFFFFFFF)
+            g.set("rdx", t >> 32)
+            if code == SwExit.RDTSCP:
+                g.set("rcx", self.vm.msrs.get(MSR_TSC_AUX, 0) & 0xFFFFFFFF)
             return None
         if code == SwExit.WBINVD:
             return None  # the caches write back at every hypervisor access already (hv.hw.memctl)
@@ -228,6 +244,22 @@ class EsExits:
             return K.SystemEvent("guest terminated: it reported an event its #VC handler does not support "
                                  f"(exit code {inputs['sw_exit_info_1'] or 0:#x})")
         raise _Bad(GHCB_ERR.INVALID_EVENT)
+
+    def _string_io(self, g: Ghcb, inputs: dict, port: int, size: int, is_in: bool) -> K.StringIo:
+        """INS/OUTS (56421 section 4.1.2): sw_exit_info_2 accesses, whose data are at
+        sw_scratch, in the GHCB's shared buffer (an OUT's to send, an IN's to fill)."""
+        if not self.string_io:
+            raise _Bad(GHCB_ERR.INVALID_INPUT)  # string I/O is not offered
+        (count,) = _need(inputs, "sw_exit_info_2")
+        if count < 1:
+            raise _Bad(GHCB_ERR.INVALID_INPUT)
+        off = _scratch(g, inputs, count * size)
+        if off is None:
+            raise _Bad(GHCB_ERR.INVALID_SCRATCH_AREA)
+        self._scratch = off
+        if is_in:
+            return K.StringIo(port, size, True, count)
+        return K.StringIo(port, size, False, count, bytes(g.page[off:off + count * size]))
 
     def _snp_guest_request(self, g: Ghcb, req_gpa: int, resp_gpa: int) -> None:
         """SNP guest request (0x80000011): the firmware's answer page goes to the guest's
@@ -289,6 +321,9 @@ class EsExits:
             return
         if isinstance(p, K.Io) and p.is_in:
             g.set("rax", p.data & ((1 << (8 * p.size)) - 1))
+        elif isinstance(p, K.StringIo) and p.is_in:
+            n = p.count * p.size
+            g.page[self._scratch:self._scratch + n] = p.buffer[:n].ljust(n, b"\xff")
         elif isinstance(p, K.Mmio) and not p.is_write:
             off = self._scratch
             g.page[off:off + p.size] = (p.data & ((1 << (8 * p.size)) - 1)).to_bytes(p.size, "little")

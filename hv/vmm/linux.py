@@ -167,7 +167,8 @@ class KernelVmm:
         self.pio = Bus("port I/O")
         self.platform.attach(self.pio)
         self.cpu = self.vm.create_os_vcpu(self._pio_in, self._pio_out, self._tsc)
-        self.es = EsExits(self.vm, self.cpu) if config.mode.es else None
+        self.es = (EsExits(self.vm, self.cpu, tsc=self._tsc, string_io=True) if config.mode.es
+                   else None)
         if self.es is not None:
             self.cpu.ghcb_msr = MsrProto.sev_info(self.vm.cbitpos)  # as KVM starts an SEV-ES vCPU
         if config.max_insns is not None:
@@ -313,6 +314,14 @@ class KernelVmm:
                 k.data = self._pio_in(k.port, k.size)
             else:
                 self._pio_out(k.port, k.size, k.data)
+        elif isinstance(k, K.StringIo):
+            n = k.size
+            if k.is_in:
+                k.buffer = b"".join(self._pio_in(k.port, n).to_bytes(n, "little")
+                                    for _ in range(k.count))
+            else:
+                for i in range(k.count):
+                    self._pio_out(k.port, n, int.from_bytes(k.buffer[i * n:(i + 1) * n], "little"))
         elif isinstance(k, K.Rdmsr):
             k.data = self._tsc() if k.index == _MSR_TSC else self.vm.msrs.get(k.index, 0)
         elif isinstance(k, K.Wrmsr):

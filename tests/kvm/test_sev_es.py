@@ -225,3 +225,64 @@ def test_nmi_complete_is_answered(vm):
     assert answer(vm) == (0, 0) and valid_offsets(vm) == set()
     assert (es.dr7, es.ap_jump_table, es.registered_gpa) == state and not es.busy
     assert es.events == {"0x80000003": 1}
+
+
+# -- RDTSC and RDTSCP (56421 section 4.1.4: RAX/RDX out, RCX too for RDTSCP) -------------------
+def test_rdtsc_and_rdtscp_answer_the_guests_tsc(vm):
+    """Scenario: a hypervisor that intercepts RDTSC (hv's OS core answers it itself, as TSC
+    offsetting does, so Linux sends these only on such a host). RDTSC gets EDX:EAX, RDTSCP
+    also TSC_AUX in ECX; without a TSC source the event is one hv does not know."""
+    es = EsExits(vm, SimpleNamespace(ghcb_msr=0), tsc=lambda: 0x1122_3344_5566_7788)
+    vm.msrs[0xC0000103] = 0x5
+    assert ask(vm, es, 0x6E) is None
+    assert (q(vm, RAX), q(vm, RDX)) == (0x5566_7788, 0x1122_3344)
+    assert valid_offsets(vm) >= {RAX, RDX} and answer(vm) == (0, 0)
+    assert ask(vm, es, 0x87) is None
+    assert (q(vm, RAX), q(vm, RDX), q(vm, RCX)) == (0x5566_7788, 0x1122_3344, 5)
+    assert valid_offsets(vm) >= {RAX, RDX, RCX}
+    assert ask(vm, es_for(vm), 0x6E) is None
+    assert answer(vm) == (2, 6)  # sw_exit_info_1 2, GHCB_ERR_INVALID_EVENT
+    assert es.events == {"0x6e": 1, "0x87": 1}
+
+
+# -- string I/O (56421 section 4.1.2: count in sw_exit_info_2, data at sw_scratch) -------------
+SHARED = GHCB_GPA + 0x800  # the GHCB's shared buffer, where Linux points sw_scratch
+
+
+def test_outs_and_ins_go_through_the_shared_buffer(vm):
+    """Scenario: REP OUTSB of 3 bytes to port 0x3f8 and REP INSW of 2 words from 0x60 by an
+    SEV-ES #VC handler: exit_info_1 = port << 16 | size bit | REP (8) | STR (4) | IN (1)."""
+    es = EsExits(vm, SimpleNamespace(ghcb_msr=0), string_io=True)
+    page = bytearray(GHCB_SIZE)
+    page[0x800:0x803] = b"abc"
+    vm.write_gpa(GHCB_GPA, bytes(page))
+    g = Ghcb(GHCB_GPA, bytes(page))
+    g.set("sw_exit_code", 0x7B)
+    g.set("sw_exit_info_1", 0x3F8 << 16 | 0x10 | 8 | 4)
+    g.set("sw_exit_info_2", 3)
+    g.set("sw_scratch", SHARED)
+    struct.pack_into("<H", g.page, 0xFFA, 2)
+    vm.write_gpa(GHCB_GPA, bytes(g.page))
+    es.control.ghcb_msr = GHCB_GPA
+    out = es.vmgexit()
+    assert out == K.StringIo(0x3F8, 1, False, 3, b"abc")
+    es.complete(out)
+    assert answer(vm) == (0, 0)
+    got = ask(vm, es, 0x7B, sw_exit_info_1=0x60 << 16 | 0x20 | 8 | 4 | 1, sw_exit_info_2=2,
+              sw_scratch=SHARED)
+    assert got == K.StringIo(0x60, 2, True, 2)
+    got.buffer = bytes.fromhex("11223344")
+    es.complete(got)
+    assert vm.read_gpa(SHARED, 4) == bytes.fromhex("11223344") and answer(vm) == (0, 0)
+    assert es.events == {"0x7b": 2}
+
+
+def test_string_io_outside_the_shared_buffer_or_not_offered_is_refused(vm):
+    """A scratch area beyond the shared buffer is GHCB_ERR_INVALID_SCRATCH_AREA (3); a VMM that
+    does not take string I/O answers GHCB_ERR_INVALID_INPUT (5)."""
+    es = EsExits(vm, SimpleNamespace(ghcb_msr=0), string_io=True)
+    info = 0x3F8 << 16 | 0x10 | 8 | 4
+    assert ask(vm, es, 0x7B, sw_exit_info_1=info, sw_exit_info_2=4000, sw_scratch=SHARED) is None
+    assert answer(vm) == (2, 3)
+    assert ask(vm, es_for(vm), 0x7B, sw_exit_info_1=info, sw_exit_info_2=1, sw_scratch=SHARED) is None
+    assert answer(vm) == (2, 5)
