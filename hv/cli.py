@@ -263,6 +263,9 @@ def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_jso
         raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev or --sev-es)")
     if launch["policy"] is not None and not mode.encrypted:
         raise click.UsageError("--policy needs an encrypted mode (--sev or --sev-es)")
+    if gdb and mode.es:
+        raise click.UsageError("--gdb does not work with --kernel under --sev-es: the kernel's "
+                               "registers are in its encrypted save area")
     refuse_with_kernel(others)
     for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
         if path:

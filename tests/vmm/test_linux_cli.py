@@ -49,6 +49,7 @@ def test_options_that_do_not_go_with_a_kernel(tmp_path):
     for args, text in ((["--sev-snp"], "--kernel runs plain, --sev and --sev-es guests for now, not --sev-snp"),
                        (["--policy", "1"], "--policy needs an encrypted mode (--sev or --sev-es)"),
                        (["--owner-exec", "true"], "--session and --owner-exec need an encrypted mode"),
+                       (["--sev-es", "--gdb", "tcp::0"], "--gdb does not work with --kernel under --sev-es"),
                        (["--secret-file", __file__], "--secret-file does not work with --kernel yet"),
                        (["--trace", "t.jsonl", "--trace-insn"], "--trace-insn does not work with --kernel yet")):
         result = _run(tmp_path, kernel, *args)
