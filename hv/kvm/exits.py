@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
-    "FailEntry", "Hlt", "Hypercall", "InternalError", "Intr", "Io", "KvmExit", "Mmio",
-    "Rdmsr", "Shutdown", "SystemEvent", "Wrmsr",
+    "FailEntry", "Hlt", "Hypercall", "InternalError", "Intr", "Io", "KVM_ENOSYS", "KvmExit",
+    "Mmio", "Rdmsr", "Shutdown", "StringIo", "SystemEvent", "Wrmsr",
 ]
 
 
@@ -61,6 +61,9 @@ class Shutdown(KvmExit):
     """KVM_EXIT_SHUTDOWN: triple fault."""
     detail: str = ""
     reason = "SHUTDOWN"
+
+
+KVM_ENOSYS = -1000  # a hypercall's `ret` when the hypervisor offers none of that number
 
 
 @dataclass

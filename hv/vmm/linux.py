@@ -45,7 +45,6 @@ __all__ = ["EXIT_PANIC", "EXIT_REBOOT", "KernelConfig", "KernelVmm", "PLATFORM_C
 
 EXIT_REBOOT = 1
 _MSR_TSC, _MSR_HWCR = 0x10, 0xC0010015
-_KVM_ENOSYS = (1 << 64) - 1000  # what KVM returns for a hypercall it does not know
 EXIT_PANIC = 4
 _PANIC_TEXT = b"Kernel panic - not syncing"
 _POLL_NS = 500_000  # how soon to look again when an interrupt waits for IF
@@ -329,7 +328,7 @@ class KernelVmm:
         elif isinstance(k, K.Mmio) and not k.is_write:
             k.data = (1 << (8 * k.size)) - 1  # nothing is mapped there: the bus floats
         elif isinstance(k, K.Hypercall):
-            k.ret = _KVM_ENOSYS
+            k.ret = K.KVM_ENOSYS
         if k is not None:
             self.es.complete(k)
         return None

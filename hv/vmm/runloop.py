@@ -131,7 +131,7 @@ def run_loop(vmm, watchdog: Watchdog, interrupted: threading.Event) -> tuple[str
             reason, guest_code, code = "hlt", 0, 0
             break
         elif isinstance(e, K.Hypercall):
-            e.ret = -1000  # KVM_ENOSYS: no hypercalls are offered
+            e.ret = K.KVM_ENOSYS  # no hypercalls are offered
         elif isinstance(e, (K.Rdmsr, K.Wrmsr)):
             e.error = True  # unknown MSR: #GP, as KVM does without ignore_msrs
         elif isinstance(e, K.Intr):
