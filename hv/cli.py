@@ -258,14 +258,16 @@ def _run_kernel(image, kernel, initrd, append, mem, mode, timeout, quiet, as_jso
     if image:
         raise click.UsageError("give IMAGE or --kernel, not both")
     if mode not in KERNEL_MODES:
-        raise click.UsageError(f"--kernel runs plain, --sev and --sev-es guests for now, not --{mode.value}")
-    if (launch["session_dir"] or launch["owner_exec"]) and not mode.encrypted:
-        raise click.UsageError("--session and --owner-exec need an encrypted mode (--sev or --sev-es)")
+        raise click.UsageError(f"--kernel does not run --{mode.value} guests")
+    if (launch["session_dir"] or launch["owner_exec"]) and mode not in (Mode.SEV, Mode.SEV_ES):
+        raise click.UsageError("--session and --owner-exec go with --sev and --sev-es (an SEV-SNP "
+                               "kernel attests itself: /dev/sev-guest, hv owner verify-report)"
+                               if mode.snp else "--session and --owner-exec need --sev or --sev-es")
     if launch["policy"] is not None and not mode.encrypted:
-        raise click.UsageError("--policy needs an encrypted mode (--sev or --sev-es)")
+        raise click.UsageError("--policy needs an encrypted mode (--sev, --sev-es or --sev-snp)")
     if gdb and mode.es:
-        raise click.UsageError("--gdb does not work with --kernel under --sev-es: the kernel's "
-                               "registers are in its encrypted save area")
+        raise click.UsageError(f"--gdb does not work with --kernel under --{mode.value}: the "
+                               "kernel's registers are in its encrypted save area")
     refuse_with_kernel(others)
     for option, path in (("--dump-dram", dump_dram), ("--trace", trace_file)):
         if path:

@@ -21,12 +21,13 @@ are printed for context only, never compared with a threshold.
               command line (hv's PLATFORM_CMDLINE and hv.init=poweroff), whole processes timed;
               without QEMU hv's time is reported alone (`--install-qemu` installs Debian's
               qemu-system-x86 with apt-get)
-  8 linux-sev the same boot in `hv run --sev` vs `hv run` (plain), and
-  9           in `hv run --sev-es` vs plain: one bench (`--only linux-sev`) that boots plain, SEV
-              and SEV-ES in every round, so both ratios share their plain boots; each boot counts
-              only if the kernel's "Memory Encryption Features active" line names its mode
+  8 linux-sev the same boot in `hv run --sev` vs `hv run` (plain),
+  9           in `hv run --sev-es` vs plain, and
+ 10           in `hv run --sev-snp` vs plain: one bench (`--only linux-sev`) that boots plain, SEV,
+              SEV-ES and SEV-SNP in every round, so the ratios share their plain boots; each boot
+              counts only if the kernel's "Memory Encryption Features active" line names its mode
 
-    python tools/bench.py            # full run, about eight minutes (most of it rows 7 to 9)
+    python tools/bench.py            # full run, about twelve minutes (most of it rows 7 to 10)
     python tools/bench.py --quick    # fewer rounds
     python tools/bench.py --only linux --install-qemu   # the Linux boot alone, QEMU installed first
     python tools/bench.py --json     # JSON on stdout (the table goes to stderr)
@@ -87,7 +88,8 @@ BOOT_TIMEOUT = 600.0  # seconds for one boot to power off (hv takes about 30 her
 # What the kernel says it found, by hv's mode: the rest of its line "Memory Encryption Features
 # active: ..." (arch/x86/mm/mem_encrypt.c), which it prints only when it found any.
 LINUX_FEATURES: dict[str, str | None] = {
-    "plain": None, "sev": "AMD SEV", "sev-es": "AMD SEV SEV-ES"}
+    "plain": None, "sev": "AMD SEV", "sev-es": "AMD SEV SEV-ES",
+    "sev-snp": "AMD SEV SEV-ES SEV-SNP"}
 _FEATURES_LINE = re.compile(r"Memory Encryption Features active: ([^\r\n]*)")
 
 
@@ -129,6 +131,8 @@ GOALS = {g.key: g for g in (
     Goal("linux-sev", "Linux boot, hv under SEV vs plain", "sev / plain time", 1.25,
          higher_is_better=False, aim=1.1),
     Goal("linux-sev-es", "Linux boot, hv under SEV-ES vs plain", "sev-es / plain time", 2.0,
+         higher_is_better=False),
+    Goal("linux-sev-snp", "Linux boot, hv under SEV-SNP vs plain", "sev-snp / plain time", 2.0,
          higher_is_better=False),
 )}
 
@@ -639,10 +643,10 @@ def bench_linux(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR, qemu: st
 
 def bench_linux_sev(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR,
                     hv_command: Callable[..., list[str]] = hv_boot_command) -> list[Outcome]:
-    """Goals 8 and 9: hv's plain, SEV and SEV-ES boots of the same kernel, initrd and command
-    line in turn, the order rotating by round; both ratios are over the same plain boots.
-    Skipped as goal 7 is without the kernel."""
-    goals = GOALS["linux-sev"], GOALS["linux-sev-es"]
+    """Goals 8 to 10: hv's plain, SEV, SEV-ES and SEV-SNP boots of the same kernel, initrd and
+    command line in turn, the order rotating by round; the ratios are over the same plain
+    boots. Skipped as goal 7 is without the kernel."""
+    goals = GOALS["linux-sev"], GOALS["linux-sev-es"], GOALS["linux-sev-snp"]
     files = linux_files(linux_dir)
     if files is None:
         return _without_kernel(linux_dir, *goals)
@@ -652,7 +656,7 @@ def bench_linux_sev(plan: Plan, progress=None, linux_dir: Path = LINUX_DIR,
     ctx = {k: _fmt_s(v) for k, v in times.items()}
     return [summarize(goal, times[mode], times["plain"], {"plain": ctx["plain"], mode: ctx[mode]},
                       times)
-            for goal, mode in zip(goals, ("sev", "sev-es"))]
+            for goal, mode in zip(goals, ("sev", "sev-es", "sev-snp"))]
 
 
 BENCHES = {"compute": bench_compute, "memstress": bench_memstress, "crypto": bench_crypto,

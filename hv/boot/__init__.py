@@ -7,7 +7,8 @@ machine. docs/guest-abi.md is the human-readable form of the constants here.
 
 from hv.boot._image import ImageError, LoadedImage, Segment, parse_image
 from hv.boot._vmsa import initial_vmsa, kernel_launch_vmsa, launch_vmsas
-from hv.boot._snp import SEV_FEATURES_SNP, snp_launch_digest, snp_launch_pages, snp_pages_digest
+from hv.boot._snp import (SEV_FEATURES_SNP, kernel_snp_launch_digest, kernel_snp_launch_pages,
+                          snp_launch_digest, snp_launch_pages, snp_pages_digest)
 from hv.boot._layout import (
     BOOT_INFO_GPA,
     BOOT_INFO_MAGIC,
@@ -53,6 +54,8 @@ __all__ = [
     "kernel_launch_regions",
     "kernel_launch_vmsa",
     "kernel_plan",
+    "kernel_snp_launch_digest",
+    "kernel_snp_launch_pages",
     "launch_digest",
     "launch_regions",
     "parse_image",

@@ -21,6 +21,8 @@ from hv.boot._image import parse_image
 from hv.boot._layout import BOOT_INFO_GPA, BOOT_STACK_TOP, PAGE_TABLES_GPA
 from hv.boot.linux import BOOT_CS, BOOT_DS, LinuxBoot
 
+SEV_FEATURES_SNP = 1  # VMSA SEV_FEATURES bit 0: SNPActive
+
 __all__ = [
     "initial_vmsa",
     "kernel_launch_vmsa",
@@ -85,7 +87,9 @@ def kernel_launch_vmsa(plan: LinuxBoot) -> bytes:
     and SS/DS/ES = BOOT_DS with the hidden parts of those GDT entries (flat 64-bit code, flat
     data), FS/GS null, no IDT, interrupts off (RFLAGS 2), RIP = the 64-bit entry point, RSI =
     boot_params, every other GPR 0 (RSP too: the kernel sets its own stack first thing).
-    SEV_FEATURES is 0 (SEV-ES, no SNP features). MTRRdefType is an MSR the VMSA does not hold."""
+    SEV_FEATURES is 0 (SEV-ES, no SNP features). MTRRdefType is an MSR the VMSA does not hold.
+    An SEV-SNP plan (plan.snp) starts at its validation stub (plan.start) with SEV_FEATURES =
+    SNPActive."""
     gdt_base, gdt_limit = plan.gdtr
     # The kernel's GDT entries (hv.boot.linux) are the same flat segments as hv's own, so their
     # hidden parts are _CODE64's and _DATA's; only the selectors differ.
@@ -95,8 +99,9 @@ def kernel_launch_vmsa(plan: LinuxBoot) -> bytes:
             "gdtr": (0, 0, gdt_limit, gdt_base), "ldtr": _LDTR, "idtr": _NO_TABLE, "tr": _TR}
     q = {
         "efer": _KERNEL_EFER | EFER_SVME, "cr4": _KERNEL_CR4, "cr3": plan.cr3, "cr0": _KERNEL_CR0,
-        "dr7": _DR7, "dr6": _DR6, "rflags": ENTRY_RFLAGS, "rip": plan.entry, "rsp": 0,
-        "rsi": plan.boot_params, "g_pat": _G_PAT, "sev_features": 0, "xcr0": _XCR0,
+        "dr7": _DR7, "dr6": _DR6, "rflags": ENTRY_RFLAGS, "rip": plan.start, "rsp": 0,
+        "rsi": plan.boot_params, "g_pat": _G_PAT,
+        "sev_features": SEV_FEATURES_SNP if plan.snp else 0, "xcr0": _XCR0,
     }
     return _vmsa_page(segs, q)
 

@@ -39,6 +39,7 @@ from unicorn import x86_const as X
 from hv.hw import ucraw
 from hv.hw.debughooks import add_code_hook, remove_code_hook
 from hv.hw.osmem import PrivateRam
+from hv.hw.pvalidate import OsValidation
 from hv.hw.ucraw import UcContext, UcIntel
 
 __all__ = ["OsBudget", "OsCpu", "OsExit", "OsHalt", "OsStop", "OsShutdown", "OsInterrupted", "OsVmgexit",
@@ -54,6 +55,8 @@ EXIT_DR7_READ, EXIT_DR7_WRITE = 0x27, 0x37
 EXIT_CPUID, EXIT_IOIO, EXIT_MSR, EXIT_VMMCALL, EXIT_WBINVD = 0x72, 0x7B, 0x7C, 0x81, 0x89
 VC = 29  # the VMM communication exception
 _VMGEXIT = b"\xf3\x0f\x01\xd9"  # REP VMMCALL
+_PVALIDATE, _RMPADJUST = b"\xf2\x0f\x01\xff", b"\xf3\x0f\x01\xfe"
+_CF = 1
 _VMEXIT = 0x100  # QEMU reports an intercept as exception 0x100 + exit code
 _EFER, _VM_HSAVE_PA, _EFER_SVME = 0xC0000080, 0xC0010117, 1 << 12
 _HF_GUEST = 1 << 21
@@ -262,7 +265,7 @@ class OsCpu:
                  cpuid: Callable[[int, int], tuple[int, int, int, int]], tsc: Callable[[], int],
                  tcg_buffer: int = 64 << 20, private: PrivateRam | None = None, cbit: int = 0,
                  msrs: Mapping[int, MsrHandler] | None = None, es: bool = False,
-                 vc_msrs: frozenset[int] = frozenset()):
+                 vc_msrs: frozenset[int] = frozenset(), validation: OsValidation | None = None):
         uc = self._uc = ucraw.new_x86_64(cpu=X.UC_CPU_X86_EPYC)
         _CpuState.check(uc)
         uc.ctl_set_tcg_buffer_size(tcg_buffer)
@@ -295,6 +298,10 @@ class OsCpu:
         self.es = es
         self.ghcb_msr = 0
         self._vc_msrs = vc_msrs
+        # SEV-SNP: PVALIDATE and RMPADJUST, which Unicorn does not know (#UD), against the RMP
+        self._validation = validation
+        if validation is not None and not es:
+            raise ValueError("an SEV-SNP guest is an SEV-ES one")
         self._pending_vc: tuple[int, UcContext] | None = None
         if es:
             if private is None:
@@ -570,6 +577,40 @@ class OsCpu:
         self._w(X.UC_X86_REG_RIP, rip + 2)
         return None
 
+    def _snp_instruction(self) -> str | None:
+        """PVALIDATE or RMPADJUST at RIP, which Unicorn raised #UD for: executed against the RMP
+        (hv.hw.pvalidate.OsValidation): RAX = status, CF for PVALIDATE = nothing changed. None
+        when done, "" when the instruction is neither (a real #UD), else why the guest stops
+        (an RMP nested page fault: the hypervisor has no page to give it)."""
+        v = self._validation
+        if v is None:
+            return ""
+        rip = self._r(X.UC_X86_REG_RIP)
+        insn = self._read_virt(rip, 4)
+        if insn not in (_PVALIDATE, _RMPADJUST):
+            return ""
+        gva = self._r(X.UC_X86_REG_RAX)
+        size = self._r(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        paddr = self._walk(gva)
+        name = "PVALIDATE" if insn == _PVALIDATE else "RMPADJUST"
+        if paddr is None:
+            return f"{name} of an unmapped address"
+        gpa = paddr & ~self._cmask
+        if insn == _PVALIDATE:
+            out = v.pvalidate(gpa, size, bool(self._r(X.UC_X86_REG_RDX) & 1))
+            if out is not None:
+                status, changed = out
+                flags = self._r(X.UC_X86_REG_RFLAGS) & ~_CF
+                self._w(X.UC_X86_REG_RFLAGS, flags | (_CF if status == 0 and not changed else 0))
+        else:
+            status = v.rmpadjust(gpa, size, self._r(X.UC_X86_REG_RDX))
+            out = status
+        if out is None:
+            return f"RMP nested page fault: {name} of guest-physical {gpa & ~0xFFF:#x}, a page the RMP does not give this guest there"
+        self._w(X.UC_X86_REG_RAX, status)
+        self._w(X.UC_X86_REG_RIP, rip + 4)
+        return None
+
     def _vc(self, code: int) -> str | None:
         """Deliver #VC with `code` as its error code, at the current instruction."""
         self.stats["vc"] += 1
@@ -654,7 +695,11 @@ class OsCpu:
                 vector, self._exception = self._exception, None
                 if self._invalid:
                     self._invalid = False
-                    failed = self._deliver(UD, None, hardware=True)
+                    failed = self._snp_instruction()
+                    if failed is None:
+                        continue
+                    if failed == "":
+                        failed = self._deliver(UD, None, hardware=True)
                 else:
                     failed = self._exception_entry(vector)
                 if failed is not None:

@@ -18,11 +18,11 @@ from typing import Callable
 from hv.hw.exits import InternalErrorExit, NpfExit, VmExit
 from hv.hw.memctl import NeedsRetry
 from hv.hw.mmu import ACCESS_READ, GuestPageFault, NestedFault
-from hv.hw.rmp import FAIL_INPUT, FAIL_SIZEMISMATCH, NPF_ENC, RMP_NPF
+from hv.hw.rmp import FAIL_INPUT, FAIL_PERMISSION, FAIL_SIZEMISMATCH, NPF_ENC, RMP_NPF
 from hv.hw.snp_mmu import SnpMmu
 from unicorn import x86_const as X
 
-__all__ = ["pvalidate"]
+__all__ = ["OsValidation", "pvalidate"]
 
 _CF = 1
 
@@ -65,3 +65,50 @@ def pvalidate(mmu: SnpMmu, read: Callable[[int], int], write: Callable[[int, int
     write(X.UC_X86_REG_RAX, status)
     write(X.UC_X86_REG_RIP, addr + length)
     return None
+
+
+class OsValidation:
+    """PVALIDATE and RMPADJUST for an operating system's core (hv.hw.oscpu), whose guest RAM is
+    one range of host memory [ram_spa, ram_spa + ram_size) at guest-physical 0: the core
+    translates the instruction's address through the guest's tables and asks here with the GPA.
+
+    That core runs on Unicorn's own MMU, so the RMP is consulted at these instructions and at
+    the hypervisor's accesses (host writes to guest pages fail), not at each guest access: a
+    kernel touching a page it has not validated gets no #VC here (docs/linux.md)."""
+
+    def __init__(self, rmp, ram_spa: int, ram_size: int, asid: int):
+        self.rmp, self.ram_spa, self.ram_size, self.asid = rmp, ram_spa, ram_size, asid
+
+    def _matches(self, gpa: int) -> bool:
+        """The RMP entry of `gpa`'s page is this guest's at that GPA (else: a nested page fault
+        with the RMP bit, the hypervisor's to handle)."""
+        gpa &= ~0xFFF
+        return (0 <= gpa < self.ram_size
+                and not self.rmp.guest_check(self.ram_spa + gpa, self.asid, gpa, True) & RMP_NPF)
+
+    def pvalidate(self, gpa: int, size: int, validate: bool) -> tuple[int, bool] | None:
+        """(status, changed) of PVALIDATE of the page at `gpa` (RCX = `size`), None for an RMP
+        nested page fault."""
+        if size == 1:
+            return FAIL_SIZEMISMATCH, False  # 4 KiB RMP entries only: Linux falls back to 4K
+        if size != 0:
+            return FAIL_INPUT, False
+        if not self._matches(gpa):
+            return None
+        page = gpa & ~0xFFF
+        return self.rmp.pvalidate(self.ram_spa + page, self.asid, page, validate)
+
+    def rmpadjust(self, gpa: int, size: int, attrs: int) -> int | None:
+        """The status of RMPADJUST of the page at `gpa` with RDX = `attrs` (target VMPL [7:0],
+        permissions [15:8], VMSA [16]), None for an RMP nested page fault. The guest runs at
+        VMPL0, so VMPL1-3 may be adjusted and VMPL0 may not (FAIL_PERMISSION: what Linux's
+        check that it runs at VMPL0 looks for); VMPL permissions are not kept (nothing runs at
+        the lower levels), and making a VMSA (for another vCPU) is FAIL_INPUT: one vCPU."""
+        target = attrs & 0xFF
+        if size == 1:
+            return FAIL_SIZEMISMATCH
+        if size != 0 or target > 3 or attrs >> 17 or attrs & (1 << 16):
+            return FAIL_INPUT
+        if not self._matches(gpa):
+            return None
+        return FAIL_PERMISSION if target == 0 else 0

@@ -210,12 +210,13 @@ class Vm:
         return vcpu
 
     def create_os_vcpu(self, pio_in, pio_out, tsc) -> OsCpu:
-        """A vCPU for a whole operating system (hv.hw.oscpu), plain, SEV or SEV-ES VMs with one memory
-        slot at GPA 0: the port devices are in-kernel (`pio_in(port, size) -> value`,
-        `pio_out(port, size, value) -> stop?`), CPUID answers from this VM's table. An SEV VM's
-        C-bit must be below bit 40 (what the core's MMU implements)."""
-        if self.type.snp:
-            raise KvmError("operating-system vCPUs run plain, SEV and SEV-ES guests")
+        """A vCPU for a whole operating system (hv.hw.oscpu), plain, SEV, SEV-ES or SEV-SNP VMs
+        with one memory slot at GPA 0: the port devices are in-kernel (`pio_in(port, size) ->
+        value`, `pio_out(port, size, value) -> stop?`), CPUID answers from this VM's table. An
+        SEV VM's C-bit must be below bit 40 (what the core's MMU implements); an SEV-SNP VM's
+        core needs SNP enabled on the machine (SNP_INIT)."""
+        if self.type.snp and not self.kvm.machine.snp_enabled:
+            raise KvmError("an SEV-SNP VM's vCPU needs SNP enabled first (SNP_INIT)")
         if self.encrypted and self.cbitpos >= 40:
             raise KvmError(f"an operating system's C-bit must be below bit 40, not {self.cbitpos}")
         if len(self.slots) != 1 or self.slots.get(0) is None or self.slots[0].gpa != 0:

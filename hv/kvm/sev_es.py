@@ -25,6 +25,7 @@ MSR_TSC_AUX = 0xC0000103
 GP = 13
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _IOIO_IN, _IOIO_STR, _IOIO_REP = 1 << 0, 1 << 2, 1 << 3
+HV_FT_SNP = 1  # GHCB_HV_FT_SNP: the hypervisor supports SEV-SNP guests
 SNP_GUEST_VMM_ERR_INVALID_LEN = 1  # sw_exit_info_2 [63:32] of a guest request (Linux sev-guest)
 
 
@@ -93,12 +94,17 @@ class EsExits:
         elif info == MsrProto.PSC_REQ and self.vm.type.snp:
             self.control.ghcb_msr = sev_snp.page_state_change_msr(self.vm, msr)
         elif info == MsrProto.HV_FEATURES_REQ:
-            self.control.ghcb_msr = MsrProto.HV_FEATURES_RESP  # no SNP features
+            self.control.ghcb_msr = self._hv_features() << 12 | MsrProto.HV_FEATURES_RESP
         elif info == MsrProto.TERM_REQ:
             return K.SystemEvent(f"guest requested termination (GHCB MSR protocol): reason set "
                                  f"{(msr >> 12) & 0xF}, code {(msr >> 16) & 0xFF:#x}")
         # Any other request: the MSR is left as it is and the guest resumes (as KVM does).
         return None
+
+    def _hv_features(self) -> int:
+        """The GHCB hypervisor features (GHCB 2.0): bit 0, SEV-SNP, for an SNP VM (Linux
+        refuses to run under SNP without it); no AP creation, no restricted injection."""
+        return HV_FT_SNP if self.vm.type.snp else 0
 
     def _in_guest_memory(self, gpa: int) -> bool:
         return any(s.gpa <= gpa and gpa + GHCB_SIZE <= s.gpa + s.size for s in self.vm.slots.values())
@@ -226,7 +232,7 @@ class EsExits:
             self._snp_psc(g, inputs)
             return None
         if code == SwExit.HV_FEATURES:
-            g.answer(0, 0)
+            g.answer(0, self._hv_features())
             return None
         if code == SwExit.SNP_GUEST_REQUEST:
             self._snp_guest_request(g, *_need(inputs, "sw_exit_info_1", "sw_exit_info_2"))

@@ -17,6 +17,7 @@ end of `halt -f`) is status 0 with reason "halted"; a triple fault 125.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -25,20 +26,25 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from hv.boot import kernel_launch_digest, kernel_launch_vmsa
+from hv.boot import kernel_launch_digest, kernel_launch_vmsa, kernel_snp_launch_pages
 from hv.boot.linux import (BOOT_CS, BOOT_DS, KERNEL_CBITPOS, PLATFORM_CMDLINE, TSC_KHZ, LinuxBoot,
                            kernel_launch_regions, kernel_plan)
+from hv.hw.cpuid import EPYC
 from hv.hw.machine import Machine, MachineConfig
 from hv.hw.oscpu import OsBudget, OsHalt, OsInterrupted, OsShutdown, OsVmgexit
 from hv.kvm import exits as K
 from hv.kvm.ghcb import MsrProto
+from hv.kvm.cpuid import snp_cpuid_page
 from hv.kvm.kvm import Kvm, KvmError
 from hv.kvm.mode import Mode
+from hv.kvm.sev import FirmwareError
 from hv.kvm.sev_es import EsExits
 from hv.vmm.bus import Bus
+from hv.vmm.config import LaunchError
 from hv.vmm.launch import OwnerChannel, sev_launch
 from hv.vmm.linux_debug import KernelVcpuView
 from hv.vmm.pc import PcPlatform
+from hv.vmm.snp_launch import snp_launch, snp_prepare
 from hv.vmm.vmm import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TIMEOUT, RunResult
 
 __all__ = ["EXIT_PANIC", "EXIT_REBOOT", "KernelConfig", "KernelVmm", "PLATFORM_CMDLINE", "TSC_KHZ"]
@@ -49,6 +55,9 @@ EXIT_PANIC = 4
 _PANIC_TEXT = b"Kernel panic - not syncing"
 _POLL_NS = 500_000  # how soon to look again when an interrupt waits for IF
 _ESCAPE = b"\x01x"  # Ctrl-A x ends an interactive run, as in QEMU's -nographic console
+# The part a kernel runs on: its core's MMU implements 40 physical address bits, so the C-bit is
+# bit 39 (hv.boot.linux.KERNEL_CBITPOS), which is what the PSP checks a CPUID page against.
+KERNEL_PART = dataclasses.replace(EPYC, cbitpos=KERNEL_CBITPOS, phys_bits=40)
 
 
 @dataclass
@@ -151,10 +160,13 @@ class KernelVmm:
                                    on_input=self._on_input)
         encrypted = config.mode.encrypted
         self.plan: LinuxBoot = kernel_plan(config.kernel, config.initrd, config.append,
-                                           config.mem_size, encrypted=encrypted)
+                                           config.mem_size, encrypted=encrypted,
+                                           snp=config.mode.snp)
         self.machine = Machine(MachineConfig(dram_size=config.mem_size + (8 << 20),
-                                             psp_state=config.psp_state))
+                                             psp_state=config.psp_state, model=KERNEL_PART))
         self.kvm = Kvm(self.machine)
+        # SEV-SNP: SNP_INIT before the VM exists (its core checks pages against the RMP)
+        self._snp_dev = snp_prepare(self.kvm) if config.mode.snp else None
         self.vm = self.kvm.create_vm(config.mode, cbitpos=KERNEL_CBITPOS if encrypted else None)
         self.vm.set_user_memory_region(0, 0, config.mem_size)
         self.vm.cpuid = _guest_cpuid(self.vm.cpuid)
@@ -233,7 +245,16 @@ class KernelVmm:
 
     # -- running ----------------------------------------------------------------------------------------
     def load(self) -> None:
-        if self.config.mode.encrypted:
+        if self.config.mode.snp:
+            # The SNP launch (hv.vmm.snp_launch) of the plan's pages, the secrets and CPUID
+            # pages and the VMSA; every other page is the guest's, not validated: the stub the
+            # VMSA starts in validates them all before it enters the kernel.
+            pages = kernel_snp_launch_pages(self.plan, snp_cpuid_page(self.vm.cpuid))
+            try:
+                self.sev = snp_launch(self, self._snp_dev, pages=pages, keep_shared=())
+            except FirmwareError as e:
+                raise LaunchError(str(e)) from e
+        elif self.config.mode.encrypted:
             # The measured launch (hv.vmm.launch): every piece of the plan goes through
             # LAUNCH_UPDATE_DATA in order, and the owner checks the measurement.
             es = self.config.mode is Mode.SEV_ES
@@ -246,7 +267,7 @@ class KernelVmm:
         cpu = self.cpu
         cpu.enter_long_mode(self.plan.gdtr, self.plan.cr3, BOOT_CS, BOOT_DS)
         cpu.set_reg(X.UC_X86_REG_RSI, self.plan.boot_params)
-        cpu.set_reg(X.UC_X86_REG_RIP, self.plan.entry)
+        cpu.set_reg(X.UC_X86_REG_RIP, self.plan.start)
 
     def interrupt(self) -> None:
         """Thread-safe: stop the guest for good (Ctrl-C, the escape sequence)."""
@@ -299,7 +320,15 @@ class KernelVmm:
                                                                    "syscalls")},
                     "mode": cfg.mode.value, **self.launch_info,
                     **({"vc": stats["vc"], "vmgexits": stats["vmgexits"],
-                        "ghcb_events": dict(sorted(self.es.events.items()))} if self.es else {})})
+                        "ghcb_events": dict(sorted(self.es.events.items()))} if self.es else {}),
+                    **({"rmp": self._rmp_census()} if cfg.mode.snp else {})})
+
+    def _rmp_census(self) -> dict[str, int]:
+        """The RMP's entries of guest memory at the end (RMPREAD): the pages the guest holds
+        (validated: all of them, the stub's work, less those it gave back) and those it turned
+        over to the hypervisor with page-state changes (its GHCBs, bounce buffers, ...)."""
+        slot = self.vm.slots[0]
+        return self.machine.rmp_census(slot.spa, slot.size)
 
     def _vmgexit(self) -> str | None:
         """Answer an SEV-ES guest's VMGEXIT (hv.kvm.sev_es): port I/O goes to the platform,

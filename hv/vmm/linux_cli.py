@@ -28,7 +28,7 @@ from hv.vmm.vmm import EXIT_USAGE
 
 __all__ = ["KERNEL_DEFAULT_MEM", "KERNEL_MODES", "refuse_with_kernel", "run_kernel"]
 
-KERNEL_MODES = (Mode.PLAIN, Mode.SEV, Mode.SEV_ES)
+KERNEL_MODES = (Mode.PLAIN, Mode.SEV, Mode.SEV_ES, Mode.SEV_SNP)
 
 
 def refuse_with_kernel(given: dict[str, object]) -> None:
@@ -36,7 +36,7 @@ def refuse_with_kernel(given: dict[str, object]) -> None:
     for option, value in given.items():
         if value:
             raise click.UsageError(f"{option} does not work with --kernel yet (a kernel runs "
-                                   "plain or with --sev or --sev-es, with --mem, --append, --initrd, "
+                                   "plain or with --sev, --sev-es or --sev-snp, with --mem, --append, --initrd, "
                                    "--timeout, --max-insns, -q, --json, --dump-dram, --trace, "
                                    "--gdb, --policy, --session and --owner-exec)")
 

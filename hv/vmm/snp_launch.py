@@ -48,15 +48,21 @@ def snp_prepare(kvm) -> SevDevice:
     return dev
 
 
-def snp_launch(vmm, dev: SevDevice, rewrite: Callable[[Pages], Pages] | None = None) -> SnpGuest:
-    """Launch `vmm`'s guest; returns the launch context (for teardown). `rewrite` replaces the
-    pages handed to SNP_LAUNCH_UPDATE (the attack lab's hypervisor uses it; hv never does)."""
+def snp_launch(vmm, dev: SevDevice, rewrite: Callable[[Pages], Pages] | None = None,
+               pages: Pages | None = None, keep_shared: tuple[int, ...] = (boot.BOOT_INFO_GPA,)
+               ) -> SnpGuest:
+    """Launch `vmm`'s guest; returns the launch context (for teardown). `pages` are what to
+    launch when it is not the configured image (a kernel's, hv.vmm.linux): NORMAL, SECRETS and
+    CPUID pages and the VMSA, in order; `keep_shared` the GPAs left to the hypervisor (the
+    image's boot information page; none for a kernel). `rewrite` replaces the pages handed to
+    SNP_LAUNCH_UPDATE (the attack lab's hypervisor uses it; hv never does)."""
     cfg, vm = vmm.config, vmm.vm
     machine = vm.kvm.machine
     guest = SnpGuest(vm, dev) if cfg.policy is None else SnpGuest(vm, dev, cfg.policy)
     guest.launch_start()
     launched = set()
-    pages = boot.snp_launch_pages(cfg.image, cfg.mem_size, vm.cbitpos)
+    if pages is None:
+        pages = boot.snp_launch_pages(cfg.image, cfg.mem_size, vm.cbitpos)
     if rewrite is not None:
         pages = rewrite(pages)
     for gpa, contents, kind in pages:
@@ -66,24 +72,28 @@ def snp_launch(vmm, dev: SevDevice, rewrite: Callable[[Pages], Pages] | None = N
             guest.launch_update(INITIAL_VMSA_GPA, SnpPageType.VMSA, spa=spa)
             vmm.vcpu.attach_vmsa(spa)
             continue
-        vm.write_gpa(gpa, contents)
-        guest.launch_update(gpa, kind)
+        if kind == SnpPageType.CPUID:
+            guest.launch_update_cpuid(gpa, contents)  # CpuidPageRejected: the PSP's corrections
+        else:
+            vm.write_gpa(gpa, contents)
+            guest.launch_update(gpa, kind)
         launched.add(gpa)
     for s in vm.slots.values():
         for off in range(0, s.size, _PAGE):
             gpa = s.gpa + off
-            if gpa not in launched and gpa != boot.BOOT_INFO_GPA:
+            if gpa not in launched and gpa not in keep_shared:
                 rmp_make_private(machine, s.spa + off, vm.asid, gpa)
     author_key = False
-    if cfg.id_block is not None:
+    id_block = getattr(cfg, "id_block", None)
+    if id_block is not None:
         author_key = _has_author_key(cfg.id_auth)
-        guest.launch_finish(id_block=cfg.id_block, id_auth=cfg.id_auth, auth_key_en=author_key)
+        guest.launch_finish(id_block=id_block, id_auth=cfg.id_auth, auth_key_en=author_key)
     else:
         guest.launch_finish()
     digest = boot.snp_pages_digest(pages)  # what the PSP measured
     vmm.launch_info = {"mode": vm.type, "asid": vm.asid, "policy": guest.policy,
                        "digest": digest.hex(), "pages_launched": len(launched) + 1,
-                       "secret_injected": False, "id_block": cfg.id_block is not None,
+                       "secret_injected": False, "id_block": id_block is not None,
                        "author_key": author_key}
     return guest
 

@@ -412,11 +412,6 @@ def test_create_os_vcpu_takes_c_bit_39():
     cpu.close()
 
 
-def test_create_os_vcpu_refuses_sev_snp():
-    with pytest.raises(KvmError):
-        _vm(Mode.SEV_SNP, 39).create_os_vcpu(**_devices())
-
-
 def test_a_refused_encrypted_core_leaves_host_memory_as_it_was():
     machine = Machine(MachineConfig(dram_size=16 << 20))
     with pytest.raises(ValueError):

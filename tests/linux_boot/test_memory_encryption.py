@@ -16,7 +16,7 @@ from hv.vmm.initramfs import POWEROFF_PARAM, SECRET_PATH, initrd_file
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 BOOT_LIMIT = 240  # seconds; a plain boot takes about 30 here
-FEATURES = {"sev": "AMD SEV", "sev-es": "AMD SEV SEV-ES"}
+FEATURES = {"sev": "AMD SEV", "sev-es": "AMD SEV SEV-ES", "sev-snp": "AMD SEV SEV-ES SEV-SNP"}
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,9 @@ def test_a_plain_guests_dump_holds_the_initramfs_marker(boot, kernel_files, mark
     assert "Memory Encryption Features active" not in summary["serial"]
 
 
-@pytest.mark.parametrize("mode", ["sev", "sev-es"])
+@pytest.mark.parametrize("mode", ["sev", "sev-es", "sev-snp"])
 def test_an_encrypted_guest_boots_and_its_dump_hides_the_marker(boot, marker, mode):
-    """Scenario: the same kernel and initramfs under --sev / --sev-es find SEV, run the init and
+    """Scenario: the same kernel and initramfs under --sev / --sev-es / --sev-snp find their mode, run the init and
     power off with status 0, and the hypervisor's dump holds nothing of the marker file."""
     status, summary, dump = boot(mode)
     serial = summary["serial"]
@@ -109,3 +109,33 @@ def test_an_sev_es_boot_sends_each_documented_ghcb_event_and_no_other(boot):
     assert launch["vmgexits"] == sum(events.values())
     assert events["msr:0x004"] % 4 == 0
     assert launch["vc"] == sum(events[k] for k in VC_EVENTS) + events["msr:0x004"] // 4
+
+
+# What the kernel sends the hypervisor under SEV-SNP besides the SEV-ES events: GHCB GPA
+# registration, hypervisor features and page-state changes (through the MSR protocol early, the
+# GHCB's Page State Change event later); no AP jump table (SNP starts APs otherwise).
+SNP_EVENTS = {
+    **{k: v for k, v in GHCB_EVENTS.items() if k != "0x80000005"},
+    "msr:0x012": "GHCB GPA registration",
+    "msr:0x014": "page state change (MSR protocol)",
+    "msr:0x080": "hypervisor features (SEV-SNP bit)",
+    "0x80000010": "page state change (GHCB)",
+}
+
+
+def test_an_sev_snp_boot_validates_all_memory_and_sends_each_documented_event(boot):
+    """Scenario: the SEV-SNP boot above: the stub validated every page of guest memory before the
+    kernel ran, so at the end every page is either the guest's and validated or one it turned
+    over to the hypervisor with a page-state change (its GHCBs, the bounce buffers' pages); the
+    kernel spoke through the documented requests only."""
+    status, summary, _dump = boot("sev-snp")
+    assert status == 0, summary["message"]
+    launch = summary["launch"]
+    pages = launch["mem_size"] // 4096
+    rmp = launch["rmp"]
+    assert rmp["assigned"] == rmp["validated"] and rmp["assigned"] + rmp["hypervisor"] == pages
+    # the shared pages: SWIOTLB's 64 MiB bounce buffers, the GHCBs, ... and no more than that
+    assert 64 << 8 <= rmp["hypervisor"] < (64 << 8) + 1024, rmp
+    events = launch["ghcb_events"]
+    assert set(events) == set(SNP_EVENTS), events
+    assert launch["vmgexits"] == sum(events.values())

@@ -219,6 +219,7 @@ def _hv_printing(tmp_path: Path, serial: str, status: int = 0, **by_mode: str):
 UP = "Run /init as init process\r\nhv-init: user space is up\r\nhv-init: powering off\r\n"
 SEV_UP = "Memory Encryption Features active: AMD SEV\r\n" + UP
 SEV_ES_UP = "Memory Encryption Features active: AMD SEV SEV-ES\r\n" + UP
+SNP_UP = "Memory Encryption Features active: AMD SEV SEV-ES SEV-SNP\r\n" + UP
 
 
 def test_linux_commands_share_the_kernel_initrd_and_command_line(tmp_path):
@@ -288,7 +289,7 @@ def test_the_kernels_features_line_is_read_whole():
 
 def test_linux_sev_rows_without_the_kernel_are_skipped_saying_how_to_fetch(tmp_path):
     rows = bench.bench_linux_sev(TINY, linux_dir=tmp_path)
-    assert [o.goal.key for o in rows] == ["linux-sev", "linux-sev-es"]
+    assert [o.goal.key for o in rows] == ["linux-sev", "linux-sev-es", "linux-sev-snp"]
     for o in rows:
         assert o.ratios == [] and "python tools/linux.py fetch" in o.note and not o.met
     assert "skipped" in bench.format_table(rows)
@@ -296,21 +297,22 @@ def test_linux_sev_rows_without_the_kernel_are_skipped_saying_how_to_fetch(tmp_p
 
 def test_linux_sev_rows_form_each_mode_over_the_same_plain_boots(tmp_path):
     plan = bench.dataclasses.replace(TINY, linux_sev_rounds=2)
-    sev, es = bench.bench_linux_sev(plan, linux_dir=_linux_dir(tmp_path),
-                                    hv_command=_hv_printing(tmp_path, UP, sev=SEV_UP,
-                                                            sev_es=SEV_ES_UP))
-    assert (sev.goal.key, es.goal.key) == ("linux-sev", "linux-sev-es")
+    sev, es, snp = bench.bench_linux_sev(plan, linux_dir=_linux_dir(tmp_path),
+                                         hv_command=_hv_printing(tmp_path, UP, sev=SEV_UP,
+                                                                 sev_es=SEV_ES_UP, sev_snp=SNP_UP))
+    assert (sev.goal.key, es.goal.key, snp.goal.key) == ("linux-sev", "linux-sev-es", "linux-sev-snp")
     times = sev.samples
-    assert {k: len(v) for k, v in times.items()} == {"plain": 2, "sev": 2, "sev-es": 2}
+    assert {k: len(v) for k, v in times.items()} == {"plain": 2, "sev": 2, "sev-es": 2, "sev-snp": 2}
     assert sev.ratios == [s / p for s, p in zip(times["sev"], times["plain"])]
     assert es.ratios == [s / p for s, p in zip(times["sev-es"], times["plain"])]
+    assert snp.ratios == [s / p for s, p in zip(times["sev-snp"], times["plain"])]
     assert set(sev.context) == {"plain", "sev"} and set(es.context) == {"plain", "sev-es"}
-    assert sev.goal.text == "<= 1.25 (aim 1.1)" and es.goal.text == "<= 2"
-    table = bench.format_table([sev, es])
-    assert table.count("\n8 ") == 1 and table.count("\n9 ") == 1
-    rows = bench.json.loads(bench.json.dumps([sev.to_json(), es.to_json()]))
-    assert [r["key"] for r in rows] == ["linux-sev", "linux-sev-es"]
-    assert rows[1]["samples"].keys() == {"plain", "sev", "sev-es"}
+    assert sev.goal.text == "<= 1.25 (aim 1.1)" and es.goal.text == "<= 2" == snp.goal.text
+    table = bench.format_table([sev, es, snp])
+    assert table.count("\n8 ") == 1 and table.count("\n9 ") == 1 and table.count("\n10 ") == 1
+    rows = bench.json.loads(bench.json.dumps([sev.to_json(), es.to_json(), snp.to_json()]))
+    assert [r["key"] for r in rows] == ["linux-sev", "linux-sev-es", "linux-sev-snp"]
+    assert rows[1]["samples"].keys() == {"plain", "sev", "sev-es", "sev-snp"}
 
 
 def test_linux_sev_verdicts_against_bound_and_aim():
@@ -322,15 +324,17 @@ def test_linux_sev_verdicts_against_bound_and_aim():
     assert not bench.summarize(es, [2.1], [1.0], {}).met
 
 
-@pytest.mark.parametrize("sev, sev_es", [
-    (UP, SEV_ES_UP),          # the SEV boot's kernel found no encryption: it ran plain
-    (SEV_UP, SEV_UP),         # the SEV-ES boot's kernel found SEV alone
-    (SEV_UP, "Kernel panic - not syncing\r\n"),
+@pytest.mark.parametrize("sev, sev_es, sev_snp", [
+    (UP, SEV_ES_UP, SNP_UP),          # the SEV boot's kernel found no encryption: it ran plain
+    (SEV_UP, SEV_UP, SNP_UP),         # the SEV-ES boot's kernel found SEV alone
+    (SEV_UP, "Kernel panic - not syncing\r\n", SNP_UP),
+    (SEV_UP, SEV_ES_UP, SEV_ES_UP),   # the SEV-SNP boot's kernel found no SNP
 ])
-def test_an_encrypted_boot_that_is_not_what_it_claims_is_an_error(tmp_path, sev, sev_es):
+def test_an_encrypted_boot_that_is_not_what_it_claims_is_an_error(tmp_path, sev, sev_es, sev_snp):
     with pytest.raises(bench.BenchError):
         bench.bench_linux_sev(TINY, linux_dir=_linux_dir(tmp_path),
-                              hv_command=_hv_printing(tmp_path, UP, sev=sev, sev_es=sev_es))
+                              hv_command=_hv_printing(tmp_path, UP, sev=sev, sev_es=sev_es,
+                                                      sev_snp=sev_snp))
 
 
 def test_a_plain_boot_whose_kernel_reports_encryption_is_an_error(tmp_path):

@@ -46,10 +46,13 @@ def test_an_initrd_that_does_not_fit_in_mem(tmp_path):
 
 def test_options_that_do_not_go_with_a_kernel(tmp_path):
     kernel = bytes(synthetic())
-    for args, text in ((["--sev-snp"], "--kernel runs plain, --sev and --sev-es guests for now, not --sev-snp"),
-                       (["--policy", "1"], "--policy needs an encrypted mode (--sev or --sev-es)"),
-                       (["--owner-exec", "true"], "--session and --owner-exec need an encrypted mode"),
+    for args, text in ((["--policy", "1"], "--policy needs an encrypted mode (--sev, --sev-es or --sev-snp)"),
+                       (["--owner-exec", "true"], "--session and --owner-exec need --sev or --sev-es"),
+                       (["--sev-snp", "--owner-exec", "true"], "an SEV-SNP kernel attests itself"),
+                       (["--sev-snp", "--session", "."], "an SEV-SNP kernel attests itself"),
                        (["--sev-es", "--gdb", "tcp::0"], "--gdb does not work with --kernel under --sev-es"),
+                       (["--sev-snp", "--gdb", "tcp::0"], "--gdb does not work with --kernel under --sev-snp"),
+                       (["--sev-snp", "--id-block", "."], "--id-block does not work with --kernel yet"),
                        (["--secret-file", __file__], "--secret-file does not work with --kernel yet"),
                        (["--trace", "t.jsonl", "--trace-insn"], "--trace-insn does not work with --kernel yet")):
         result = _run(tmp_path, kernel, *args)
