@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rebuild the sample guest images (guests/*.img) bit for bit.
+"""Rebuild the sample guest images (guests/*.img) and the Linux report client bit for bit.
 
 The images are committed, so users need no compiler; this script is how they were made. It calls
 gcc (compile and assemble) and GNU ld (link) with fixed flags, from the guests/ directory with
@@ -7,8 +7,12 @@ relative paths, so that nothing about the build machine (paths, time, build id) 
 Bit-for-bit equality only holds with the same gcc and binutils versions: the ones used are written
 to toolchain.txt beside the images.
 
-    python tools/build_guests.py               # rebuild guests/*.img in place
-    python tools/build_guests.py --out DIR     # build into DIR instead
+guests/linux/hv-report, the attestation client of the test initramfs (tools/linux.py puts it in
+as /bin/hv-report), is built the same way from guests/linux/hv-report.c: a static x86-64 Linux
+executable with no libc, compiled and linked by one gcc call from guests/linux/, stripped.
+
+    python tools/build_guests.py               # rebuild guests/*.img and guests/linux/hv-report
+    python tools/build_guests.py --out DIR     # build into DIR (DIR/linux/hv-report) instead
 """
 
 from __future__ import annotations
@@ -87,6 +91,34 @@ LDFLAGS = (
 )
 
 
+# The Linux user-space client: freestanding like the guests, but a Linux process (a kernel that
+# saves SSE state, a red zone, a loader that maps ELF segments), linked by the gcc driver.
+LINUX_CLIENT = "linux/hv-report"
+
+LINUX_CFLAGS = (
+    "-std=gnu11",
+    "-Os",
+    "-Wall",
+    "-Wextra",
+    "-static",
+    "-nostdlib",
+    "-ffreestanding",
+    "-fno-stack-protector",
+    "-fno-pie",
+    "-no-pie",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+    "-fcf-protection=none",
+    "-fno-ident",
+    "-ffile-prefix-map=.=.",
+    "-s",
+    "-Wl,--build-id=none",
+    "-Wl,-z,noexecstack",
+    "-Wl,-z,max-page-size=4096",
+    "-Wl,-z,common-page-size=4096",
+)
+
+
 class BuildError(Exception):
     """A compiler or linker step failed; the message holds its output."""
 
@@ -135,6 +167,20 @@ def build(out_dir: Path, cc: str = "gcc", ld: str = "ld", src_dir: Path = GUESTS
     return images
 
 
+def build_linux_client(out_dir: Path, cc: str = "gcc", src_dir: Path = GUESTS_DIR) -> Path:
+    """Build hv-report into out_dir/linux/hv-report (mode 0755); returns its path."""
+    source = Path(LINUX_CLIENT + ".c")
+    target = out_dir / LINUX_CLIENT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hv-linux-client-") as tmp:
+        linked = Path(tmp) / source.stem
+        _run([cc, *LINUX_CFLAGS, source.name, "-o", str(linked)], cwd=src_dir / source.parent)
+        # Copy rather than link in place, so a failed build leaves the old binary alone.
+        shutil.copyfile(linked, target)
+    os.chmod(target, 0o755)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=GUESTS_DIR, help="output directory (default: guests/)")
@@ -143,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         images = build(args.out, cc=args.cc, ld=args.ld)
+        client = build_linux_client(args.out, cc=args.cc)
     except (BuildError, OSError, subprocess.CalledProcessError) as exc:
         print(f"build_guests: {exc}", file=sys.stderr)
         return 1
     for name, path in images.items():
         print(f"{path.stat().st_size:8d}  {name}.img")
+    print(f"{client.stat().st_size:8d}  {LINUX_CLIENT}")
     return 0
 
 

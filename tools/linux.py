@@ -12,16 +12,23 @@ writes into the output directory (default build/linux/):
                    manifest's "system_map" says which one was found
   config           the kernel's build configuration (boot/config-*)
   sev-guest.ko     the SEV-SNP guest driver module, uncompressed (/dev/sev-guest)
-  initrd.cpio.gz   a gzip-compressed newc cpio archive: /bin/busybox, /init, /dev/console (5,1),
-                   /etc/hv-secret (below) and the usual directories
-  manifest.json    package names and versions, the SHA-256 of every file above, and the digest
-                   of the initrd's layout (initrd_layout_sha256, below)
+  initrd.cpio.gz   a gzip-compressed newc cpio archive: /bin/busybox, /bin/hv-report (below),
+                   /lib/modules/*.ko (sev-guest.ko and the AES-GCM modules it needs),
+                   /init, /dev/console (5,1), /etc/hv-secret (below) and the usual directories
+  manifest.json    package names and versions, the SHA-256 of every file above and of
+                   /bin/hv-report (hv_report_sha256), where each module came from
+                   (initrd_modules), and the digest of the initrd's layout (initrd_layout_sha256)
+
+/bin/hv-report is the project's own attestation client, guests/linux/hv-report: a static
+program with no libc that asks /dev/sev-guest for an SEV-SNP report (guests/README.md). It is
+committed prebuilt (tools/build_guests.py rebuilds it bit for bit), so fetching needs no compiler.
 
 A second run asks apt again and does nothing when the manifest names the same package versions,
 every file still has its recorded digest and the initrd's layout is this tool's: the manifest's
-initrd_layout_sha256 is the digest of the initrd this tool builds around an empty busybox, so a
-change to any member but busybox (the /init script, the marker, the directories, the archive
-format) makes the next run build the initrd again. `--force` fetches anyway. The cpio archive and
+initrd_layout_sha256 is the digest of the initrd this tool builds with an empty busybox and
+empty modules (the files that come from packages, whose versions the manifest names), so a
+change to any other member (the /init script, hv-report, the marker, the directories, the list of
+modules, the archive format) makes the next run build the initrd again. `--force` fetches anyway. The cpio archive and
 its gzip wrapper carry no time stamps, so the same packages always give the same initrd.
 
 /etc/hv-secret is a marker that only the initramfs holds: the text "hv-initramfs-secret ",
@@ -32,16 +39,21 @@ shows the file and an SEV guest's must not (docs/linux.md; the attack lab's A01-
 --kernel judge by it). The gzip stream does not hold it verbatim. Nothing prints it.
 
 The initramfs's /init (a busybox sh script) mounts /proc, /sys and devtmpfs on /dev, installs the
-busybox applets as links, prints "hv-init: user space is up" and then runs an interactive
-`sh` on the console, or, when the kernel command line holds `hv.init=poweroff`, prints
-"hv-init: powering off" and runs `poweroff -f`.
+busybox applets as links and prints "hv-init: user space is up". When the kernel command line
+holds `hv.report=NONCE` (128 hex digits, the report_data), it prints "hv-init: attestation",
+loads the modules with insmod and runs `hv-report NONCE` and `hv-report --ext NONCE`, whose
+`report_data:`, `report:` and `cert:`/`cert_data:` lines go to the console; if a step fails it
+prints "hv-init: attestation failed" and goes on. It then runs an interactive `sh` on the
+console, or, when the command line holds `hv.init=poweroff`, prints "hv-init: powering off" and
+runs `poweroff -f`.
 
     python tools/linux.py fetch                  # into build/linux/
     python tools/linux.py fetch -o DIR           # elsewhere
     python tools/linux.py fetch --force          # download again even when up to date
 
 Exit status: 0 on success (fetched or already up to date), 1 when apt is missing, no package is
-found or a download or an unpacking fails (one line on stderr), 2 for bad usage.
+found, a download or an unpacking fails or guests/linux/hv-report is missing (one line on
+stderr), 2 for bad usage.
 """
 
 from __future__ import annotations
@@ -67,6 +79,18 @@ DEFAULT_OUT = REPO / "build" / "linux"
 KERNEL_PATTERN = r"^linux-image-6\.1\.0-([0-9]+)-amd64-unsigned$"
 BUSYBOX_PACKAGE = "busybox-static"
 SEV_GUEST_MODULE = "kernel/drivers/virt/coco/sev-guest/sev-guest.ko"
+# The modules /init loads, in this order, before hv-report asks /dev/sev-guest for a report. Linux
+# 6.1's sev-guest seals its messages with crypto_alloc_aead("gcm(aes)"), and Debian builds the
+# templates that make it as modules (CONFIG_CRYPTO_GCM, _CTR, _GHASH and _GF128MUL are m; AES and
+# crypto_null are built in). The kernel's request_module finds no modprobe database in the
+# initramfs, so without them the driver's probe fails. Order: each module's .modinfo "depends=".
+INITRD_MODULES = (
+    ("gf128mul", "kernel/crypto/gf128mul.ko"),
+    ("ghash-generic", "kernel/crypto/ghash-generic.ko"),
+    ("ctr", "kernel/crypto/ctr.ko"),
+    ("gcm", "kernel/crypto/gcm.ko"),
+    ("sev-guest", SEV_GUEST_MODULE),
+)
 MANIFEST = "manifest.json"
 SYSTEM_MAP_PLACEHOLDER = b"The real System.map is in"
 OUTPUTS = ("vmlinuz", "System.map", "config", "sev-guest.ko", "initrd.cpio.gz")
@@ -74,6 +98,15 @@ OUTPUTS = ("vmlinuz", "System.map", "config", "sev-guest.ko", "initrd.cpio.gz")
 INIT_MARKER = "hv-init: user space is up"
 POWEROFF_MARKER = "hv-init: powering off"
 POWEROFF_PARAM = "hv.init=poweroff"
+ATTEST_MARKER = "hv-init: attestation"
+ATTEST_FAILED_MARKER = "hv-init: attestation failed"
+REPORT_PARAM = "hv.report"  # hv.report=<128 hex digits>: the nonce of the reports /init asks for
+
+# The attestation client (guests/linux/hv-report.c, committed prebuilt) and where the initramfs
+# holds it and the modules (MODULE_DIR/NAME.ko).
+CLIENT_BINARY = REPO / "guests" / "linux" / "hv-report"
+CLIENT_PATH = "bin/hv-report"
+MODULE_DIR = "lib/modules"
 
 # The initramfs's marker file (see the module's docstring). hv reads it back from the archive
 # (hv.vmm.initramfs), so the path is the one thing both sides must agree on
@@ -85,7 +118,10 @@ INITRAMFS_SECRET = "hv-initramfs-secret " + hashlib.sha256(SECRET_PHRASE.encode(
 # The kernel runs /init through its #! line (CONFIG_BINFMT_SCRIPT) with /dev/console as stdin,
 # stdout and stderr. A parameter with a dot in its name is taken for a module parameter and never
 # reaches init's arguments or environment, so the script reads /proc/cmdline itself. If /init
-# exits, the kernel panics: every path ends in exec or poweroff.
+# exits, the kernel panics: every path ends in exec or poweroff. The nonce is passed to hv-report
+# as it is (the last hv.report= wins): the client checks it, so a malformed one is reported as a
+# failed attestation rather than ignored. devtmpfs makes /dev/sev-guest when sev-guest loads.
+_REPORT_SED = rf"s/.* {REPORT_PARAM.replace('.', '[.]')}=\([^ ]*\) .*/\1/"
 INIT_SCRIPT = f"""#!/bin/busybox sh
 # /init of hv's test initramfs, written by tools/linux.py.
 /bin/busybox mount -t proc proc /proc
@@ -94,7 +130,21 @@ INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 echo "{INIT_MARKER}"
-case " $(/bin/busybox cat /proc/cmdline) " in
+attest() {{
+    for module in {" ".join(name for name, _ in INITRD_MODULES)}; do
+        /bin/busybox insmod /{MODULE_DIR}/$module.ko || return 1
+    done
+    /{CLIENT_PATH} "$1" && /{CLIENT_PATH} --ext "$1"
+}}
+cmdline=" $(/bin/busybox cat /proc/cmdline) "
+case "$cmdline" in
+*" {REPORT_PARAM}="*)
+    echo "{ATTEST_MARKER}"
+    nonce="$(echo "$cmdline" | /bin/busybox sed '{_REPORT_SED}')"
+    attest "$nonce" || echo "{ATTEST_FAILED_MARKER}"
+    ;;
+esac
+case "$cmdline" in
 *" {POWEROFF_PARAM} "*)
     echo "{POWEROFF_MARKER}"
     /bin/busybox poweroff -f
@@ -170,15 +220,21 @@ def newc_archive(entries: list[CpioEntry]) -> bytes:
     return b"".join(out)
 
 
-def initramfs_entries(busybox: bytes) -> list[CpioEntry]:
-    """The initramfs: busybox, /init, /dev/console, the marker and the directories they need."""
-    dirs = ["bin", "dev", "etc", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin"]
+def initramfs_entries(busybox: bytes, modules: dict[str, bytes], client: bytes) -> list[CpioEntry]:
+    """The initramfs: busybox, the report client, the modules (name -> contents, in
+    INITRD_MODULES's order), /init, /dev/console, the marker and the directories they need."""
+    if list(modules) != [name for name, _ in INITRD_MODULES]:
+        raise ValueError(f"modules {list(modules)}, expected those of INITRD_MODULES in order")
+    dirs = ["bin", "dev", "etc", "lib", "lib/modules", "proc", "root", "sbin", "sys", "tmp", "usr",
+            "usr/bin", "usr/sbin"]
     entries = [CpioEntry.directory(d, 0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755)
                for d in dirs]
     # The kernel opens /dev/console for init's stdin/stdout/stderr before /init runs (and before
     # devtmpfs is mounted), so the node must be in the archive.
     entries.append(CpioEntry.char_device("dev/console", 5, 1))
     entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
+    entries.append(CpioEntry.file(CLIENT_PATH, client, 0o755))
+    entries.extend(CpioEntry.file(f"{MODULE_DIR}/{name}.ko", data, 0o644) for name, data in modules.items())
     entries.append(CpioEntry.file("init", INIT_SCRIPT.encode(), 0o755))
     entries.append(CpioEntry.file(SECRET_PATH, INITRAMFS_SECRET.encode(), 0o600))
     return entries
@@ -189,14 +245,15 @@ def gzip_deterministic(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=9, mtime=0)
 
 
-def build_initrd(busybox: bytes) -> bytes:
-    return gzip_deterministic(newc_archive(initramfs_entries(busybox)))
+def build_initrd(busybox: bytes, modules: dict[str, bytes], client: bytes) -> bytes:
+    return gzip_deterministic(newc_archive(initramfs_entries(busybox, modules, client)))
 
 
-def initrd_layout_sha256() -> str:
-    """The digest of the initrd built around an empty busybox: it changes with every member but
-    busybox and with the archive's format, so an initrd from an older tool is rebuilt."""
-    return hashlib.sha256(build_initrd(b"")).hexdigest()
+def initrd_layout_sha256(client: bytes) -> str:
+    """The digest of the initrd built around an empty busybox and empty modules (the members
+    that come from packages): it changes with every other member, the client included, and with
+    the list of modules and the archive's format, so an initrd from an older tool is rebuilt."""
+    return hashlib.sha256(build_initrd(b"", {name: b"" for name, _ in INITRD_MODULES}, client)).hexdigest()
 
 
 # -- apt ----------------------------------------------------------------------------------------
@@ -256,6 +313,14 @@ def newest_kernel() -> Package:
                      "(is this Debian 12 with bookworm in the apt sources, after apt-get update?)")
 
 
+def client_binary() -> bytes:
+    """The committed attestation client (guests/linux/hv-report); no compiler is needed."""
+    try:
+        return CLIENT_BINARY.read_bytes()
+    except OSError as e:
+        raise FetchError(f"{CLIENT_BINARY}: {e.strerror} (python tools/build_guests.py builds it)") from None
+
+
 def busybox_package() -> Package:
     version = candidate_version(BUSYBOX_PACKAGE)
     if version is None:
@@ -287,17 +352,17 @@ def _one(root: Path, pattern: str, what: str) -> Path:
     return hits[0]
 
 
-def sev_guest_module(kernel_root: Path) -> tuple[bytes, str]:
-    """The module's bytes, uncompressed, and where it was found (Debian 12 ships it as plain .ko;
-    later kernels compress modules, so .ko.xz is unpacked here and busybox insmod gets a .ko)."""
+def kernel_module(kernel_root: Path, module: str) -> tuple[bytes, str]:
+    """A module's bytes, uncompressed, and where it was found (Debian 12 ships plain .ko; later
+    kernels compress modules, so .ko.xz is unpacked here and busybox insmod gets a .ko)."""
     for moddir in sorted((kernel_root / "lib" / "modules").glob("*")):
-        plain = moddir / SEV_GUEST_MODULE
+        plain = moddir / module
         if plain.is_file():
             return plain.read_bytes(), str(plain.relative_to(kernel_root))
-        packed = moddir / (SEV_GUEST_MODULE + ".xz")
+        packed = moddir / (module + ".xz")
         if packed.is_file():
             return lzma.decompress(packed.read_bytes()), str(packed.relative_to(kernel_root))
-    raise FetchError(f"{SEV_GUEST_MODULE} (or .ko.xz) not found in the kernel package")
+    raise FetchError(f"{module} (or .ko.xz) not found in the kernel package")
 
 
 # -- the manifest -------------------------------------------------------------------------------
@@ -319,14 +384,15 @@ def read_manifest(out: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def up_to_date(out: Path, packages: list[Package]) -> bool:
-    """The manifest names exactly these packages and every output still has its digest."""
+def up_to_date(out: Path, packages: list[Package], client: bytes) -> bool:
+    """The manifest names exactly these packages, the initrd is built around this client with
+    this tool's layout, and every output still has its digest."""
     manifest = read_manifest(out)
     if manifest is None:
         return False
     if manifest.get("packages") != {p.name: p.version for p in packages}:
         return False
-    if manifest.get("initrd_layout_sha256") != initrd_layout_sha256():
+    if manifest.get("initrd_layout_sha256") != initrd_layout_sha256(client):
         return False  # the initrd this tool builds changed: it must be built again
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != set(OUTPUTS):
@@ -343,11 +409,12 @@ def _write(path: Path, data: bytes) -> None:
 def fetch(out: Path, force: bool = False, log=print) -> dict:
     """Fetch into `out` (see the module's docstring); the manifest written or found current."""
     require_tools()
+    client = client_binary()
     kernel = newest_kernel()
     busybox = busybox_package()
     for pkg in (kernel, busybox):
         log(f"{pkg.name} {pkg.version}")
-    if not force and up_to_date(out, [kernel, busybox]):
+    if not force and up_to_date(out, [kernel, busybox], client):
         log(f"{out}: up to date (manifest matches; nothing downloaded)")
         return read_manifest(out)
 
@@ -372,19 +439,24 @@ def fetch(out: Path, force: bool = False, log=print) -> dict:
         if system_map_kind == "placeholder":
             log("System.map: Debian's placeholder (the real map is in the -dbg package)")
         _write(out / "config", _one(kroot, f"boot/config-{release}", "config").read_bytes())
-        module, module_source = sev_guest_module(kroot)
-        _write(out / "sev-guest.ko", module)
-        log(f"sev-guest module: {module_source}")
+        found = {name: kernel_module(kroot, path) for name, path in INITRD_MODULES}
+        modules = {name: data for name, (data, _) in found.items()}
+        module_sources = {name: source for name, (_, source) in found.items()}
+        _write(out / "sev-guest.ko", modules["sev-guest"])
+        for name, source in module_sources.items():
+            log(f"{name} module: {source}")
         bb = _one(broot, "bin/busybox", "busybox binary").read_bytes()
-        _write(out / "initrd.cpio.gz", build_initrd(bb))
+        _write(out / "initrd.cpio.gz", build_initrd(bb, modules, client))
 
     manifest = {
         "packages": {kernel.name: kernel.version, busybox.name: busybox.version},
         "kernel_release": release,
         "system_map": system_map_kind,
-        "sev_guest_module_source": module_source,
+        "sev_guest_module_source": module_sources["sev-guest"],
+        "initrd_modules": module_sources,
         "download_bytes": download_bytes,
-        "initrd_layout_sha256": initrd_layout_sha256(),
+        "initrd_layout_sha256": initrd_layout_sha256(client),
+        "hv_report_sha256": hashlib.sha256(client).hexdigest(),
         "files": {name: sha256_file(out / name) for name in OUTPUTS},
     }
     _write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
@@ -406,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                     "config, sev-guest.ko, initrd.cpio.gz and manifest.json. Skips the download "
                     "when the manifest already matches the newest versions. The initrd's /init "
                     f"prints \"{INIT_MARKER}\" and starts a shell on the console; with "
-                    f"{POWEROFF_PARAM} on the kernel command line it powers off instead.")
+                    f"{REPORT_PARAM}=NONCE (128 hex digits) on the kernel command line it first "
+                    "prints SEV-SNP attestation reports over NONCE (hv-report), with "
+                    f"{POWEROFF_PARAM} it powers off instead of starting the shell.")
     p.add_argument("-o", "--out", metavar="DIR", type=Path, default=DEFAULT_OUT,
                    help="output directory (default: build/linux/ in the repository)")
     p.add_argument("--force", action="store_true",
