@@ -10,7 +10,11 @@ A kernel's launch is `hv.boot.kernel_plan` (the boot plan `hv run --kernel --sev
 page tables with the C-bit at KERNEL_CBITPOS, hv's platform command line before the user's, the
 platform's ACPI tables) measured as `hv.boot.kernel_launch_regions` lays it out, and under the
 ES policy bit its initial VMSA (`hv.boot.kernel_launch_vmsa`: the 64-bit boot protocol's entry
-registers, RIP = the kernel's entry point, RSI = boot_params) after them.
+registers, RIP = the kernel's entry point, RSI = boot_params) after them. Under SEV-SNP the
+kernel's launch is `hv.boot.kernel_snp_launch_pages` of the SNP plan (the same writes plus the
+validation stub and the CC blob, as whole pages, then the secrets, CPUID and VMSA pages), and the
+digest the SHA-384 PAGE_INFO chain over them: the CPUID page's contents are checked by the PSP,
+not measured, so the owner predicts the digest without the platform's CPUID table.
 `hv.boot` is imported when needed, so the rest of the owner tools work without it.
 """
 
@@ -22,8 +26,9 @@ import sevwire
 from hv.owner._errors import OwnerInputError
 from hv.owner._inputs import parse_size, read_file
 
-__all__ = ["ImageDigest", "KernelDigest", "image_digest", "kernel_digest", "kernel_files_digest",
-           "load_launch_regions", "snp_measurement", "snp_pages"]
+__all__ = ["ImageDigest", "KernelDigest", "KernelSnpDigest", "image_digest", "kernel_digest",
+           "kernel_files_digest", "kernel_files_snp_digest", "kernel_snp_digest", "load_launch_regions",
+           "snp_measurement", "snp_pages"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,15 @@ class KernelDigest:
     mem_size: int
     cbitpos: int
     vmsas: int = 0  # initial VMSA pages measured after the regions (SEV-ES)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSnpDigest:
+    digest: bytes  # 48 bytes: the report's measurement
+    pages: tuple[tuple[int, int], ...]  # (gpa, page type) in SNP_LAUNCH_UPDATE order
+    cmdline: str  # the whole command line the kernel gets (and the launch measures)
+    mem_size: int
+    cbitpos: int
 
 
 def load_launch_regions():
@@ -97,6 +111,36 @@ def snp_measurement(image: bytes, mem_size: int, cbitpos: int) -> bytes:
     return ld
 
 
+def _load_boot():
+    """The hv.boot package (a kernel's boot plan and launch layout), or an OwnerInputError saying
+    it is not available."""
+    try:
+        import hv.boot
+        import hv.boot.bzimage
+        import hv.boot.linux
+    except ImportError as exc:
+        raise OwnerInputError(f"the kernel boot plan (hv.boot.kernel_plan) is not available: {exc}") from None
+    return hv.boot
+
+
+def _kernel_plan(kernel: bytes, initrd: bytes | None, append: str, mem_size: int | None,
+                 cbitpos: int | None, what: str, snp: bool):
+    """(hv.boot, the plan `hv run --kernel` makes for an encrypted launch, the memory size it
+    was made for: `mem_size` or, for None, the default). An OwnerInputError for a `cbitpos`
+    other than KERNEL_CBITPOS (a kernel's C-bit is fixed) or a file that is no bzImage or does
+    not fit."""
+    boot = _load_boot()
+    if cbitpos is not None and cbitpos != boot.KERNEL_CBITPOS:
+        raise OwnerInputError(f"--cbitpos: hv launches a kernel with its C-bit at {boot.KERNEL_CBITPOS}, "
+                              f"not {cbitpos}")
+    if mem_size is None:
+        mem_size = boot.linux.KERNEL_DEFAULT_MEM
+    try:
+        return boot, boot.kernel_plan(kernel, initrd, append, mem_size, encrypted=True, snp=snp), mem_size
+    except boot.bzimage.BzImageError as exc:
+        raise OwnerInputError(f"{what}: {exc}") from None
+
+
 def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: int | None = None,
                   policy: int = 0, cbitpos: int | None = None, what: str = "kernel") -> KernelDigest:
     """The SEV launch digest of `kernel` (a bzImage) with `initrd` and `append` in `mem_size`
@@ -106,29 +150,39 @@ def kernel_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: in
     refused. `what` names the kernel in the one-line error a file that is no bzImage (or does
     not fit) gives."""
     es = bool(int(policy) & sevwire.Policy.ES)
-    try:
-        from hv.boot import KERNEL_CBITPOS, kernel_launch_digest, kernel_launch_regions, kernel_plan
-        from hv.boot.bzimage import BzImageError
-        from hv.boot.linux import KERNEL_DEFAULT_MEM
-    except ImportError as exc:
-        raise OwnerInputError(f"the kernel boot plan (hv.boot.kernel_plan) is not available: {exc}") from None
-    if cbitpos is not None and cbitpos != KERNEL_CBITPOS:
-        raise OwnerInputError(f"--cbitpos: hv launches a kernel with its C-bit at {KERNEL_CBITPOS}, not {cbitpos}")
-    if mem_size is None:
-        mem_size = KERNEL_DEFAULT_MEM
-    try:
-        plan = kernel_plan(kernel, initrd, append, mem_size, encrypted=True)
-    except BzImageError as exc:
-        raise OwnerInputError(f"{what}: {exc}") from None
-    regions = tuple((gpa, len(data)) for gpa, data in kernel_launch_regions(plan))
-    return KernelDigest(kernel_launch_digest(plan, es=es), regions, plan.cmdline, mem_size, KERNEL_CBITPOS,
+    boot, plan, mem_size = _kernel_plan(kernel, initrd, append, mem_size, cbitpos, what, snp=False)
+    regions = tuple((gpa, len(data)) for gpa, data in boot.kernel_launch_regions(plan))
+    return KernelDigest(boot.kernel_launch_digest(plan, es=es), regions, plan.cmdline, mem_size, plan.cbit,
                         vmsas=1 if es else 0)
+
+
+def kernel_snp_digest(kernel: bytes, initrd: bytes | None, append: str, mem_size: int | None = None,
+                      cbitpos: int | None = None, what: str = "kernel") -> KernelSnpDigest:
+    """The SEV-SNP launch digest of `kernel` with `initrd` and `append` in `mem_size` bytes, as
+    `hv run --kernel --sev-snp` launches it: the PAGE_INFO chain over its SNP_LAUNCH_UPDATE
+    pages. The guest policy does not enter it (the report carries the policy beside it), and
+    the CPUID page is measured by its type and GPA only. `cbitpos` and `what` as kernel_digest."""
+    boot, plan, mem_size = _kernel_plan(kernel, initrd, append, mem_size, cbitpos, what, snp=True)
+    pages = boot.kernel_snp_launch_pages(plan)
+    return KernelSnpDigest(boot.snp_pages_digest(pages), tuple((gpa, kind) for gpa, _c, kind in pages),
+                           plan.cmdline, mem_size, plan.cbit)
+
+
+def _kernel_files(kernel: str, initrd: str | None, append: str | None, mem: str | None):
+    """The kernel's and the initrd's bytes, the append string and the memory size as the user
+    spelled them (None: `hv run --kernel`'s default): what `--kernel --initrd --append --mem`
+    give, as kernel_digest's and kernel_snp_digest's first four arguments."""
+    return (read_file(kernel, "kernel"), read_file(initrd, "initrd") if initrd is not None else None,
+            append or "", parse_size(mem) if mem is not None else None)
 
 
 def kernel_files_digest(kernel: str, initrd: str | None, append: str | None, mem: str | None,
                         policy: int = 0, cbitpos: int | None = None) -> KernelDigest:
-    """kernel_digest of the files at these paths, with the memory size as the user spelled it
-    (None: `hv run --kernel`'s default): what `--kernel --initrd --append --mem` give."""
-    return kernel_digest(read_file(kernel, "kernel"), read_file(initrd, "initrd") if initrd is not None else None,
-                         append or "", parse_size(mem) if mem is not None else None, policy, cbitpos,
-                         what=f"kernel {kernel}")
+    """kernel_digest of the files at these paths (`--kernel --initrd --append --mem`)."""
+    return kernel_digest(*_kernel_files(kernel, initrd, append, mem), policy, cbitpos, what=f"kernel {kernel}")
+
+
+def kernel_files_snp_digest(kernel: str, initrd: str | None, append: str | None, mem: str | None,
+                            cbitpos: int | None = None) -> KernelSnpDigest:
+    """kernel_snp_digest of the files at these paths (`--kernel --initrd --append --mem`)."""
+    return kernel_snp_digest(*_kernel_files(kernel, initrd, append, mem), cbitpos, what=f"kernel {kernel}")

@@ -21,7 +21,8 @@ import click
 
 import sevwire
 from hv.owner._chain import verify_chain
-from hv.owner._digest import image_digest, kernel_files_digest, snp_measurement, snp_pages
+from hv.owner._digest import (image_digest, kernel_files_digest, kernel_files_snp_digest, snp_measurement,
+                              snp_pages)
 from hv.owner._errors import OwnerCheckFailed, OwnerError, OwnerInputError
 from hv.owner._id_block import key_digest, make_id_block, read_p384_key
 from hv.owner._inputs import (
@@ -98,24 +99,30 @@ mem_option = click.option("--mem", "mem", default=str(DEFAULT_MEM >> 20) + "M", 
                           help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem`.")
 cbitpos_option = click.option("--cbitpos", default=DEFAULT_CBITPOS, show_default=True, type=int,
                               help="C-bit position the guest's page tables use (CPUID 0x8000001F).")
-# measure and verify take an image or a kernel, whose default memory sizes differ (`hv run`'s).
+# measure, verify and verify-report take an image or a kernel, whose default memory sizes differ.
 launch_mem_option = click.option("--mem", "mem", default=None,
                                  help="Guest memory size (64M, 1G, 0x4000000), as given to `hv run --mem` "
                                       f"[default: {DEFAULT_MEM >> 20}M for an image, 256M for a kernel].")
-kernel_options = (
-    click.option("--kernel", default=None, type=click.Path(dir_okay=False),
-                 help="Or: a Linux bzImage, as `hv run --kernel ... --sev` (or --sev-es, with the ES "
-                      "policy bit) launches it (C-bit 39)."),
-    click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd."),
-    click.option("--append", default=None,
-                 help="With --kernel: the command line after hv's own (both are measured)."),
-)
 
 
-def _kernel_options(command):
-    for option in reversed(kernel_options):
-        command = option(command)
-    return command
+def _kernel_options(kernel_help: str):
+    """--kernel (with `kernel_help`), --initrd and --append, for a command that measures a kernel."""
+    options = (
+        click.option("--kernel", default=None, type=click.Path(dir_okay=False), help=kernel_help),
+        click.option("--initrd", default=None, type=click.Path(dir_okay=False), help="With --kernel: its initrd."),
+        click.option("--append", default=None,
+                     help="With --kernel: the command line after hv's own (both are measured)."),
+    )
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+_SEV_KERNEL_HELP = ("Or: a Linux bzImage, as `hv run --kernel ... --sev` (or --sev-es, with the ES policy bit) "
+                    "launches it (C-bit 39).")
 
 
 def _cbitpos_given(ctx: click.Context) -> bool:
@@ -171,11 +178,14 @@ def session_cmd(pdh_cert: str, policy: str, out_dir: str, as_json: bool) -> None
 
 @owner.command("measure")
 @click.argument("image", required=False, type=click.Path(dir_okay=False))
-@_kernel_options
+@_kernel_options("Or: a Linux bzImage, as `hv run --kernel ... --sev` (or --sev-es, with the ES policy bit; "
+                 "--sev-snp, with --snp) launches it (C-bit 39).")
 @policy_option
 @launch_mem_option
 @cbitpos_option
-@click.option("--snp", is_flag=True, help="The SEV-SNP launch digest (SHA-384 over launched pages).")
+@click.option("--snp", is_flag=True,
+              help="The SEV-SNP launch digest (SHA-384 over launched pages). The policy is not part of it: "
+                   "--policy is ignored (`verify-report --policy` checks the report's).")
 @json_option
 def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, append: str | None, policy: str,
                 mem: str | None, cbitpos: int, snp: bool, as_json: bool) -> None:
@@ -184,13 +194,18 @@ def measure_cmd(image: str | None, kernel: str | None, initrd: str | None, appen
     With --snp: the SHA-384 digest SNP_LAUNCH_UPDATE builds (pages, their types and GPAs).
     With --kernel instead of IMAGE: the launch digest of that kernel, its initrd and its whole
     command line, as `hv run --kernel ... --sev` measures them (with the ES bit: and the kernel's
-    initial VMSA, as `--sev-es` does)."""
+    initial VMSA, as `--sev-es` does; with --snp: the SHA-384 digest of `--sev-snp`'s pages)."""
     _image_or_kernel(image, kernel, initrd, append, "IMAGE")
     if kernel is not None:
-        if snp:
-            raise OwnerInputError("--snp does not work with --kernel yet")
-        pol = _policy(policy)
         cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
+        if snp:
+            ks = kernel_files_snp_digest(kernel, initrd, append, mem, cbit)
+            _emit(as_json, {"digest": ks.digest.hex(), "kernel": kernel, "initrd": initrd, "cmdline": ks.cmdline,
+                            "mem_size": ks.mem_size, "cbitpos": ks.cbitpos, "snp": True,
+                            "pages": [{"gpa": gpa, "type": kind} for gpa, kind in ks.pages]},
+                  [ks.digest.hex()])
+            return
+        pol = _policy(policy)
         k = kernel_files_digest(kernel, initrd, append, mem, pol, cbit)
         _emit(as_json, {"digest": k.digest.hex(), "kernel": kernel, "initrd": initrd, "cmdline": k.cmdline,
                         "mem_size": k.mem_size, "cbitpos": k.cbitpos, "policy": pol,
@@ -235,7 +250,7 @@ def _kernel_only(kernel: str | None, initrd: str | None, append: str | None) -> 
 @click.option("--tk", "tk_path", required=True, type=click.Path(dir_okay=False), help="tmp_tk.bin from `session`.")
 @click.option("--digest", default=None, help="Expected launch digest (32 bytes, hex).")
 @click.option("--image", default=None, type=click.Path(dir_okay=False), help="Or: the image to compute it from.")
-@_kernel_options
+@_kernel_options(_SEV_KERNEL_HELP)
 @policy_option
 @click.option("--api-major", required=True, help="Firmware API major (PLATFORM_STATUS).")
 @click.option("--api-minor", required=True, help="Firmware API minor (PLATFORM_STATUS).")
@@ -306,6 +321,8 @@ def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, a
                    "them) and vcek.pem or vcek.der.")
 @click.option("--image", default=None, type=click.Path(dir_okay=False),
               help="Expect the SNP launch digest of this image (as `measure --snp`).")
+@_kernel_options("Or: expect the SNP launch digest of this Linux bzImage, as `hv run --kernel ... --sev-snp` "
+                 "launches it (as `measure --snp --kernel`).")
 @click.option("--measurement", default=None, help="Or: the expected measurement (48 bytes, hex).")
 @click.option("--policy", "snp_policy", default=None, help="Expected SNP guest policy (e.g. 0x30000).")
 @click.option("--report-data", "report_data", default=None, help="Expected report_data (64 bytes, hex).")
@@ -317,21 +334,28 @@ def secret_cmd(tk_path: str, measurement: str, secret_path: str, out_dir: str, a
 @click.option("--family-id", "family_id", default=None, help="Expected family_id (16 bytes, hex).")
 @click.option("--image-id", "image_id", default=None, help="Expected image_id (16 bytes, hex).")
 @click.option("--svn", "svn", default=None, help="Expected guest SVN of the ID block (u32).")
-@mem_option
+@launch_mem_option
 @cbitpos_option
 @json_option
-def verify_report_cmd(report: str, chain_dir: str, image: str | None, measurement: str | None,
-                      snp_policy: str | None, report_data: str | None, id_key: str | None,
-                      author_key: str | None, family_id: str | None, image_id: str | None,
-                      svn: str | None, mem: str, cbitpos: int, as_json: bool) -> None:
+def verify_report_cmd(report: str, chain_dir: str, image: str | None, kernel: str | None, initrd: str | None,
+                      append: str | None, measurement: str | None, snp_policy: str | None,
+                      report_data: str | None, id_key: str | None, author_key: str | None,
+                      family_id: str | None, image_id: str | None, svn: str | None, mem: str | None,
+                      cbitpos: int, as_json: bool) -> None:
     """Verify an SEV-SNP attestation REPORT (1184 bytes, raw or hex): VCEK <- ASK <- ARK, the
-    VCEK's signature, and the expected measurement, policy and report_data, and with an ID block
-    the ID and author keys, family and image ID and guest SVN; exit 1 on failure."""
-    if image is not None and measurement is not None:
-        raise OwnerInputError("give at most one of --image and --measurement")
+    VCEK's signature, and the expected measurement (given, or predicted from --image or
+    --kernel), policy and report_data, and with an ID block the ID and author keys, family and
+    image ID and guest SVN; exit 1 on failure."""
+    if sum(x is not None for x in (image, kernel, measurement)) > 1:
+        raise OwnerInputError("give at most one of --image, --kernel and --measurement")
+    _kernel_only(kernel, initrd, append)
     expected = parse_hex(measurement, 48, "--measurement") if measurement is not None else None
     if image is not None:
-        expected = snp_measurement(read_file(image, "image"), parse_size(mem), cbitpos)
+        expected = snp_measurement(read_file(image, "image"), parse_size(mem if mem is not None else DEFAULT_MEM),
+                                   cbitpos)
+    elif kernel is not None:
+        cbit = cbitpos if _cbitpos_given(click.get_current_context()) else None
+        expected = kernel_files_snp_digest(kernel, initrd, append, mem, cbit).digest
     pol = parse_int(snp_policy, "--policy", 64) if snp_policy is not None else None
     rdata = parse_hex(report_data, 64, "--report-data") if report_data is not None else None
     id_digest = key_digest(read_p384_key(id_key, "--id-key")) if id_key is not None else None

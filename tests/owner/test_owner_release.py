@@ -37,25 +37,42 @@ REPO = pathlib.Path(hv.owner.__file__).resolve().parents[2]
 
 class Platform:
     """One launched SNP guest on the emulated platform, its exported certificates, and the
-    guest's side of attestation."""
+    guest's side of attestation. `pages` are what to launch, (gpa, contents, page type) in
+    SNP_LAUNCH_UPDATE order (by default one NORMAL page and the secrets page); each 2 MiB that
+    holds one of them is guest memory, and the VMSA page sits outside it, as KVM keeps it."""
 
-    def __init__(self, state: str, certs_dir: pathlib.Path):
+    def __init__(self, state: str, certs_dir: pathlib.Path,
+                 pages: list[tuple[int, bytes, int]] | None = None):
         from hv.hw.machine import Machine, MachineConfig
         from hv.kvm import Kvm
         from hv.kvm.sev import SevDevice
         from hv.kvm.sev_snp import SnpGuest, snp_init
 
+        # The default launch's measurement, as the PAGE_INFO chain gives it (others: the caller's).
+        self.measurement = None if pages is not None else snp_extend(
+            snp_extend(bytes(48), PAGE, SnpPageType.NORMAL, 0x1000), b"", SnpPageType.SECRETS, 0x2000)
+        if pages is None:
+            pages = [(0x1000, PAGE, SnpPageType.NORMAL), (0x2000, bytes(4096), SnpPageType.SECRETS)]
         self.machine = Machine(MachineConfig(dram_size=32 << 20, psp_state=state))
         dev = SevDevice(Kvm(self.machine))
         snp_init(dev)
         dev.ensure_init(es=True)
         vm = dev.kvm.create_vm("sev-snp")
-        vm.set_user_memory_region(0, 0, 1 << 20)
-        vm.write_gpa(0x1000, PAGE)
+        bases = sorted({gpa & -(2 << 20) for gpa, _c, kind in pages if kind != SnpPageType.VMSA})
+        for slot, base in enumerate(bases):
+            vm.set_user_memory_region(slot, base, 2 << 20)
         self.guest = SnpGuest(vm, dev)
         self.guest.launch_start()
-        self.guest.launch_update(0x1000)
-        self.guest.launch_update(0x2000, SnpPageType.SECRETS)
+        for gpa, contents, kind in pages:
+            if kind == SnpPageType.VMSA:
+                spa = dev.kvm.alloc(4096)
+                self.machine.host.write(spa, contents)
+                self.guest.launch_update(gpa, kind, spa=spa)
+            elif kind == SnpPageType.CPUID:
+                self.guest.launch_update_cpuid(gpa, contents)
+            else:
+                vm.write_gpa(gpa, contents)
+                self.guest.launch_update(gpa, kind)
         self.guest.launch_finish()
         self.vmpck = self.machine.psp_firmware._ctx.snp_guests[self.guest.gctx].vmpck[0]
         self.seqno = 1
@@ -64,8 +81,6 @@ class Platform:
         for name, data in self.certs.items():
             (certs_dir / name).write_bytes(data)
         self.chain = certs_dir
-        self.measurement = snp_extend(snp_extend(bytes(48), PAGE, SnpPageType.NORMAL, 0x1000),
-                                      b"", SnpPageType.SECRETS, 0x2000)
 
     def report(self, report_data: bytes) -> bytes:
         """A report over `report_data`, as the guest gets it from SNP_GUEST_REQUEST."""
