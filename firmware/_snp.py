@@ -30,8 +30,17 @@ What SNP adds to SEV-ES, and where it is enforced here:
   the family and image IDs and the guest SVN, so the owner can accept any image its ID key
   signed instead of one exact measurement.
 
-Not modelled (refused, never silently accepted): 2 MiB pages (INVALID_PAGE_SIZE), CPUID pages,
-VCEK_DISABLED at LAUNCH_FINISH (there is no VLEK), migration agents (UNSUPPORTED).
+- a CPUID page (SNP_LAUNCH_UPDATE type 6) is checked against the platform's own CPUID
+  (PlatformPort.host_cpuid) by hv's model of AMD's CPUID policy (firmware/_snp_cpuid.py: vendor
+  and family equal, feature bits a subset, highest leaves and address widths at most the
+  platform's, the C-bit position equal; the hypervisor's leaves and every other register free).
+  An acceptable page is encrypted and measured as zeros like the other unmeasured types. A
+  refused one gets the corrected table written back in plaintext, as AMD's firmware does so the
+  hypervisor can show what differs, and the command fails with INVALID_PARAM: the RMP entry
+  (still Pre-guest) and the launch digest are unchanged.
+
+Not modelled (refused, never silently accepted): 2 MiB pages (INVALID_PAGE_SIZE), VCEK_DISABLED
+at LAUNCH_FINISH (there is no VLEK), migration agents (UNSUPPORTED).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from sevwire import (
     VMSA_TMR_RESERVED,
     VMSA_TMR_SLOT,
     Status,
+    snp_cpuid_changes,
     snp_extend,
     snp_id_key_digest,
     snp_id_verify,
@@ -70,6 +80,7 @@ from firmware._context import PspContext
 from firmware._errors import CommandError
 from firmware._launch import _tmr_slot
 from firmware._memory import port_errors
+from firmware._snp_cpuid import sanitize_cpuid_page
 
 __all__ = ["SNP_ABI_MAJOR", "SNP_ABI_MINOR", "SnpGuest", "cmd_snp_activate",
            "cmd_snp_decommission", "cmd_snp_gctx_create", "cmd_snp_init", "cmd_snp_launch_finish",
@@ -239,8 +250,6 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
         kind = SnpPageType(buf.page_type)
     except ValueError:
         raise CommandError(Status.INVALID_PARAM, f"page type {buf.page_type}") from None
-    if kind is SnpPageType.CPUID:
-        raise CommandError(Status.UNSUPPORTED, "CPUID pages are not supported")
     if buf.flags & 0x10:
         raise CommandError(Status.UNSUPPORTED, "IMI pages are not supported")
     if buf.vmpl_perms & 0xFF or any((buf.vmpl_perms >> s) & 0xFF & ~VMPL_PERMS_VALID
@@ -255,12 +264,14 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
         raise CommandError(Status.INVALID_PAGE_OWNER, "the page is assigned to another ASID")
     if size != buf.page_size:
         raise CommandError(Status.INVALID_PAGE_SIZE, "RMP and command page sizes differ")
-    if kind in (SnpPageType.NORMAL, SnpPageType.VMSA, SnpPageType.UNMEASURED):
+    if kind in (SnpPageType.NORMAL, SnpPageType.VMSA, SnpPageType.UNMEASURED, SnpPageType.CPUID):
         plain = ctx.mem.read(buf.page_paddr, PAGE)
     elif kind is SnpPageType.SECRETS:
         plain = _secrets_page(guest)
     else:
         plain = bytes(PAGE)
+    if kind is SnpPageType.CPUID:
+        _check_cpuid_page(ctx, buf.page_paddr, plain)
     # The VMPL1-3 masks are measured (PAGE_INFO) but not kept: this platform's RMP holds no
     # VMPL permissions, and its guests run at VMPL0 only.
     guest.ld = snp_extend(guest.ld, plain, kind, gpa, buf.vmpl_perms)
@@ -268,6 +279,19 @@ def cmd_snp_launch_update(ctx: PspContext, buf: SnpLaunchUpdate) -> None:
         plain = _seal_vmsa(ctx, buf.page_paddr, plain)
     ctx.mem.write_guest(guest, buf.page_paddr, plain)  # type: ignore[arg-type]
     _rmp_set(ctx, buf.page_paddr, True, guest.asid, gpa, False, True, kind is SnpPageType.VMSA)
+
+
+def _check_cpuid_page(ctx: PspContext, spa: int, page: bytes) -> None:
+    """INVALID_PARAM unless the CPUID table in `page` keeps to the platform's CPUID policy; the
+    corrected table is then written over the page with a plain (C=0) write, and nothing else
+    changes: the page stays Pre-guest, for the hypervisor to reclaim and read."""
+    with port_errors():
+        corrected = sanitize_cpuid_page(page, ctx.port.host_cpuid)
+    changes = snp_cpuid_changes(page, corrected)
+    if changes:
+        ctx.mem.write(spa, corrected)
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise CommandError(Status.INVALID_PARAM, f"CPUID page refused: {changes[0]}{more}")
 
 
 def _seal_vmsa(ctx: PspContext, spa: int, page: bytes) -> bytes:

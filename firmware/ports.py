@@ -4,7 +4,8 @@ The real AMD Secure Processor sits beside the memory controller: it can read and
 memory (the mailbox command buffers, certificates and session blobs the driver leaves there),
 read and write memory *through* a guest's key (LAUNCH_UPDATE_DATA encrypts in place, DBG_* and
 LAUNCH_SECRET go through the guest key), and load keys into the memory controller's per-ASID key
-slots.  Nothing else: the firmware never sees the CPU, the hypervisor or a VM object.
+slots; and it knows the platform's own CPUID, to check the table an SEV-SNP guest is promised.
+Nothing else: the firmware never sees the CPU, the hypervisor or a VM object.
 
 This module defines that capability as a structural ``Protocol`` so the firmware imports nothing
 from ``hv``; the machine (``hv/hw``) implements it and raises ``PortError`` subclasses for
@@ -45,7 +46,8 @@ class PortAsidError(PortError):
 
 @runtime_checkable
 class PlatformPort(Protocol):
-    """What the PSP can touch of the machine: system-physical memory and the key slots."""
+    """What the PSP can touch of the machine: system-physical memory and the key slots, plus
+    what it knows of it (the ASID ranges, the cores' CPUID)."""
 
     max_asid: int
     """CPUID 0x8000001F ECX: the highest ASID (and number of encrypted guests)."""
@@ -75,4 +77,9 @@ class PlatformPort(Protocol):
 
     def clear_key(self, asid: int) -> None:
         """Forget the key in slot ``asid``."""
+        ...
+
+    def host_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX) the platform's own cores return for CPUID ``leaf``/``subleaf``:
+        what SNP_LAUNCH_UPDATE checks a guest's CPUID page against."""
         ...

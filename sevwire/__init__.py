@@ -15,6 +15,7 @@ Contents:
   migration buffers and packets                SendStart, ReceiveStart, ..., seal/open_packet
   legacy ATTESTATION report                    AttestationReport, sign/verify
   SNP guest messages, 1184-byte SNP report     seal/open_guest_message, SnpReport, sign/verify
+  SNP CPUID page (launch page type 6)          SnpCpuidEntry, encode/decode_snp_cpuid_page
   VMSA (SEV-ES save area) layout               VMSA_QWORDS, VMSA_SEGMENTS, vmsa_integrity
 """
 
@@ -160,6 +161,14 @@ from sevwire._snp import (
     snp_extend,
     snp_page_info,
 )
+from sevwire._snp_cpuid import (
+    SNP_CPUID_COUNT_MAX,
+    SNP_CPUID_PAGE_SIZE,
+    SnpCpuidEntry,
+    decode_snp_cpuid_page,
+    encode_snp_cpuid_page,
+    snp_cpuid_changes,
+)
 from sevwire._snp_certs import (
     SNP_CERT_ARK_GUID,
     SNP_CERT_ASK_GUID,
@@ -239,6 +248,9 @@ __all__ = [
     "SnpGctxCreate", "SnpLaunchFinish", "SnpLaunchStart", "SnpLaunchUpdate", "SnpPageType",
     "SnpPolicy", "VMPL_PERMS_VALID", "snp_extend", "snp_page_info", "SnpGuestRequest", "SnpDbgDecrypt", "SnpDbgEncrypt",
     "SnpPageReclaim",
+    # The SNP CPUID page (SNP_LAUNCH_UPDATE page type 6)
+    "SNP_CPUID_COUNT_MAX", "SNP_CPUID_PAGE_SIZE", "SnpCpuidEntry", "decode_snp_cpuid_page",
+    "encode_snp_cpuid_page", "snp_cpuid_changes",
     # The extended guest request's certificate table (GHCB NAE 0x80000012)
     "SNP_CERT_ARK_GUID", "SNP_CERT_ASK_GUID", "SNP_CERT_VCEK_GUID", "SNP_CERT_VLEK_GUID",
     "parse_snp_cert_table", "snp_cert_table",

@@ -37,6 +37,8 @@ class CpuModel:
             return 0x80000021, *_vendor()
         if leaf == 0x80000001:
             return 0x00A00F11, 0, 0x75C237FF, 0x2FD3FBFF  # LM, NX, SVM...
+        if leaf == 0x80000007:
+            return 0, 0, 0, 1 << 8  # invariant TSC, as on Zen 3 parts
         if leaf == 0x80000008:
             return 0x3000 | self.phys_bits, 0, 0, 0
         if leaf == 0x8000001F:

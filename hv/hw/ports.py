@@ -5,14 +5,15 @@
 - DmaPort: a device's view. Never a guest key; the host key only under transparent SME.
 - ColdBootPort: DRAM cells as a physical attacker reads them.
 - PspPort: the PSP's capability (firmware.ports.PlatformPort): memory, memory through a guest
-  key, and write-only key slots. Errors become firmware PortError subclasses so the firmware can
-  answer a hostile command buffer with a status code.
+  key, write-only key slots, and the part's own CPUID. Errors become firmware PortError
+  subclasses so the firmware can answer a hostile command buffer with a status code.
 """
 
 from __future__ import annotations
 
 from firmware.ports import PortAddressError, PortAsidError
 from hv.hw.addr import SPA
+from hv.hw.cpuid import EPYC, CpuModel
 from hv.hw.engine import KeySlotPort
 from hv.hw.errors import AddressError, AsidError, KeySlotError
 from hv.hw.memctl import MemoryController
@@ -74,11 +75,18 @@ class ColdBootPort:
 class PspPort:
     """firmware.ports.PlatformPort over the memory controller and the engine's key slots."""
 
-    def __init__(self, mc: MemoryController, keys: KeySlotPort, min_sev_asid: int):
+    def __init__(self, mc: MemoryController, keys: KeySlotPort, min_sev_asid: int,
+                 model: CpuModel = EPYC):
         self._mc = mc
         self._keys = keys
+        self._model = model
         self.max_asid = mc.engine.max_asid
         self.min_sev_asid = min_sev_asid
+
+    def host_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """The part's own CPUID (the machine's CpuModel), which SNP_LAUNCH_UPDATE checks a CPUID
+        page against."""
+        return self._model.host_cpuid(leaf, subleaf)
 
     def read(self, spa: int, length: int) -> bytes:
         with _as_port_errors():

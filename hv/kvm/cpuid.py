@@ -2,13 +2,18 @@
 
 A hypervisor controls this table entirely; SEV does not protect it (a malicious hypervisor could
 hide SEV from the guest, which is why the guest confirms with SEV_STATUS, which it cannot fake).
+An SEV-SNP guest may instead be given the table as a CPUID page (`snp_cpuid_page`), which the PSP
+checks against the platform at launch: the hypervisor can still hide features, no longer invent
+them.
 """
 
 from __future__ import annotations
 
+from sevwire import SnpCpuidEntry, encode_snp_cpuid_page
+
 from hv.kvm.mode import Mode
 
-__all__ = ["cpuid_lookup", "guest_cpuid_table"]
+__all__ = ["cpuid_lookup", "guest_cpuid_table", "snp_cpuid_page"]
 
 _INDEXED = (4, 7, 0xB, 0xD)  # leaves whose ECX selects a subleaf
 
@@ -35,3 +40,12 @@ def cpuid_lookup(table, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     """What CPUID returns for (leaf, subleaf) from a guest table: the intercept and the SEV-ES
     GHCB paths (CPUID exit 0x72, the MSR protocol's CPUID request) answer the same."""
     return table.get((leaf, subleaf if leaf in _INDEXED else 0), (0, 0, 0, 0))
+
+
+def snp_cpuid_page(table) -> bytes:
+    """The CPUID page (SNP_LAUNCH_UPDATE page type 6) of a VM's table: one entry per (leaf,
+    subleaf), in that order, with XCR0 and XSS inputs of zero. (Leaf 0xD's subleaves 0 and 1
+    would need xcr0_in 1, the legacy save area the guest looks for; the tables here have no leaf
+    0xD.) FieldRangeError (a ValueError) for more than 64 entries."""
+    return encode_snp_cpuid_page(SnpCpuidEntry(leaf, subleaf, 0, 0, *regs)
+                                 for (leaf, subleaf), regs in sorted(table.items()))

@@ -7,6 +7,11 @@ then asks for SNP_LAUNCH_UPDATE, which makes it Guest-valid. Everything else it 
 memory is RMPUPDATE, which the machine answers by clearing `validated`: it can take pages away,
 never hand them back unnoticed.
 
+A CPUID page (`launch_update_cpuid`) is the one launch page the PSP may refuse for its contents:
+it checks the table against the platform's CPUID and, when it refuses, writes the corrected table
+into the page in plaintext. KVM then reclaims the page and hands the correction to user space;
+here it comes back as CpuidPageRejected.
+
 Debugging (only for a guest whose SNP policy has DEBUG) goes through the PSP one page at a time:
 SNP_DBG_DECRYPT writes the plaintext into a hypervisor page; SNP_DBG_ENCRYPT writes only into a
 Pre-guest page, so a debug write takes the page away from the guest (RMPUPDATE) and gives it back
@@ -17,22 +22,35 @@ from __future__ import annotations
 
 import struct
 
-from sevwire import (SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDbgDecrypt, SnpDbgEncrypt,
-                     SnpDecommission, SnpGctxCreate, SnpGuestRequest, SnpLaunchFinish,
-                     SnpLaunchStart, SnpLaunchUpdate, SnpPageReclaim, SnpPageType, Status)
+from sevwire import (SNP_CPUID_PAGE_SIZE, SNP_POLICY_DEFAULT, Cmd, SnpActivate, SnpDbgDecrypt,
+                     SnpDbgEncrypt, SnpDecommission, SnpGctxCreate, SnpGuestRequest,
+                     SnpLaunchFinish, SnpLaunchStart, SnpLaunchUpdate, SnpPageReclaim,
+                     SnpPageType, Status, snp_cpuid_changes)
 
 from hv.hw.rmp import RmpEntry
 from hv.kvm.errors import KvmError
 from hv.kvm.sev import FirmwareError, SevDevice
 
-__all__ = ["RmpUpdateError", "SnpGuest", "page_state_change", "page_state_change_msr",
-           "psc_convert_page", "rmp_make_private", "rmp_make_shared", "snp_init"]
+__all__ = ["CpuidPageRejected", "RmpUpdateError", "SnpGuest", "page_state_change",
+           "page_state_change_msr", "psc_convert_page", "rmp_make_private", "rmp_make_shared",
+           "snp_init"]
 
 _PAGE = 0x1000
 
 
 class RmpUpdateError(KvmError):
     """RMPUPDATE refused (an immutable page, a bad entry)."""
+
+
+class CpuidPageRejected(FirmwareError):
+    """SNP_LAUNCH_UPDATE refused a CPUID page (INVALID_PARAM): `corrected` is the page as the
+    PSP corrected it, `changes` what it changed, one line each; the message lists them all."""
+
+    def __init__(self, corrected: bytes, changes: list[str]):
+        super().__init__(Cmd.SNP_LAUNCH_UPDATE, Status.INVALID_PARAM)
+        Exception.__init__(self, "the PSP refused the CPUID page: " + "; ".join(changes))
+        self.corrected = corrected
+        self.changes = tuple(changes)
 
 
 def snp_init(dev: SevDevice) -> None:
@@ -95,6 +113,36 @@ class SnpGuest:
         self.dev.issue(Cmd.SNP_LAUNCH_UPDATE, SnpLaunchUpdate(
             gctx_paddr=self.gctx, flags=SnpLaunchUpdate.make_flags(page_type), page_paddr=spa,
             vmpl_perms=SnpLaunchUpdate.make_perms(*vmpl_perms)))
+
+    def launch_update_cpuid(self, gpa: int, page: bytes) -> None:
+        """Launch the CPUID page `page` (4 KiB, sevwire.encode_snp_cpuid_page) at `gpa`: write
+        it into guest memory, RMPUPDATE it to Pre-guest, SNP_LAUNCH_UPDATE it with type CPUID.
+
+        If the PSP refuses the table (INVALID_PARAM), the page is reclaimed and given back to
+        the hypervisor (SNP_PAGE_RECLAIM, then RMPUPDATE to shared, as KVM does), and the
+        corrected table the PSP wrote there is raised as CpuidPageRejected. On any other
+        failure the page is given back too (if the PSP lets it go) and the FirmwareError
+        raised."""
+        if len(page) != SNP_CPUID_PAGE_SIZE:
+            raise KvmError(f"a CPUID page is {SNP_CPUID_PAGE_SIZE} bytes, not {len(page)}")
+        spa = self.vm.gpa_to_spa(gpa)
+        self.vm.write_gpa(gpa, page)
+        rmp_make_private(self.machine, spa, self.vm.asid, gpa, immutable=True)
+        status, _ = self.dev.issue(Cmd.SNP_LAUNCH_UPDATE, SnpLaunchUpdate(
+            gctx_paddr=self.gctx, flags=SnpLaunchUpdate.make_flags(SnpPageType.CPUID),
+            page_paddr=spa), check=False)
+        if status == Status.SUCCESS:
+            return
+        reclaimed, _ = self.dev.issue(Cmd.SNP_PAGE_RECLAIM, SnpPageReclaim(paddr=spa),
+                                      check=False)
+        if reclaimed != Status.SUCCESS:  # the page stays immutable (KVM leaks it then)
+            raise FirmwareError(Cmd.SNP_LAUNCH_UPDATE, status)
+        rmp_make_shared(self.machine, spa)
+        corrected = self.vm.read_gpa(gpa, _PAGE)  # the PSP wrote it without a key: a host read
+        changes = snp_cpuid_changes(page, corrected) if status == Status.INVALID_PARAM else []
+        if changes:
+            raise CpuidPageRejected(corrected, changes)
+        raise FirmwareError(Cmd.SNP_LAUNCH_UPDATE, status)
 
     def launch_update_range(self, gpa: int, length: int,
                             page_type: int = SnpPageType.NORMAL) -> None:

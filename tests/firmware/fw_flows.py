@@ -2,14 +2,15 @@
 
 The helpers use only the mailbox and sevwire's owner-side functions (``build_session``,
 ``package_secret``), never firmware internals, so they exercise what the hypervisor and the guest
-owner can really do.
+owner can really do (``new_snp_platform`` also makes the firmware they talk to).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fw_support import SCRATCH, Mailbox
+from firmware import ChipIdentity, Firmware
+from fw_support import SCRATCH, Mailbox, SnpMemPort
 from sevwire import (
     SESSION_BLOB_SIZE,
     SEV_CERT_SIZE,
@@ -35,7 +36,8 @@ from sevwire import (
 )
 
 __all__ = ["Launched", "init_platform", "export_pdh", "start_guest", "launch", "TMR_SPA",
-           "GODH_SPA", "SESSION_SPA", "OUT_SPA", "SnpLaunched", "snp_platform", "snp_launch"]
+           "GODH_SPA", "SESSION_SPA", "OUT_SPA", "SnpLaunched", "snp_platform", "snp_launch",
+           "new_snp_platform"]
 
 TMR_SPA = 0x600000
 GODH_SPA = SCRATCH
@@ -114,6 +116,15 @@ def snp_platform(mb: Mailbox) -> None:
     """SNP_INIT (the RMP on), then INIT with SEV-ES and its TMR, as the hypervisor does."""
     ok(mb.status(Cmd.SNP_INIT), "SNP_INIT")
     init_platform(mb, es=True)
+
+
+def new_snp_platform(chip: ChipIdentity) -> Mailbox:
+    """A new PSP on a new in-memory machine with an RMP, after `snp_platform`; its firmware and
+    port are the mailbox's `fw` and `port`."""
+    port = SnpMemPort()
+    mb = Mailbox(Firmware(port, None, chip=chip), port)
+    snp_platform(mb)
+    return mb
 
 
 @dataclass

@@ -7,6 +7,9 @@ the same key and the same address.  It also keeps a log of key-slot operations, 
 use to prove the firmware never touched a slot it should not have; nothing in the firmware can
 read a key back.
 
+``MemPort.host_cpuid`` answers from ``HOST_CPUID``, a Zen 3-like part written out here by hand
+(not taken from hv's CPU model), which the firmware checks SNP CPUID pages against.
+
 ``SnpMemPort`` adds what SEV-SNP needs: an RMP the firmware reads and writes (after SNP_INIT),
 and the hypervisor's RMPUPDATE, which refuses immutable pages and always clears `validated`.
 
@@ -24,13 +27,29 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from firmware import Firmware, PortAddressError, PortAsidError
 from sevwire import CommandBuffer
 
-__all__ = ["MemPort", "SnpMemPort", "RmpRow", "Mailbox", "MB_BUF", "SCRATCH", "DRAM_SIZE"]
+__all__ = ["MemPort", "SnpMemPort", "RmpRow", "Mailbox", "MB_BUF", "SCRATCH", "DRAM_SIZE",
+           "HOST_CPUID"]
 
 DRAM_SIZE = 8 << 20
 MB_BUF = 0x1000
 """Where the mailbox driver writes command buffers."""
 SCRATCH = 0x10000
 """Start of free memory for certificates, blobs and outputs in tests."""
+
+
+_AMD = (0x68747541, 0x444D4163, 0x69746E65)  # "Auth" "cAMD" "enti": EBX, ECX, EDX
+HOST_CPUID: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (0x0, 0): (0x10, *_AMD),
+    (0x1, 0): (0x00A00F11, 0x00020800, 0x7ED8320B, 0x178BFBFF),  # family 0x19, no hypervisor bit
+    (0x7, 0): (0, 0x219C97A9, 0x0040069C, 0x00000010),
+    (0x7, 1): (0, 0, 0, 0),
+    (0x80000000, 0): (0x80000021, *_AMD),
+    (0x80000001, 0): (0x00A00F11, 0, 0x75C237FF, 0x2FD3FBFF),
+    (0x80000007, 0): (0, 0, 0, 0x100),  # invariant TSC
+    (0x80000008, 0): (0x3030, 0, 0, 0),  # 48 physical, 48 linear address bits
+    (0x8000001F, 0): (0x1F, 0x16F, 509, 0x80),  # SME..SNP; C-bit 47, 5 bits of reduction
+}
+"""The test platform's CPUID: (leaf, subleaf) -> (EAX, EBX, ECX, EDX); leaf 7 has subleaves."""
 
 
 def _tweak(spa: int, length: int) -> bytes:
@@ -124,6 +143,9 @@ class MemPort:
             raise PortAsidError(f"no key slot {asid}")
         self.slots.pop(asid, None)
         self.key_log.append(("clear", asid))
+
+    def host_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        return HOST_CPUID.get((leaf, subleaf if leaf == 7 else 0), (0, 0, 0, 0))
 
     # -- test helpers (hardware-level access, not part of the port) -----------------------------
     def encrypt_with(self, key: bytes, spa: int, plain: bytes) -> bytes:

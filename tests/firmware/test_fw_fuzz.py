@@ -344,9 +344,13 @@ def _sev_address(rng) -> int:
 
 
 # The slow tier's SNP world adds a context just created (for SNP_LAUNCH_START) and a guest still
-# launching on ASID 4 with a Pre-guest page (for SNP_LAUNCH_UPDATE and SNP_LAUNCH_FINISH).
+# launching on ASID 4 with a Pre-guest page (for SNP_LAUNCH_UPDATE and SNP_LAUNCH_FINISH). The
+# Pre-guest page holds a CPUID table claiming a C-bit at 51, so an update of it as a CPUID page
+# (type 6) is refused and the PSP writes its correction back over the page, in plaintext.
 SNP_NEW_GCTX, SNP_LAUNCHING_GCTX = 0x330000, 0x340000
 SNP_LAUNCHING_PAGES = (0x350000, 0x351000)
+CPUID_CLAIM = (struct.pack("<I12x", 1) + struct.pack("<IIQQIIIIQ", 0x8000001F, 0, 0, 0, 0x1F, 51,
+                                                     0, 0, 0)).ljust(0x1000, b"\0")
 
 
 def _snp_address(rng, role: str) -> int:
@@ -454,6 +458,7 @@ class _Arena:
             snp_launch(self.w.mb, SNP_NEW_GCTX, 0, {}, start=False)
             snp_launch(self.w.mb, SNP_LAUNCHING_GCTX, 4, {SNP_LAUNCHING_PAGES[0]: VICTIM_IMAGE},
                        finish=False)
+            self.port.write(SNP_LAUNCHING_PAGES[1], CPUID_CLAIM)
             assert self.port.rmpupdate(SNP_LAUNCHING_PAGES[1], True, 4, 0x200000, immutable=True)
             self.port.key_log.clear()
         else:  # "fresh": a new platform, UNINIT or INIT, with nobody's guest to protect
@@ -515,11 +520,14 @@ class _Arena:
 
 
 def _seed(cmd: Cmd) -> bytes | None:
-    """A buffer the SNP world accepts, so mutations start deep inside the launch commands."""
+    """A buffer the SNP world accepts, so mutations start deep inside the launch commands. For
+    SNP_LAUNCH_UPDATE that is the Pre-guest page as a CPUID page: refused (its table claims
+    C-bit 51) and corrected in place the first time, accepted the next; structured cases of type
+    1 reach the NORMAL path."""
     if cmd is Cmd.SNP_LAUNCH_START:
         return SnpLaunchStart(SNP_NEW_GCTX, SNP_POLICY_DEFAULT).pack()
     if cmd is Cmd.SNP_LAUNCH_UPDATE:
-        flags = SnpLaunchUpdate.make_flags(SnpPageType.NORMAL)
+        flags = SnpLaunchUpdate.make_flags(SnpPageType.CPUID)
         return SnpLaunchUpdate(SNP_LAUNCHING_GCTX, flags, SNP_LAUNCHING_PAGES[1]).pack()
     return None
 

@@ -1,8 +1,11 @@
 """Misaligned or out-of-range addresses, unmapped memory and invalid ASIDs: typed errors with
 clear messages, and DRAM unchanged."""
 
+import dataclasses
+
 import pytest
 
+from hv.hw.cpuid import EPYC
 from hv.hw.engine import AesEngine
 from hv.hw.errors import AddressError, AsidError, HwError
 from hv.hw.machine import Machine, MachineConfig
@@ -60,6 +63,16 @@ def test_psp_port_translates_errors_for_the_firmware(mc):
         port.program_key(99, bytes(16))
     with pytest.raises(PortAsidError):
         port.read_guest(3, 0, 16)  # no key programmed
+
+
+def test_psp_port_answers_the_parts_own_cpuid(mc):
+    """The PSP checks SNP CPUID pages against the part it sits in: the CpuModel it was given."""
+    part = dataclasses.replace(EPYC, cbitpos=51, phys_bits=52)
+    port = PspPort(mc, KeySlotPort(mc.engine), min_sev_asid=8, model=part)
+    assert port.host_cpuid(0x8000001F, 0)[1] & 0x3F == 51
+    assert port.host_cpuid(0x80000008, 0)[0] & 0xFF == 52
+    assert PspPort(mc, KeySlotPort(mc.engine), 8).host_cpuid(0x8000001F, 0)[1] & 0x3F == 47
+    assert EPYC.host_cpuid(0x80000007) == (0, 0, 0, 1 << 8)  # invariant TSC
 
 
 def test_machine_dram_size_must_be_pages():

@@ -15,10 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hv.cli import main
-from hv.hw.machine import Machine, MachineConfig
-from hv.kvm import Kvm
-from hv.kvm.sev import SevDevice
-from hv.kvm.sev_snp import SnpGuest, snp_init
+from hv.kvm.sev_snp import SnpGuest
 from sevwire import (
     SNP_POLICY_DEFAULT,
     SNP_REPORT_SIZE,
@@ -36,17 +33,11 @@ PAGE_A = bytes(range(256)) * 16
 
 
 @pytest.fixture
-def attest(psp_state, tmp_path):
+def attest(psp_state, tmp_path, new_snp_vm):
     """A running SNP guest (one NORMAL page, one SECRETS page) and its exported chain."""
     state = tmp_path / "psp-state.json"
     shutil.copy(psp_state, state)
-    machine = Machine(MachineConfig(dram_size=32 << 20, psp_state=str(state)))
-    kvm = Kvm(machine)
-    dev = SevDevice(kvm)
-    snp_init(dev)
-    dev.ensure_init(es=True)
-    vm = kvm.create_vm("sev-snp")
-    vm.set_user_memory_region(0, 0, 1 << 20)
+    machine, vm, dev = new_snp_vm(str(state))
     vm.write_gpa(0x1000, PAGE_A)
     guest = SnpGuest(vm, dev)
     guest.launch_start()
@@ -237,7 +228,7 @@ def test_ghcb_guest_request_exit_carries_the_message(attest):
     import struct
     from types import SimpleNamespace
 
-    from hv.kvm.ghcb import GHCB_SIZE, Ghcb, SwExit
+    from hv.kvm.ghcb import GHCB_SIZE, Ghcb, MsrProto, SwExit
     from hv.kvm.sev_es import EsExits
 
     guest, vmpck, _chain = attest
@@ -252,7 +243,10 @@ def test_ghcb_guest_request_exit_carries_the_message(attest):
         g.set("sw_exit_info_2", resp)
         struct.pack_into("<H", g.page, 0xFFA, 2)
         vm.write_gpa(ghcb_gpa, bytes(g.page))
-        assert EsExits(vm, SimpleNamespace(ghcb_msr=ghcb_gpa)).vmgexit() is None
+        es = EsExits(vm, SimpleNamespace(ghcb_msr=ghcb_gpa | MsrProto.REG_GPA_REQ))
+        es.vmgexit()  # an SNP guest registers its GHCB first
+        es.control.ghcb_msr = ghcb_gpa
+        assert es.vmgexit() is None
         return struct.unpack("<QQ", vm.read_gpa(ghcb_gpa + 0x398, 16))
 
     vm.write_gpa(req_gpa, seal_guest_message(vmpck, 1, MsgType.MSG_REPORT_REQ,

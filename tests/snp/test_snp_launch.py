@@ -17,18 +17,6 @@ from sevwire import SNP_POLICY_DEFAULT, Cmd, SnpPageType, Status, snp_extend
 MEM = 1 << 20
 
 
-@pytest.fixture
-def launch(psp_state):
-    machine = Machine(MachineConfig(dram_size=32 << 20, psp_state=psp_state))
-    kvm = Kvm(machine)
-    dev = SevDevice(kvm)
-    snp_init(dev)
-    dev.ensure_init(es=True)
-    vm = kvm.create_vm("sev-snp")
-    vm.set_user_memory_region(0, 0, MEM)
-    return machine, vm, dev
-
-
 def _digest_of(pages):
     ld = bytes(48)
     for contents, kind, gpa in pages:

@@ -10,26 +10,11 @@ import struct
 
 import pytest
 
-from hv.hw.machine import Machine, MachineConfig
-from hv.kvm import Kvm
-from hv.kvm.sev import FirmwareError, SevDevice
-from hv.kvm.sev_snp import SnpGuest, snp_init
+from hv.kvm.sev import FirmwareError
+from hv.kvm.sev_snp import SnpGuest
 from sevwire import SnpPageType, Status
 
-MEM = 1 << 20
 PAGE_A = bytes(range(256)) * 16
-
-
-@pytest.fixture
-def launch(psp_state):
-    machine = Machine(MachineConfig(dram_size=32 << 20, psp_state=psp_state))
-    kvm = Kvm(machine)
-    dev = SevDevice(kvm)
-    snp_init(dev)
-    dev.ensure_init(es=True)
-    vm = kvm.create_vm("sev-snp")
-    vm.set_user_memory_region(0, 0, MEM)
-    return machine, vm, dev
 
 
 def _abi_page_info(ld: bytes, contents_hash: bytes, page_type: int, gpa: int,
