@@ -41,8 +41,10 @@ shows the file and an SEV guest's must not (docs/linux.md; the attack lab's A01-
 The initramfs's /init (a busybox sh script) mounts /proc, /sys and devtmpfs on /dev, installs the
 busybox applets as links and prints "hv-init: user space is up". When the kernel command line
 holds `hv.report=NONCE` (128 hex digits, the report_data), it prints "hv-init: attestation",
-loads the modules with insmod and runs `hv-report NONCE` and `hv-report --ext NONCE`, whose
-`report_data:`, `report:` and `cert:`/`cert_data:` lines go to the console; if a step fails it
+loads the modules with insmod and runs `hv-report --ext NONCE` (an extended report request: the
+report and the host's certificate table), whose `report_data:`, `report:` (one line, which
+`hv owner verify-report` reads from the console's text) and `cert:`/`cert_data:` lines go to the
+console; if a step fails it
 prints "hv-init: attestation failed" and goes on. It then runs an interactive `sh` on the
 console, or, when the command line holds `hv.init=poweroff`, prints "hv-init: powering off" and
 runs `poweroff -f`.
@@ -134,7 +136,7 @@ attest() {{
     for module in {" ".join(name for name, _ in INITRD_MODULES)}; do
         /bin/busybox insmod /{MODULE_DIR}/$module.ko || return 1
     done
-    /{CLIENT_PATH} "$1" && /{CLIENT_PATH} --ext "$1"
+    /{CLIENT_PATH} --ext "$1"
 }}
 cmdline=" $(/bin/busybox cat /proc/cmdline) "
 case "$cmdline" in

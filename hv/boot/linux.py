@@ -67,6 +67,9 @@ _IDENTITY_GIB = 4
 # boot_params fields (struct boot_params, arch/x86/include/uapi/asm/bootparam.h)
 _ACPI_RSDP_ADDR = 0x070
 _CC_BLOB_ADDRESS = 0x13C
+_SETUP_DATA = 0x250  # hdr.setup_data: the physical address of a linked list of setup_data nodes
+_SETUP_CC_BLOB = 7
+_CC_SETUP_DATA_OFFSET = 0x40  # where in the CC blob's page the setup_data node naming it sits
 _EXT_RAMDISK_IMAGE, _EXT_RAMDISK_SIZE, _EXT_CMD_LINE_PTR = 0x0C0, 0x0C4, 0x0C8
 _E820_ENTRIES, _E820_TABLE, _E820_MAX = 0x1E8, 0x2D0, 128
 _TYPE_OF_LOADER, _LOADFLAGS = 0x210, 0x211
@@ -117,10 +120,17 @@ def snp_stub(mem_end: int, entry: int) -> bytes:
 
 
 def cc_blob() -> bytes:
-    """struct cc_blob_sev_info (arch/x86/include/asm/sev.h): magic, version 1, the secrets
-    page's and the CPUID page's addresses and lengths."""
-    return struct.pack("<IHHQIIQII", _CC_BLOB_MAGIC, 1, 0, SNP_SECRETS_GPA, 0x1000, 0,
+    """The CC blob's page: struct cc_blob_sev_info (arch/x86/include/asm/sev.h: magic, version
+    1, the secrets page's and the CPUID page's addresses and lengths), then at 0x40 the
+    setup_data node (type SETUP_CC_BLOB, struct cc_setup_data) that names it to a kernel.
+
+    Linux 6.1's decompressor looks for the blob in the EFI configuration table or in setup_data
+    only; the decompressed kernel looks at boot_params.cc_blob_address first, which the
+    decompressor sets to what it found. hv gives both."""
+    blob = struct.pack("<IHHQIIQII", _CC_BLOB_MAGIC, 1, 0, SNP_SECRETS_GPA, 0x1000, 0,
                        SNP_CPUID_GPA, 0x1000, 0)
+    node = struct.pack("<QIII", 0, _SETUP_CC_BLOB, 4, CC_BLOB_GPA)  # next, type, len, address
+    return blob.ljust(_CC_SETUP_DATA_OFFSET, b"\0") + node
 
 
 def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
@@ -174,6 +184,7 @@ def linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str, mem_size: int,
         writes.append((ACPI_GPA, tables))
     if snp:
         struct.pack_into("<I", bp, _CC_BLOB_ADDRESS, CC_BLOB_GPA)
+        struct.pack_into("<Q", bp, _SETUP_DATA, CC_BLOB_GPA + _CC_SETUP_DATA_OFFSET)
         writes += [(SNP_STUB_GPA, snp_stub(mem_size, load + 0x200)), (CC_BLOB_GPA, cc_blob())]
     writes.append((BOOT_PARAMS_GPA, bytes(bp)))
     if initrd:

@@ -44,8 +44,9 @@ def cpuid_lookup(table, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
 
 def snp_cpuid_page(table) -> bytes:
     """The CPUID page (SNP_LAUNCH_UPDATE page type 6) of a VM's table: one entry per (leaf,
-    subleaf), in that order, with XCR0 and XSS inputs of zero. (Leaf 0xD's subleaves 0 and 1
-    would need xcr0_in 1, the legacy save area the guest looks for; the tables here have no leaf
-    0xD.) FieldRangeError (a ValueError) for more than 64 entries."""
-    return encode_snp_cpuid_page(SnpCpuidEntry(leaf, subleaf, 0, 0, *regs)
-                                 for (leaf, subleaf), regs in sorted(table.items()))
+    subleaf), in that order, with XCR0 and XSS inputs of zero, except for leaf 0xD's subleaves
+    0 and 1, whose entries are for XCR0 = 1 (x87 only, the legacy save area): the only ones a
+    Linux guest takes for them. FieldRangeError (a ValueError) for more than 64 entries."""
+    return encode_snp_cpuid_page(
+        SnpCpuidEntry(leaf, subleaf, int(leaf == 0xD and subleaf in (0, 1)), 0, *regs)
+        for (leaf, subleaf), regs in sorted(table.items()))

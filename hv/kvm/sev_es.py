@@ -113,6 +113,10 @@ class EsExits:
     def _ghcb_request(self, gpa: int) -> K.KvmExit | None:
         if gpa % GHCB_SIZE or not self._in_guest_memory(gpa):
             return K.SystemEvent(f"guest terminated: its GHCB GPA {gpa:#x} is not a page of guest memory")
+        if self.vm.type.snp and gpa != self.registered_gpa:
+            # GHCB 2.0: an SNP guest must register its GHCB's GPA first (KVM refuses the exit)
+            return K.SystemEvent(f"guest terminated: its GHCB at GPA {gpa:#x} was not registered "
+                                 "(SEV-SNP guests register it through the GHCB MSR protocol)")
         if self.vm.type.snp and self.vm.kvm.machine.rmpread(self.vm.gpa_to_spa(gpa)).assigned:
             # A private GHCB (e.g. made private with a page-state change) cannot be answered:
             # the hypervisor's writes to it fail.

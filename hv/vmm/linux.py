@@ -94,6 +94,11 @@ def _guest_cpuid(table: dict) -> dict:
     # x2APIC, MONITOR, APIC; OSXSAVE reads 0 here (Linux leaves CR4.OSXSAVE clear: no XSAVE
     # state components are offered), and the core mirrors CR4 where it answers CPUID itself.
     t[(1, 0)] = (a, b, c & ~(1 << 21) & ~(1 << 3) & ~(1 << 27), d & ~(1 << 9))
+    # XSAVEC in leaf 0xD subleaf 1, as every SNP-capable part has it: an SNP kernel answers
+    # that subleaf from the CPUID page and refuses one without XSAVEC or XSAVES (it would not
+    # know the compacted size), ending its boot. No state component is offered (subleaf 0 is
+    # zeros), so the kernel keeps FXSAVE in every mode.
+    t[(0xD, 1)] = (1 << 1, 0, 0, 0)
     a, b, c, d = t.get((0x80000001, 0), (0, 0, 0, 0))
     # MWAITX is not in the emulated core; IBS (instruction-based sampling) has no interrupt
     # offset to give (the kernel reported that as a firmware bug).

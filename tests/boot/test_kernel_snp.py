@@ -49,6 +49,12 @@ def test_boot_params_point_at_a_cc_blob_naming_the_secrets_and_cpuid_pages():
         "<IHHQIIQII", writes[blob_gpa][:40])
     assert magic == 0x45444D41 and version == 1  # "AMDE"
     assert (secrets_len, cpuid_len) == (4096, 4096)
+    # and hdr.setup_data (0x250) is a one-node list: a SETUP_CC_BLOB (7) node naming the blob,
+    # where Linux 6.1's decompressor looks for it
+    (node,) = struct.unpack_from("<Q", bp, 0x250)
+    page = writes[node & ~0xFFF]
+    nxt, kind, length, address = struct.unpack_from("<QIII", page, node & 0xFFF)
+    assert (nxt, kind, length, address) == (0, 7, 4, blob_gpa)
     kinds = {gpa: kind for gpa, _c, kind in kernel_snp_launch_pages(plan)}
     assert kinds[secrets] == SECRETS and kinds[cpuid] == CPUID
     # all three in the e820 map's reserved hole below 1 MiB, which the kernel leaves alone
@@ -59,6 +65,7 @@ def test_boot_params_point_at_a_cc_blob_naming_the_secrets_and_cpuid_pages():
 def test_a_plan_without_snp_has_no_cc_blob():
     plan = kernel_plan(KERNEL, INITRD, "quiet", MEM, encrypted=True)
     assert struct.unpack_from("<I", dict(plan.writes)[0x9000], 0x13C) == (0,)
+    assert struct.unpack_from("<Q", dict(plan.writes)[0x9000], 0x250) == (0,)
     assert plan.start == plan.entry
     with pytest.raises(ValueError):
         kernel_snp_launch_pages(plan)

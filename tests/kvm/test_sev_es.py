@@ -286,3 +286,26 @@ def test_string_io_outside_the_shared_buffer_or_not_offered_is_refused(vm):
     assert answer(vm) == (2, 3)
     assert ask(vm, es_for(vm), 0x7B, sw_exit_info_1=info, sw_exit_info_2=1, sw_scratch=SHARED) is None
     assert answer(vm) == (2, 5)
+
+
+def test_an_snp_guests_ghcb_must_be_registered_first(psp_state):
+    """Scenario: GHCB 2.0 requires an SEV-SNP guest to register its GHCB's GPA (MSR protocol
+    0x012) before using it; KVM refuses the exit otherwise. A request through an unregistered
+    GHCB ends the guest; after registering the same page, the request is answered."""
+    from hv.kvm.mode import Mode
+    from hv.kvm.sev import SevDevice
+    from hv.kvm.sev_snp import snp_init
+
+    kvm = Kvm(Machine(MachineConfig(dram_size=16 << 20, psp_state=psp_state)))
+    snp_init(SevDevice(kvm))
+    vm = kvm.create_vm(Mode.SEV_SNP, cbitpos=CBIT)
+    vm.set_user_memory_region(0, 0, 1 << 20)
+    vm.cpuid[(0x8000001F, 0)] = (0x1A, CBIT, 0, 0)
+    es = es_for(vm)
+    out = ask(vm, es, 0x72, rax=0x8000001F, rcx=0)
+    assert isinstance(out, K.SystemEvent) and "was not registered" in out.detail
+    es.control.ghcb_msr = GHCB_GPA | 0x012
+    assert es.vmgexit() is None and es.control.ghcb_msr == GHCB_GPA | 0x013
+    assert ask(vm, es, 0x72, rax=0x8000001F, rcx=0) is None
+    assert answer(vm) == (0, 0) and q(vm, RAX) == 0x1A
+    vm.destroy()

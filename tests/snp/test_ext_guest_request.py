@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hv.cli import main
 from hv.hw.machine import Machine, MachineConfig
 from hv.kvm import Kvm
-from hv.kvm.ghcb import GHCB_SIZE, Ghcb
+from hv.kvm.ghcb import GHCB_SIZE, Ghcb, MsrProto
 from hv.kvm.sev import SevDevice
 from hv.kvm.sev_es import EsExits
 from hv.kvm.sev_snp import SnpGuest, snp_init
@@ -66,7 +66,10 @@ def _vmgexit(vm, certs_gpa: int, npages: int) -> tuple[int, int, int]:
     g.set("rbx", npages)
     struct.pack_into("<H", g.page, 0xFFA, 2)
     vm.write_gpa(GHCB_GPA, bytes(g.page))
-    assert EsExits(vm, SimpleNamespace(ghcb_msr=GHCB_GPA)).vmgexit() is None
+    es = EsExits(vm, SimpleNamespace(ghcb_msr=GHCB_GPA | MsrProto.REG_GPA_REQ))
+    es.vmgexit()  # an SNP guest registers its GHCB first
+    es.control.ghcb_msr = GHCB_GPA
+    assert es.vmgexit() is None
     info1, info2 = struct.unpack("<QQ", vm.read_gpa(GHCB_GPA + 0x398, 16))
     rbx = struct.unpack("<Q", vm.read_gpa(GHCB_GPA + 0x318, 8))[0]
     return info1, info2, rbx

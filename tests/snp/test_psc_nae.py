@@ -82,6 +82,10 @@ def snp_vm(psp_state):
                             psp_state=psp_state))
         made.append(vmm)
         vmm.load()
+        if vmm.vcpu.es is not None:
+            # The command guest's code does not register its GHCB, which SNP requires (unit
+            # tests of registration: tests/kvm/test_sev_es.py); what it tests is the PSC.
+            vmm.vcpu.es.registered_gpa = GHCB
         return vmm
 
     yield make
@@ -360,6 +364,7 @@ def test_without_sw_scratch_the_request_is_a_bad_scratch_area(psp_state):
                         mem_size=MEM, psp_state=psp_state))
     try:
         vmm.load()
+        vmm.vcpu.es.registered_gpa = GHCB  # as the snp_vm fixture does
         before = rmp_all(vmm)
         step(vmm)
         assert answer(vmm) == (2, 3)

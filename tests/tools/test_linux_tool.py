@@ -230,7 +230,7 @@ def test_init_script_markers():
     assert '*" hv.report="*)' in text and 'echo "hv-init: attestation"' in text
     assert "for module in gf128mul ghash-generic ctr gcm sev-guest; do" in text
     assert "/bin/busybox insmod /lib/modules/$module.ko || return 1" in text
-    assert '/bin/hv-report "$1" && /bin/hv-report --ext "$1"' in text
+    assert '/bin/hv-report --ext "$1"' in text and '/bin/hv-report "$1"' not in text
     assert 'attest "$nonce" || echo "hv-init: attestation failed"' in text
     assert text.rstrip("\n").splitlines()[-1] == "exec /bin/busybox sh"
 
@@ -295,20 +295,20 @@ def test_init_powers_off_when_asked(tmp_path):
 @needs_sh
 @pytest.mark.parametrize("where", ["middle", "end"])
 def test_init_reports_then_powers_off(tmp_path, where):
-    """Scenario: `hv.report=NONCE hv.init=poweroff` loads the module, asks for a report and an
-    extended report over NONCE, then powers off."""
+    """Scenario: `hv.report=NONCE hv.init=poweroff` loads the module, asks for one extended
+    report over NONCE (one `report:` line on the console), then powers off."""
     params = [f"hv.report={NONCE}", "hv.init=poweroff"]
     cmdline = " ".join(["console=ttyS0", *(params if where == "middle" else params[::-1])])
     out, calls = run_init(tmp_path, cmdline)
     # The recorder's poweroff returns, so the script goes on to its "poweroff failed" line.
     assert out.startswith("hv-init: user space is up\nhv-init: attestation\nhv-init: powering off\n")
     work = [c for c in calls if not c.startswith(("mount", "--install", "cat"))]
-    assert work[:8] == [*(f"insmod /lib/modules/{name}.ko" for name in MODULE_NAMES),
-                        f"hv-report {NONCE}", f"hv-report --ext {NONCE}", "poweroff -f"]
+    assert work[:7] == [*(f"insmod /lib/modules/{name}.ko" for name in MODULE_NAMES),
+                        f"hv-report --ext {NONCE}", "poweroff -f"]
 
 
 @needs_sh
-@pytest.mark.parametrize("failing, ran", [("insmod", []), ("hv-report", [f"hv-report {NONCE}"])])
+@pytest.mark.parametrize("failing, ran", [("insmod", []), ("hv-report", [f"hv-report --ext {NONCE}"])])
 def test_init_goes_on_when_attestation_fails(tmp_path, failing, ran):
     """Scenario: no SEV-SNP (insmod fails) or a refused request: one line, then the shell."""
     out, calls = run_init(tmp_path, f"console=ttyS0 hv.report={NONCE}", failing)
@@ -322,9 +322,9 @@ def test_init_hands_any_nonce_to_the_client(tmp_path):
     """Scenario: the client, not the script, judges the nonce, so a bad one is a failed
     attestation on the console instead of silence; a longer parameter name is not ours."""
     _, calls = run_init(tmp_path, "hv.report=xyz console=ttyS0")
-    assert "hv-report xyz" in calls
+    assert "hv-report --ext xyz" in calls
     _, calls = run_init(tmp_path, "console=ttyS0 hv.report=")
-    assert "hv-report " in calls
+    assert "hv-report --ext " in calls
     _, calls = run_init(tmp_path, f"console=ttyS0 xhv.report={NONCE} hv.reports={NONCE}")
     assert not any(c.startswith(("insmod", "hv-report")) for c in calls)
 
