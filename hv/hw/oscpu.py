@@ -596,17 +596,18 @@ class OsCpu:
         if paddr is None:
             return f"{name} of an unmapped address"
         gpa = paddr & ~self._cmask
+        status: int | None
         if insn == _PVALIDATE:
-            out = v.pvalidate(gpa, size, bool(self._r(X.UC_X86_REG_RDX) & 1))
-            if out is not None:
-                status, changed = out
+            done = v.pvalidate(gpa, size, bool(self._r(X.UC_X86_REG_RDX) & 1))
+            status = None if done is None else done[0]
+            if done is not None:
                 flags = self._r(X.UC_X86_REG_RFLAGS) & ~_CF
-                self._w(X.UC_X86_REG_RFLAGS, flags | (_CF if status == 0 and not changed else 0))
+                self._w(X.UC_X86_REG_RFLAGS, flags | (_CF if done == (0, False) else 0))
         else:
             status = v.rmpadjust(gpa, size, self._r(X.UC_X86_REG_RDX))
-            out = status
-        if out is None:
-            return f"RMP nested page fault: {name} of guest-physical {gpa & ~0xFFF:#x}, a page the RMP does not give this guest there"
+        if status is None:
+            return (f"RMP nested page fault: {name} of guest-physical {gpa & ~0xFFF:#x}, a page "
+                    "the RMP does not give this guest there")
         self._w(X.UC_X86_REG_RAX, status)
         self._w(X.UC_X86_REG_RIP, rip + 4)
         return None
