@@ -41,10 +41,11 @@ shows the file and an SEV guest's must not (docs/linux.md; the attack lab's A01-
 The initramfs's /init (a busybox sh script) mounts /proc, /sys and devtmpfs on /dev, installs the
 busybox applets as links and prints "hv-init: user space is up". When the kernel command line
 holds `hv.report=NONCE` (128 hex digits, the report_data), it prints "hv-init: attestation",
-loads the modules with insmod and runs `hv-report --ext NONCE` (an extended report request: the
-report and the host's certificate table), whose `report_data:`, `report:` (one line, which
-`hv owner verify-report` reads from the console's text) and `cert:`/`cert_data:` lines go to the
-console; if a step fails it
+loads the modules with insmod and runs `hv-report NONCE` (SNP_GET_REPORT), whose lines go to the
+console prefixed with "SNP_GET_REPORT ", then `hv-report --ext NONCE` (SNP_GET_EXT_REPORT: the
+report and the host's certificate table), whose `report_data:`, `report:` (the one line starting
+so, which `hv owner verify-report` reads from the console's text) and `cert:`/`cert_data:` lines
+go to the console as they are; if a step fails it
 prints "hv-init: attestation failed" and goes on. It then runs an interactive `sh` on the
 console, or, when the command line holds `hv.init=poweroff`, prints "hv-init: powering off" and
 runs `poweroff -f`.
@@ -102,6 +103,9 @@ POWEROFF_MARKER = "hv-init: powering off"
 POWEROFF_PARAM = "hv.init=poweroff"
 ATTEST_MARKER = "hv-init: attestation"
 ATTEST_FAILED_MARKER = "hv-init: attestation failed"
+# The lines of the SNP_GET_REPORT request carry this prefix, so the extended request's
+# `report:` line is the one report a whole console log holds for `hv owner verify-report`.
+PLAIN_REPORT_PREFIX = "SNP_GET_REPORT"
 REPORT_PARAM = "hv.report"  # hv.report=<128 hex digits>: the nonce of the reports /init asks for
 
 # The attestation client (guests/linux/hv-report.c, committed prebuilt) and where the initramfs
@@ -136,6 +140,8 @@ attest() {{
     for module in {" ".join(name for name, _ in INITRD_MODULES)}; do
         /bin/busybox insmod /{MODULE_DIR}/$module.ko || return 1
     done
+    plain="$(/{CLIENT_PATH} "$1")" || return 1
+    echo "$plain" | /bin/busybox sed 's/^/{PLAIN_REPORT_PREFIX} /'
     /{CLIENT_PATH} --ext "$1"
 }}
 cmdline=" $(/bin/busybox cat /proc/cmdline) "

@@ -533,6 +533,8 @@ class OsCpu:
         uc.emu_stop()
 
     def _on_invalid(self, uc, _user):
+        if self._validation is not None and self._snp_instruction() is None:
+            return True  # done in place: Unicorn goes on at the RIP it set, without a stop
         self._exception = UD
         self._invalid = True
         uc.emu_stop()

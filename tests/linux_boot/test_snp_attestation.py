@@ -65,7 +65,10 @@ def test_the_kernel_gets_a_report_through_dev_sev_guest(attested):
     assert "hv-init: attestation\r\n" in text or "hv-init: attestation\n" in text
     assert "hv-init: attestation failed" not in text
     assert f"report_data: {a['nonce']}" in text
-    assert len(re.findall(r"^report: [0-9a-f]+\r?$", text, re.M)) == 1
+    assert len(re.findall(r"^report: [0-9a-f]+\r?$", text, re.M)) == 1  # SNP_GET_EXT_REPORT's
+    # SNP_GET_REPORT's went first (the driver's message sequence numbers 1 and 2, then 3 and 4)
+    assert f"SNP_GET_REPORT report_data: {a['nonce']}" in text
+    assert len(re.findall(r"^SNP_GET_REPORT report: [0-9a-f]+\r?$", text, re.M)) == 1
 
 
 def test_the_report_verifies_against_the_chain_and_the_predicted_measurement(hv_command, attested):
@@ -74,6 +77,12 @@ def test_the_report_verifies_against_the_chain_and_the_predicted_measurement(hv_
     assert r.returncode == 0, r.stdout + r.stderr
     for check in ("ARK -> ASK", "ASK -> VCEK", "VCEK -> report", "measurement", "report_data"):
         assert f"PASS  {check}" in r.stdout
+    # SNP_GET_REPORT's report too, as hex in a file of its own
+    plain = re.search(r"^SNP_GET_REPORT report: ([0-9a-f]+)\r?$", attested["text"], re.M).group(1)
+    path = attested["dir"] / "plain-report.hex"
+    path.write_text(plain)
+    r = _verify(hv_command, attested, path)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_a_flipped_byte_another_command_line_or_another_nonce_is_refused(hv_command, attested):

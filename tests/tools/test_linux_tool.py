@@ -230,7 +230,9 @@ def test_init_script_markers():
     assert '*" hv.report="*)' in text and 'echo "hv-init: attestation"' in text
     assert "for module in gf128mul ghash-generic ctr gcm sev-guest; do" in text
     assert "/bin/busybox insmod /lib/modules/$module.ko || return 1" in text
-    assert '/bin/hv-report --ext "$1"' in text and '/bin/hv-report "$1"' not in text
+    assert 'plain="$(/bin/hv-report "$1")" || return 1' in text
+    assert "echo \"$plain\" | /bin/busybox sed 's/^/SNP_GET_REPORT /'" in text
+    assert '/bin/hv-report --ext "$1"' in text
     assert 'attest "$nonce" || echo "hv-init: attestation failed"' in text
     assert text.rstrip("\n").splitlines()[-1] == "exec /bin/busybox sh"
 
@@ -253,6 +255,7 @@ exit 0
     client = tmp_path / "hv-report"
     client.write_text(f"""#!/bin/sh
 echo "hv-report $*" >> {log}
+echo "report: $*"
 exit {1 if failing == "hv-report" else 0}
 """)
     for path in (fake, client):
@@ -295,24 +298,28 @@ def test_init_powers_off_when_asked(tmp_path):
 @needs_sh
 @pytest.mark.parametrize("where", ["middle", "end"])
 def test_init_reports_then_powers_off(tmp_path, where):
-    """Scenario: `hv.report=NONCE hv.init=poweroff` loads the module, asks for one extended
-    report over NONCE (one `report:` line on the console), then powers off."""
+    """Scenario: `hv.report=NONCE hv.init=poweroff` loads the module, asks for a report and an
+    extended report over NONCE (the first's lines marked, so one `report:` line starts a line
+    on the console), then powers off."""
     params = [f"hv.report={NONCE}", "hv.init=poweroff"]
     cmdline = " ".join(["console=ttyS0", *(params if where == "middle" else params[::-1])])
     out, calls = run_init(tmp_path, cmdline)
     # The recorder's poweroff returns, so the script goes on to its "poweroff failed" line.
-    assert out.startswith("hv-init: user space is up\nhv-init: attestation\nhv-init: powering off\n")
+    assert out.startswith("hv-init: user space is up\nhv-init: attestation\n"
+                          f"SNP_GET_REPORT report: {NONCE}\nreport: --ext {NONCE}\n"
+                          "hv-init: powering off\n")
     work = [c for c in calls if not c.startswith(("mount", "--install", "cat"))]
-    assert work[:7] == [*(f"insmod /lib/modules/{name}.ko" for name in MODULE_NAMES),
-                        f"hv-report --ext {NONCE}", "poweroff -f"]
+    assert work[:8] == [*(f"insmod /lib/modules/{name}.ko" for name in MODULE_NAMES),
+                        f"hv-report {NONCE}", f"hv-report --ext {NONCE}", "poweroff -f"]
 
 
 @needs_sh
-@pytest.mark.parametrize("failing, ran", [("insmod", []), ("hv-report", [f"hv-report --ext {NONCE}"])])
+@pytest.mark.parametrize("failing, ran", [("insmod", []), ("hv-report", [f"hv-report {NONCE}"])])
 def test_init_goes_on_when_attestation_fails(tmp_path, failing, ran):
     """Scenario: no SEV-SNP (insmod fails) or a refused request: one line, then the shell."""
     out, calls = run_init(tmp_path, f"console=ttyS0 hv.report={NONCE}", failing)
-    assert out == "hv-init: user space is up\nhv-init: attestation\nhv-init: attestation failed\n"
+    assert out.startswith("hv-init: user space is up\nhv-init: attestation\n")
+    assert out.endswith("hv-init: attestation failed\n") and "\nreport:" not in out
     assert [c for c in calls if c.startswith("hv-report")] == ran
     assert calls[-1] == "sh"
 
@@ -322,9 +329,9 @@ def test_init_hands_any_nonce_to_the_client(tmp_path):
     """Scenario: the client, not the script, judges the nonce, so a bad one is a failed
     attestation on the console instead of silence; a longer parameter name is not ours."""
     _, calls = run_init(tmp_path, "hv.report=xyz console=ttyS0")
-    assert "hv-report --ext xyz" in calls
+    assert "hv-report xyz" in calls
     _, calls = run_init(tmp_path, "console=ttyS0 hv.report=")
-    assert "hv-report --ext " in calls
+    assert "hv-report " in calls
     _, calls = run_init(tmp_path, f"console=ttyS0 xhv.report={NONCE} hv.reports={NONCE}")
     assert not any(c.startswith(("insmod", "hv-report")) for c in calls)
 
