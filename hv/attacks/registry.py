@@ -18,9 +18,11 @@ ATTACKS: tuple[ModuleType, ...] = (
 )
 
 # The attacks that also take a Linux kernel (`run_kernel(mode, KernelFiles)`, hv.attacks.kernel_lab):
-# the memory reads, whose secret is a file in the initramfs, and A04, whose secret is the
-# kernel's own registers at its exits; the others need the service guest.
-KERNEL_ATTACKS: tuple[ModuleType, ...] = (a01_dump, a02_cold_boot, a03_dma, a04_registers)
+# the memory reads, whose secret is a file in the initramfs; A04, whose secret is the kernel's
+# own registers at its exits; A05 and A07, whose effect is on the kernel's own plaintext. The
+# others need the service guest.
+KERNEL_ATTACKS: tuple[ModuleType, ...] = (a01_dump, a02_cold_boot, a03_dma, a04_registers,
+                                          a05_replay, a07_severed)
 
 # What each code in an attack's PRIMITIVES lets the hypervisor do (the codes of attacks.md).
 PRIMITIVE_CODES: dict[str, str] = {

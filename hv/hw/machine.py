@@ -114,7 +114,7 @@ class Machine:
         return Cpu(self._mc, control)
 
     def new_os_cpu(self, ram_spa: SPA, ram_size: int, asid: int = 0, cbit: int = 0,
-                   sev_status: int = 0, **devices) -> OsCpu:
+                   sev_status: int = 0, npt: NestedPageTable | None = None, **devices) -> OsCpu:
         """A core for an operating system over host memory [ram_spa, ram_spa + ram_size)
         (hv.hw.oscpu); `devices` are its in-kernel port devices, CPUID table and TSC. With an
         `asid` the guest is encrypted with that key: its C-bit (`cbit`) leads to private memory
@@ -124,7 +124,7 @@ class Machine:
         if not asid:
             return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, **devices)
         self._mc.check_slot(asid)
-        private = PrivateRam(self._mc, ram_spa, ram_size, asid)
+        private = PrivateRam(self._mc, ram_spa, ram_size, asid, npt)  # follows the VM's `npt`
         msrs = {SEV_STATUS: (lambda: sev_status, _ignore)}
         es = bool(sev_status & 2)
         try:

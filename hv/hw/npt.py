@@ -4,7 +4,13 @@ Real NPTs are 4-level radix trees in host memory; what matters for hv is their m
 guest frame is backed by which host frame, with which permissions) and who may change them (the
 hypervisor, at any time: that is what SEVered, replay and page-fault side channels use). A dict
 from guest frame to entry keeps that meaning with O(1) walks. Every change invalidates the TLBs
-(the hypervisor's INVLPGA), through `on_change`.
+(the hypervisor's INVLPGA), through `on_change`, and counts in `generation`.
+
+An operating system's core (hv.hw.oscpu) walks no table per access: its memory (hv.hw.osmem)
+follows this one at its coherence points, where it compares `generation`, and posts the nested
+page faults it finds there to `faults` (EXITINFO2 and EXITINFO1, as a #VMEXIT would carry them),
+since it has no exit to raise them with; the hypervisor takes them from there (hv.kvm's
+Vm.memory_faults).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class NestedPageTable:
         self._dram_size = dram_size
         self._on_change = on_change
         self.entries: dict[int, int] = {}  # gfn -> spfn << 3 | perms
+        self.generation = 0  # changes so far: a walker that caches the table compares it
+        self.faults: list[tuple[int, int]] = []  # (GPA, error code) posted by an OS core
 
     def _check(self, gpa: int, size: int, spa: int | None = None) -> None:
         if gpa % _PAGE or size % _PAGE or size <= 0:
@@ -44,14 +52,14 @@ class NestedPageTable:
         g0, s0 = gpa >> 12, spa >> 12
         for i in range(size >> 12):
             self.entries[g0 + i] = (s0 + i) << 3 | (perms & 7)
-        self._on_change()
+        self._changed()
 
     def unmap(self, gpa: GPA, size: int) -> None:
         self._check(gpa, size)
         g0 = gpa >> 12
         for i in range(size >> 12):
             self.entries.pop(g0 + i, None)
-        self._on_change()
+        self._changed()
 
     def protect(self, gpa: GPA, size: int, perms: int) -> None:
         """Change permissions of mapped pages (unmapped ones stay unmapped)."""
@@ -61,7 +69,15 @@ class NestedPageTable:
             e = self.entries.get(g0 + i)
             if e is not None:
                 self.entries[g0 + i] = (e & ~7) | (perms & 7)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.generation += 1
         self._on_change()
+
+    def post_fault(self, gpa: int, error_code: int) -> None:
+        """A nested page fault an OS core found through this table at a coherence point."""
+        self.faults.append((gpa, error_code))
 
     def lookup(self, gpa: int) -> tuple[int, int] | None:
         """(host physical address of the page, perms), or None when unmapped. Plain ints: the

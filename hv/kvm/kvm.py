@@ -16,12 +16,13 @@ from hv.hw.grants import HostPort, HypervisorPort
 from hv.hw.machine import Machine
 from hv.hw.npt import NPT_RWX
 from hv.hw.oscpu import OsCpu
+from hv.hw.rmp import RMP_NPF
 from hv.kvm.cpuid import cpuid_lookup, guest_cpuid_table
 from hv.kvm.errors import KvmError
 from hv.kvm.ghcb import MsrProto
 from hv.kvm.mode import Mode
 from hv.kvm.sev import SevGuest
-from hv.kvm.vcpu import Vcpu
+from hv.kvm.vcpu import MemoryFault, Vcpu
 
 __all__ = ["Kvm", "KvmError", "MemorySlot", "VM_TYPES", "Vm"]
 
@@ -29,6 +30,7 @@ VM_TYPES = tuple(Mode)
 _PAGE = 0x1000
 HOST_RESERVED = 1 << 20  # the hypervisor's own pages (PSP command buffers, certificates)
 _HOST_RING_START = 16    # the host-buffer ring starts past SPA 0 (see alloc_host_buffer)
+_NPF_WRITE, _NPF_FETCH = 1 << 1, 1 << 4  # a nested page fault's EXITINFO1 bits
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,16 @@ class Vm:
         hit = self.npt.lookup(gpa)
         return None if hit is None else (SPA(hit[0]), hit[1])
 
+    def memory_faults(self) -> list[MemoryFault]:
+        """The nested page faults an operating system's core took through this VM's table since
+        the last call, oldest first (KVM_EXIT_MEMORY_FAULT each). That core follows the table
+        at its coherence points and has no exit to raise them with (hv.hw.osmem), so they wait
+        here; a small guest's vCPU returns its faults as exits instead."""
+        posted = list(self.npt.faults)
+        self.npt.faults.clear()
+        return [MemoryFault(gpa, write=bool(code & _NPF_WRITE), fetch=bool(code & _NPF_FETCH),
+                            rmp=bool(code & RMP_NPF)) for gpa, code in posted]
+
     # -- vCPUs -----------------------------------------------------------------------------------------
     def create_vcpu(self) -> Vcpu:
         es = self.type.es
@@ -227,7 +239,7 @@ class Vm:
                                            sev_status=self.type.sev_status,
                                            pio_in=pio_in, pio_out=pio_out,
                                            cpuid=lambda leaf, sub: cpuid_lookup(self.cpuid, leaf, sub),
-                                           tsc=tsc)
+                                           tsc=tsc, npt=self.npt)
 
     def destroy(self) -> None:
         for s in self.slots.values():

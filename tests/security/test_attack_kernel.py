@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import hv.attacks
-from hv.attacks import a01_dump, a04_registers
+from hv.attacks import a01_dump, a04_registers, a05_replay, a07_severed
 from hv.attacks.findings import Findings, Seen
-from hv.attacks.kernel_lab import KernelFiles, KernelLab
+from hv.attacks.kernel_lab import KernelFiles
 from hv.attacks.outcome import Outcome
 from hv.attacks.verdict import KernelTrial, judge_kernel, judge_kernel_registers
 from hv.boot.linux import KERNEL_CBITPOS, PML4_GPA
@@ -85,11 +85,9 @@ def test_the_options_reach_the_kernel_run(files, fake_a01):
     (["A01", "--initrd", "{initrd}"], "--initrd and --append go with --kernel"),
     (["A01", "--append", "quiet"], "--initrd and --append go with --kernel"),
     (["A01", "--kernel", "{kernel}"], "--kernel needs --initrd"),
-    (["A05", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev"],
-     "A05 does not take --kernel: against a kernel the lab runs A01, A02, A03, A04"),
-    (["A07", "--kernel", "{kernel}", "--initrd", "{initrd}"], "A07 does not take --kernel"),
-    (["A01", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev-snp"],
-     "--kernel runs plain, --sev and --sev-es guests, not --sev-snp"),
+    (["A09", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev"],
+     "A09 does not take --kernel: against a kernel the lab runs A01, A02, A03, A04, A05, A07"),
+    (["A11", "--kernel", "{kernel}", "--initrd", "{initrd}"], "A11 does not take --kernel"),
     (["A01", "--kernel", "{kernel}", "--initrd", "{initrd}", "--sev", "--sev-es"], "exclude each other"),
     (["A01", "--kernel", "{kernel}", "--initrd", "{missing}"], "does not exist"),
 ])
@@ -145,11 +143,6 @@ def test_the_judge_takes_the_marker_from_the_initrd(files):
         judge_kernel("A01", "plain", KernelFiles(kf.kernel, newc_gz({})), experiment(MARKER))
 
 
-def test_a_kernel_lab_refuses_sev_snp(files):
-    with pytest.raises(ValueError, match="not SEV-SNP"):
-        KernelLab(_kernel_files(files), "sev-snp")
-
-
 def test_only_the_judge_reads_the_marker_out_of_the_initrd():
     """Scenario: the kernel attacks get the initrd only to boot it; reading /etc/hv-secret out
     of it is the judge's (hv.attacks.verdict) alone, as the random secret is for the lab's guests."""
@@ -159,15 +152,18 @@ def test_only_the_judge_reads_the_marker_out_of_the_initrd():
     assert readers == {"verdict.py"}
 
 
-def test_a04_takes_a_kernel(files, monkeypatch):
-    """Scenario: `hv attack run A04 --kernel K --initrd I --sev` reads that kernel's registers."""
+@pytest.mark.parametrize("attack,flag", [(a04_registers, "--sev"), (a05_replay, "--sev-snp"),
+                                         (a07_severed, "--sev-es")], ids=["A04", "A05", "A07"])
+def test_the_kernel_attacks_past_the_dumps_take_a_kernel(files, monkeypatch, attack, flag):
+    """Scenario: `hv attack run A05 --kernel K --initrd I --sev-snp` replays pages of that
+    kernel in that mode (A04 reads its registers, A07 remaps its pages)."""
     asked: list[tuple[str, KernelFiles]] = []
-    monkeypatch.setattr(a04_registers, "run_kernel",
-                        lambda mode, kf: asked.append((mode, kf)) or Outcome("A04", mode, "succeeded", "stand-in"))
+    monkeypatch.setattr(attack, "run_kernel", lambda mode, kf: asked.append((mode, kf))
+                        or Outcome(attack.ID, mode, "succeeded", "stand-in"))
     kernel, initrd = files
-    r = _run("A04", "--kernel", str(kernel), "--initrd", str(initrd), "--sev")
+    r = _run(attack.ID, "--kernel", str(kernel), "--initrd", str(initrd), flag)
     assert r.exit_code == 0, r.output
-    assert asked == [("sev", KernelFiles(kernel.read_bytes(), initrd.read_bytes(), "", "vmlinuz"))]
+    assert asked == [(flag[2:], KernelFiles(kernel.read_bytes(), initrd.read_bytes(), "", "vmlinuz"))]
 
 
 # A "kernel" whose 64-bit entry writes SLP_TYP = 5 (S5) with SLP_EN into PM1a_CNT (port 0x604,
