@@ -20,6 +20,7 @@ from hv.hw.memctl import MemoryController
 from hv.hw.npt import NestedPageTable
 from hv.hw.oscpu import OsCpu
 from hv.hw.osmem import PrivateRam
+from hv.hw.pvalidate import OsValidation
 from hv.hw.ports import ColdBootPort, DmaPort, HostPort, PspPort
 from hv.hw.psp import PspMailbox
 from hv.hw.rmp import RmpEntry
@@ -86,7 +87,7 @@ class Machine:
     def _make_firmware(self):
         from firmware import Firmware  # the PSP's own code, loaded when the PSP first boots
 
-        port = PspPort(self._mc, self._keys, self.model.min_sev_asid)
+        port = PspPort(self._mc, self._keys, self.model.min_sev_asid, self.model)
         return Firmware(port, self.config.psp_state)
 
     @property
@@ -118,7 +119,8 @@ class Machine:
         """A core for an operating system over host memory [ram_spa, ram_spa + ram_size)
         (hv.hw.oscpu); `devices` are its in-kernel port devices, CPUID table and TSC. With an
         `asid` the guest is encrypted with that key: its C-bit (`cbit`) leads to private memory
-        (hv.hw.osmem) and SEV_STATUS reads `sev_status`."""
+        (hv.hw.osmem) and SEV_STATUS reads `sev_status`; with its SNP bit, PVALIDATE and
+        RMPADJUST act on the RMP (hv.hw.pvalidate.OsValidation)."""
         self._mc.check_range(ram_spa, ram_size)
         self._mc.check_host(ram_spa, ram_size)
         if not asid:
@@ -127,9 +129,16 @@ class Machine:
         private = PrivateRam(self._mc, ram_spa, ram_size, asid, npt)  # follows the VM's `npt`
         msrs = {SEV_STATUS: (lambda: sev_status, _ignore)}
         es = bool(sev_status & 2)
+        validation = None
+        if sev_status & 4:
+            if self._mc.rmp is None:
+                private.close()
+                raise RuntimeError("an SEV-SNP core needs SNP enabled (SNP_INIT)")
+            validation = OsValidation(self._mc.rmp, ram_spa, ram_size, asid)
         try:
             return OsCpu(self._mc.dram.ctypes.data + ram_spa, ram_size, private=private, cbit=cbit,
-                         msrs=msrs, es=es, vc_msrs=ES_VC_MSRS if es else frozenset(), **devices)
+                         msrs=msrs, es=es, vc_msrs=ES_VC_MSRS if es else frozenset(),
+                         validation=validation, **devices)
         except BaseException:
             private.close()  # a refused core leaves the memory controller as it was
             raise
@@ -162,6 +171,18 @@ class Machine:
         if self._mc.rmp is None:
             raise RuntimeError("RMPREAD needs SNP enabled (SNP_INIT)")
         return self._mc.rmp.read(spa)
+
+    def rmp_census(self, spa: SPA, size: int) -> dict[str, int]:
+        """RMPREAD over the pages of [spa, spa + size), counted: assigned (to a guest or the
+        firmware), of those validated, and the hypervisor's own (not assigned)."""
+        rmp = self._mc.rmp
+        if rmp is None:
+            raise RuntimeError("RMPREAD needs SNP enabled (SNP_INIT)")
+        self._mc.check_range(spa, size)
+        p0, p1 = spa >> 12, (spa + size + 0xFFF) >> 12
+        assigned = int(rmp.assigned[p0:p1].sum())
+        return {"assigned": assigned, "validated": int((rmp.assigned[p0:p1] & rmp.validated[p0:p1]).sum()),
+                "hypervisor": (p1 - p0) - assigned}
 
     def flush_caches(self) -> None:
         """WBINVD on every core: dirty plaintext goes back to DRAM as ciphertext."""

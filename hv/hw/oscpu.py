@@ -821,9 +821,9 @@ class OsCpu:
         selector, ist, attr = int.from_bytes(gate[2:4], "little"), gate[4] & 7, gate[5]
         if not attr & 0x80 or attr & 0xF not in (0xE, 0xF):
             return "not a present 64-bit gate"
-        rip, rsp, rflags, cs, ss = uc.reg_read_batch([X.UC_X86_REG_RIP, X.UC_X86_REG_RSP,
-                                                      X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS,
-                                                      X.UC_X86_REG_SS])
+        r = self._r  # straight through libunicorn: a selector is the low 16 bits it writes
+        rip, rsp, rflags = r(X.UC_X86_REG_RIP), r(X.UC_X86_REG_RSP), r(X.UC_X86_REG_RFLAGS)
+        cs, ss = r(X.UC_X86_REG_CS) & 0xFFFF, r(X.UC_X86_REG_SS) & 0xFFFF
         cpl = cs & 3
         if not hardware and (attr >> 5) & 3 < cpl:
             return "gp"  # INT n through a gate the caller's privilege may not use
@@ -848,8 +848,10 @@ class OsCpu:
         if cpl:
             self._enter_ring0(selector, 0, offset, new_rsp, new_flags)
         else:
-            uc.reg_write_batch([(X.UC_X86_REG_RSP, new_rsp), (X.UC_X86_REG_RFLAGS, new_flags),
-                                (X.UC_X86_REG_RIP, offset)])
+            w = self._w
+            w(X.UC_X86_REG_RSP, new_rsp)
+            w(X.UC_X86_REG_RFLAGS, new_flags)
+            w(X.UC_X86_REG_RIP, offset)
         return None
 
     def _tss_stack(self, index: int) -> int | None:
