@@ -103,7 +103,7 @@ def test_what_cannot_be_judged_is_refused_before_anything_runs(files, fake_a01, 
 @pytest.mark.parametrize("initrd_data,words", [
     (newc_gz({"init": b"#!/bin/sh\n"}), "the initrd holds no /etc/hv-secret"),
     (b"plain text, no archive", "not a newc cpio archive"),
-])
+], ids=["archive-without-marker", "not-an-archive"])
 def test_an_initrd_without_the_marker_is_refused_before_the_kernel_runs(files, initrd_data, words):
     """Scenario: the lab judges by the initramfs's marker; without one a run could only ever
     "fail", which would read as a defence. The real A01 refuses it (status 2) before it boots
