@@ -30,6 +30,7 @@ from hv.kvm import MemoryFault, Mode, exits as K
 from hv.kvm.sev import SevGuest
 from hv.owner import LocalOwner
 from hv.vmm import Vmm, VmmConfig
+from hv.vmm.runloop import Watchdog
 
 __all__ = [
     "GUESTS_DIR", "Lab", "OP_BRANCH", "OP_CHECK_PIN", "OP_EXIT", "OP_LADDER", "OP_READ_PAGE",
@@ -40,6 +41,9 @@ __all__ = [
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
 SHARED_MARKER = b"HV-SHARED-MARKER"
 MEM_SIZE = 16 << 20  # small guests: every launch encrypts less, every dump scans less
+# Wall seconds one Lab.run may take: a guest the attack made run garbage (A15's plaintext stub,
+# decrypted with the guest key) can loop without ever exiting, and the run would never end.
+RUN_LIMIT = 60.0
 
 # guests/service.c's protocol (a virtio-like ring: register, doorbell, request, response).
 PORT_REGISTER, PORT_DOORBELL, PORT_STEP, PORT_REGS = 0x510, 0x511, 0x512, 0x513
@@ -205,9 +209,19 @@ class Lab:
         Request is answered with the guest's Response; when it ends the guest is told to exit);
         `on_exit(exit)` sees every exit first and returns True to stop the guest there;
         `on_fault(fault)` resolves a nested page fault the lab caused (True: retry)."""
+        watchdog = Watchdog(self.vcpu, RUN_LIMIT)
+        try:
+            return self._run(script, on_exit, on_fault, max_exits, watchdog)
+        finally:
+            watchdog.cancel()
+
+    def _run(self, script, on_exit, on_fault, max_exits: int, watchdog: Watchdog) -> Stop:
         started = False
         for _ in range(max_exits):
             e = self.vcpu.run()
+            if watchdog.fired:
+                return self._stopped(Stop("stopped", detail=f"still running after {RUN_LIMIT:g} s "
+                                                            "without an exit hv could act on"))
             if on_exit is not None and on_exit(e):
                 return self._stopped(Stop("stopped", detail=f"by the attack at a {e.reason} exit"))
             if isinstance(e, K.Io):

@@ -134,3 +134,17 @@ def test_debug_policy_abuse_works_when_the_owner_allows_debugging(mode, policy):
     out = a16_debug_policy.run(mode, policy=policy)
     assert out.outcome == "succeeded", out.evidence
 
+
+
+def test_a_guest_looping_without_exits_ends_the_labs_run(monkeypatch):
+    """Scenario: an attack makes the guest run code that loops without an exit (A15's stub
+    decrypted to garbage can); the lab's run ends at its wall-clock limit instead of never."""
+    from hv.attacks import lab as lab_module
+    from hv.hw.addr import GPA
+
+    monkeypatch.setattr(lab_module, "RUN_LIMIT", 0.5)
+    with lab_module.Lab("service", "plain") as lab:
+        lab.launch()
+        lab.vm.write_gpa(GPA(lab.vmm.loaded.entry), b"\xeb\xfe")  # jmp $
+        stop = lab.run()
+    assert stop.reason == "stopped" and "still running after 0.5 s" in stop.detail
