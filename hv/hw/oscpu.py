@@ -325,7 +325,7 @@ class OsCpu:
                          (X.UC_X86_INS_RDTSCP, self._on_rdtscp)):
             ucraw.insn_hook_add(uc, insn, fn)
         self._exception: int | None = None
-        self._invalid = False
+        self._invalid: str | None = None  # after #UD: "" to deliver it, else why the guest stops
         self._syscall = False
         self._stop = False
         self._kicked = threading.Event()
@@ -533,10 +533,11 @@ class OsCpu:
         uc.emu_stop()
 
     def _on_invalid(self, uc, _user):
-        if self._validation is not None and self._snp_instruction() is None:
+        reason = self._snp_instruction()
+        if reason is None:
             return True  # done in place: Unicorn goes on at the RIP it set, without a stop
         self._exception = UD
-        self._invalid = True
+        self._invalid = reason  # "": a real #UD
         uc.emu_stop()
         return True
 
@@ -580,10 +581,11 @@ class OsCpu:
         return None
 
     def _snp_instruction(self) -> str | None:
-        """PVALIDATE or RMPADJUST at RIP, which Unicorn raised #UD for: executed against the RMP
-        (hv.hw.pvalidate.OsValidation): RAX = status, CF for PVALIDATE = nothing changed. None
-        when done, "" when the instruction is neither (a real #UD), else why the guest stops
-        (an RMP nested page fault: the hypervisor has no page to give it)."""
+        """PVALIDATE or RMPADJUST at RIP, which Unicorn raised #UD for (called from its
+        invalid-instruction hook): executed against the RMP (hv.hw.pvalidate.OsValidation): RAX
+        = status, CF for PVALIDATE = nothing changed. None when done, "" when the instruction
+        is neither or the guest is not SNP (a real #UD), else why the guest stops (an RMP nested
+        page fault: the hypervisor has no page to give it)."""
         v = self._validation
         if v is None:
             return ""
@@ -679,7 +681,7 @@ class OsCpu:
                     self._private.guest_ran()
             if self._pending_vc is not None:
                 code, ctx = self._pending_vc
-                self._pending_vc, self._exception, self._vmexit, self._invalid = None, None, None, False
+                self._pending_vc, self._exception, self._vmexit, self._invalid = None, None, None, None
                 self._syscall = False
                 uc.context_restore(ctx)
                 failed = self._vc(code)
@@ -696,11 +698,8 @@ class OsCpu:
                 continue
             if self._exception is not None:
                 vector, self._exception = self._exception, None
-                if self._invalid:
-                    self._invalid = False
-                    failed = self._snp_instruction()
-                    if failed is None:
-                        continue
+                if self._invalid is not None:
+                    failed, self._invalid = self._invalid, None
                     if failed == "":
                         failed = self._deliver(UD, None, hardware=True)
                 else:

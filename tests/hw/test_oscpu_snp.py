@@ -19,8 +19,8 @@ from hv.hw.oscpu import OsHalt, OsShutdown
 from hv.kvm import Kvm, KvmError
 from hv.kvm.kvm import Vm
 from hv.kvm.mode import Mode
-from hv.kvm.sev import SevDevice
-from hv.kvm.sev_snp import SnpGuest, rmp_make_private, rmp_make_shared, snp_init
+from hv.kvm.sev_snp import SnpGuest, rmp_make_private, rmp_make_shared
+from hv.vmm.snp_launch import snp_prepare
 from test_oscpu import assemble
 from test_oscpu_sev import CBIT, C, _devices
 
@@ -52,9 +52,7 @@ PROBE = _probe(
 def _launched_snp_vm(psp_state):
     machine = Machine(MachineConfig(dram_size=16 << 20, psp_state=psp_state))
     kvm = Kvm(machine)
-    dev = SevDevice(kvm)
-    snp_init(dev)
-    dev.ensure_init(es=True)
+    dev = snp_prepare(kvm)  # SNP_INIT, then INIT with SEV-ES, as the VMMs do
     vm = kvm.create_vm(Mode.SEV_SNP, cbitpos=CBIT)
     vm.set_user_memory_region(0, 0, 4 << 20)
     guest = SnpGuest(vm, dev)
